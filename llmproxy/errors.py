@@ -1,0 +1,101 @@
+"""Every refusal the proxy and the management API can answer, and its one (status, code) pair.
+
+The table in SPEC §5 lives here and nowhere else: code raises ``ProxyError(Refusal.X)`` and the
+server turns it into ``{"error": {"message", "type", "code"}}`` with the right status.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+__all__ = ("ConfigError", "ProxyError", "Refusal", "StoreUnavailable", "error_body")
+
+
+class Refusal(enum.Enum):
+    """A reason to refuse a request: (HTTP status, error.code, error.type, default message)."""
+
+    MISSING_TOKEN = (401, "missing_token", "authentication_error", "Missing bearer token in Authorization header")
+    INVALID_TOKEN = (401, "invalid_token", "authentication_error", "Invalid token")
+    TOKEN_REVOKED = (401, "token_revoked", "authentication_error", "Token has been revoked")
+    TOKEN_EXPIRED = (401, "token_expired", "authentication_error", "Token has expired")
+    QUOTA_EXCEEDED = (429, "quota_exceeded", "rate_limit_error", "Token request quota exceeded")
+    RATE_LIMITED = (429, "rate_limited", "rate_limit_error", "Token rate limit exceeded")
+    PROJECT_INACTIVE = (403, "project_inactive", "permission_error", "Project is inactive")
+    SERVICE_UNAVAILABLE = (503, "service_unavailable", "server_error", "Service temporarily unavailable")
+    ENDPOINT_NOT_ALLOWED = (404, "endpoint_not_allowed", "invalid_request_error", "Endpoint not allowed")
+    METHOD_NOT_ALLOWED = (405, "method_not_allowed", "invalid_request_error", "Method not allowed")
+    PARAM_NOT_ALLOWED = (400, "param_not_allowed", "invalid_request_error", "Parameter value not allowed")
+    ORIGIN_NOT_ALLOWED = (403, "origin_not_allowed", "permission_error", "Origin not allowed")
+    ORIGIN_REQUIRED = (400, "origin_required", "invalid_request_error", "Origin header required")
+    HEADER_REQUIRED = (400, "header_required", "invalid_request_error", "Required header missing")
+    BODY_TOO_LARGE = (413, "request_too_large", "invalid_request_error", "Request body too large")
+    BAD_REQUEST = (400, "bad_request", "invalid_request_error", "Bad request")
+    UPSTREAM_UNAVAILABLE = (502, "upstream_unavailable", "upstream_error", "Upstream unavailable")
+    UPSTREAM_TIMEOUT = (504, "upstream_timeout", "upstream_error", "Upstream timed out")
+    # management API
+    UNAUTHORIZED = (401, "unauthorized", "authentication_error", "Missing or invalid management token")
+    INVALID_JSON = (400, "invalid_json", "invalid_request_error", "Request body is not valid JSON")
+    INVALID_FIELD = (422, "invalid_field", "invalid_request_error", "Invalid field")
+    NOT_FOUND = (404, "not_found", "invalid_request_error", "Not found")
+    CONFLICT = (409, "conflict", "invalid_request_error", "Conflict")
+    HTTP_METHOD_NOT_ALLOWED = (405, "method_not_allowed", "invalid_request_error", "Method not allowed")
+    INTERNAL = (500, "internal_error", "server_error", "Internal server error")
+
+    @property
+    def status(self) -> int:
+        return self.value[0]
+
+    @property
+    def code(self) -> str:
+        return self.value[1]
+
+    @property
+    def type(self) -> str:
+        return self.value[2]
+
+    @property
+    def message(self) -> str:
+        return self.value[3]
+
+
+class ProxyError(Exception):
+    """A refusal with an optional message, extra fields (``param``) and response headers."""
+
+    def __init__(
+        self,
+        refusal: Refusal,
+        message: str | None = None,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message or refusal.message)
+        self.refusal = refusal
+        self.message = message or refusal.message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return error_body(self.refusal, self.message, param=self.param)
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or answered with an operational error."""
+
+
+class ConfigError(Exception):
+    """Bad configuration: the CLI prints the message on one line and exits 2."""
+
+
+_encode = msgspec.json.encode
+
+
+def error_body(refusal: Refusal, message: str | None = None, *, param: str | None = None) -> bytes:
+    """The OpenAI-style error document for ``refusal``."""
+    err: dict[str, Any] = {"message": message or refusal.message, "type": refusal.type, "code": refusal.code}
+    if param is not None:
+        err["param"] = param
+    return _encode({"error": err})

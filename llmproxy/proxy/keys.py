@@ -1,0 +1,16 @@
+"""Typed keys for what the proxy reads from the application and the request."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import ClientSession, web
+
+if TYPE_CHECKING:
+    from llmproxy.config import Settings
+
+__all__ = ("REQUEST_ID", "SESSION", "SETTINGS")
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+SESSION: web.AppKey[ClientSession] = web.AppKey("upstream_session", ClientSession)
+REQUEST_ID = "llmproxy.request_id"  # request-scoped string stored in request[...]

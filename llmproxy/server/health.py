@@ -1,0 +1,49 @@
+"""/health and /live (the process answers) and /ready (the store and the event bus answer)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from llmproxy import __version__
+
+__all__ = ("HealthRoutes",)
+
+Probe = Callable[[], Awaitable[None]]
+
+_LIVE = msgspec.json.encode({"status": "ok", "version": __version__})
+
+
+class HealthRoutes:
+    """Liveness never touches a dependency; readiness probes each one with a short timeout."""
+
+    def __init__(self, probes: dict[str, Probe], timeout: float = 2.0) -> None:
+        self._probes = probes
+        self._timeout = timeout
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/health", self.live),
+            web.get("/live", self.live),
+            web.get("/ready", self.ready),
+        ]
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.Response(body=_LIVE, content_type="application/json")
+
+    async def ready(self, request: web.Request) -> web.Response:
+        checks: dict[str, str] = {}
+        for name, probe in self._probes.items():
+            try:
+                await asyncio.wait_for(probe(), self._timeout)
+                checks[name] = "ok"
+            except Exception as exc:  # a probe failing for any reason means not ready
+                checks[name] = f"unavailable: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        body = {"status": "ready" if ok else "unavailable", "version": __version__, "checks": checks}
+        return web.Response(
+            body=msgspec.json.encode(body), status=200 if ok else 503, content_type="application/json"
+        )

@@ -1,0 +1,64 @@
+"""The one server middleware: a request id on every request, and every error as OpenAI-style JSON."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from llmproxy.errors import ProxyError, Refusal, error_body
+from llmproxy.proxy.keys import REQUEST_ID
+
+__all__ = ("request_middleware",)
+
+log = logging.getLogger(__name__)
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_JSON = "application/json"
+
+# aiohttp's own HTTP errors (routing 404/405, 413 from client_max_size, …) → our refusal table
+_HTTP_REFUSALS = {
+    404: Refusal.NOT_FOUND,
+    405: Refusal.HTTP_METHOD_NOT_ALLOWED,
+    413: Refusal.BODY_TOO_LARGE,
+}
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-ID")
+    if given and _SANE_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def _error_response(exc: ProxyError, request_id: str) -> web.Response:
+    headers = {"X-Request-ID": request_id, **exc.headers}
+    return web.Response(status=exc.refusal.status, body=exc.body(), content_type=_JSON, headers=headers)
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = _request_id(request)
+    request[REQUEST_ID] = request_id
+    try:
+        response = await handler(request)
+    except ProxyError as exc:
+        return _error_response(exc, request_id)
+    except web.HTTPException as exc:
+        refusal = _HTTP_REFUSALS.get(exc.status)
+        if refusal is None or exc.status < 400:
+            raise
+        headers = {"X-Request-ID": request_id}
+        if exc.status == 405 and "Allow" in exc.headers:
+            headers["Allow"] = exc.headers["Allow"]
+        body = error_body(refusal, exc.reason if exc.status != 404 else "Not found")
+        return web.Response(status=exc.status, body=body, content_type=_JSON, headers=headers)
+    except Exception:
+        log.exception("unhandled error on %s %s (request_id=%s)", request.method, request.path, request_id)
+        return _error_response(ProxyError(Refusal.INTERNAL), request_id)
+    if not response.prepared:
+        response.headers.setdefault("X-Request-ID", request_id)
+    return response

@@ -1,0 +1,112 @@
+"""serve(settings): uvloop, bind, run until SIGTERM/SIGINT, then drain in-flight requests and flush."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+from llmproxy import logs
+from llmproxy.config import Settings
+from llmproxy.errors import StoreUnavailable
+from llmproxy.server.app import build_app
+
+__all__ = ("StartupError", "serve")
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The server could not start (port in use, database unreachable): exit 1 with this message."""
+
+
+async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> None:
+    app = build_app(settings)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=settings.server.shutdown_timeout
+    )
+    try:
+        await runner.setup()
+    except StoreUnavailable as exc:
+        raise StartupError(f"database unavailable at start: {exc}") from None
+    host, _, port = settings.server.listen_addr.rpartition(":")
+    site = web.TCPSite(runner, host or None, int(port), shutdown_timeout=settings.server.shutdown_timeout)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {settings.server.listen_addr}: {exc.strerror or exc}") from None
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, logs.reopen_files)
+    log.info("llm-proxy listening on %s", settings.server.listen_addr)
+    if on_ready is not None:
+        on_ready()
+    await stop.wait()
+    log.info("shutting down: draining in-flight requests (up to %.0fs)", settings.server.shutdown_timeout)
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+    """Run the server in this process until a stop signal. Raises StartupError."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        asyncio.run(_serve(settings, on_ready))
+    else:
+        uvloop.run(_serve(settings, on_ready))
+
+
+def run_server_command(settings: Settings, args: object) -> int:
+    """`llm-proxy server`: configure logging, optionally detach, serve; exit 1 on a startup failure."""
+    import sys
+
+    if getattr(args, "detach", False):
+        from llmproxy import daemon
+
+        return daemon.detach_and_run(
+            lambda ready: _serve_logged(settings, ready),
+            pid_file=getattr(args, "pid_file", None),
+            log_file=getattr(args, "log_file", None),
+        )
+    try:
+        _serve_logged(settings, None)
+    except StartupError as exc:
+        sys.stderr.write(f"llm-proxy: {exc}\n")
+        return 1
+    return 0
+
+
+def _serve_logged(settings: Settings, on_ready: Callable[[], None] | None) -> None:
+    logs.configure(settings.log)
+    serve(settings, on_ready)
+
+
+def run_migrate_command(settings: Settings) -> int:
+    """`llm-proxy migrate`: apply pending migrations and list them."""
+    import sys
+
+    from llmproxy.store.factory import make_store
+
+    async def migrate() -> list[str]:
+        store = make_store(settings.store)
+        try:
+            await store.open()
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        applied = asyncio.run(migrate())
+    except StoreUnavailable as exc:
+        sys.stderr.write(f"llm-proxy: database unavailable: {exc}\n")
+        return 1
+    print("database is up to date" if not applied else "applied: " + ", ".join(applied))
+    return 0

@@ -1,0 +1,148 @@
+"""The Store protocol: projects, tokens and audit rows, whatever database holds them.
+
+Implementations (``sqlite.py``, ``postgres.py``) raise ``llmproxy.errors.StoreUnavailable`` when the
+database cannot be reached, so callers can answer 503 without knowing the driver.
+Times are timezone-aware UTC ``datetime``s. ``api_key`` in a ``Project`` is always plaintext here;
+encryption at rest happens inside the implementation.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+import msgspec
+
+__all__ = (
+    "AuditQuery",
+    "AuditRecord",
+    "Project",
+    "Store",
+    "Token",
+    "TokenUsage",
+)
+
+
+class Project(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    api_key: str
+    upstream_base_url: str | None = None
+    is_active: bool = True
+    created_at: datetime
+    updated_at: datetime
+    deactivated_at: datetime | None = None
+
+
+class Token(msgspec.Struct, kw_only=True):
+    id: str
+    project_id: str
+    token_hash: str  # hex SHA-256 of the raw token; the raw token is never stored
+    token_hint: str  # "sk-abcd…wxyz": enough to recognise a token, useless to use it
+    expires_at: datetime | None = None
+    is_active: bool = True
+    max_requests: int | None = None
+    request_count: int = 0
+    rate_limit_per_minute: int | None = None
+    cache_hit_count: int = 0
+    created_at: datetime
+    last_used_at: datetime | None = None
+    deactivated_at: datetime | None = None
+
+
+class TokenUsage(msgspec.Struct):
+    """Counters to add to one token, flushed in batches off the hot path."""
+
+    token_id: str
+    requests: int = 0
+    cache_hits: int = 0
+    last_used_at: datetime | None = None
+
+
+class AuditRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One audit row (SPEC §10). ``details`` must never hold a secret."""
+
+    id: str = ""
+    timestamp: datetime
+    action: str
+    result: str  # success | denied | error
+    reason: str | None = None
+    actor: str = "system"
+    request_id: str | None = None
+    project_id: str | None = None
+    token_id: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    method: str | None = None
+    path: str | None = None
+    details: dict[str, Any] = {}
+
+
+class AuditQuery(msgspec.Struct, kw_only=True):
+    action: str | None = None
+    result: str | None = None
+    project_id: str | None = None
+    token_id: str | None = None
+    request_id: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    page: int = 1
+    page_size: int = 50
+
+
+class Store(Protocol):
+    """Persistence for projects, tokens and audit rows. Every method may raise StoreUnavailable."""
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied."""
+
+    # projects
+    async def create_project(self, project: Project) -> Project:
+        """Insert; raise ValueError('name') if the name is taken."""
+
+    async def get_project(self, project_id: str) -> Project | None: ...
+
+    async def list_projects(self) -> list[Project]: ...
+
+    async def update_project(self, project_id: str, fields: dict[str, Any]) -> Project | None:
+        """Set the given columns (name, api_key, upstream_base_url, is_active, deactivated_at,
+        updated_at); None if unknown. ValueError('name') if the new name is taken."""
+
+    # tokens
+    async def create_token(self, token: Token) -> Token: ...
+
+    async def get_token(self, token_id: str) -> Token | None: ...
+
+    async def get_token_by_hash(self, token_hash: str) -> Token | None: ...
+
+    async def list_tokens(self, project_id: str | None = None, active_only: bool = False) -> list[Token]: ...
+
+    async def update_token(self, token_id: str, fields: dict[str, Any]) -> Token | None:
+        """Set the given columns (is_active, deactivated_at, max_requests, rate_limit_per_minute,
+        expires_at); None if unknown."""
+
+    async def revoke_project_tokens(self, project_id: str, now: datetime) -> tuple[int, int, int]:
+        """Deactivate every active token of the project in one transaction:
+        (revoked_count, already_revoked_count, total_tokens)."""
+
+    async def consume_request(self, token_id: str, now: datetime) -> bool:
+        """Atomically count one request for a token with ``max_requests``: True if it was under the
+        quota (and is now counted), False if the quota is used up."""
+
+    async def add_usage(self, usage: list[TokenUsage]) -> None:
+        """Add batched counters (requests of unlimited tokens, cache hits, last_used_at)."""
+
+    # audit
+    async def insert_audit(self, records: list[AuditRecord]) -> None: ...
+
+    async def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
+        """Rows newest first, one page, and the total count matching the filters."""
