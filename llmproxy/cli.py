@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from llmproxy import __version__, config
-from llmproxy.errors import ConfigError
+from llmproxy.errors import ConfigError, StartupError
 
 __all__ = ("main",)
 
@@ -33,12 +33,26 @@ def _add_detach(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-file", help="daemon stdout/stderr go here (with --detach)")
 
 
+def _maybe_detached(args: argparse.Namespace, main: Callable[[Callable[[], None] | None], int]) -> int:
+    """Run ``main`` here, or as a daemon with --detach (which returns once ``main`` says it is ready)."""
+    if not args.detach:
+        return main(None)
+    from llmproxy import daemon
+
+    def run_daemonized(ready: Callable[[], None]) -> None:
+        code = main(ready)  # a StartupError raised here is the reason the launcher prints
+        if code:
+            raise SystemExit(code)
+
+    return daemon.detach_and_run(run_daemonized, pid_file=args.pid_file, log_file=args.log_file)
+
+
 def _cmd_server(args: argparse.Namespace) -> int:
     from llmproxy.server.run import run_server_command
 
     settings = _settings(args, LISTEN_ADDR=args.listen, FILE_EVENT_LOG=args.file_event_log)
     config.require_management_token(settings)
-    return run_server_command(settings, args)
+    return _maybe_detached(args, lambda ready: run_server_command(settings, ready))
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -58,7 +72,7 @@ def _cmd_dispatcher(args: argparse.Namespace) -> int:
         DISPATCHER_BATCH_SIZE=args.batch_size,
         DISPATCHER_WORKERS=args.workers,
     )
-    return run_dispatcher_command(settings, args)
+    return _maybe_detached(args, lambda ready: run_dispatcher_command(settings, args.service, ready))
 
 
 def _cmd_manage(args: argparse.Namespace) -> int:
@@ -176,5 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"llm-proxy: {exc}\n")
         return EXIT_CONFIG
+    except StartupError as exc:
+        sys.stderr.write(f"llm-proxy: {exc}\n")
+        return 1
     except KeyboardInterrupt:
         return 130

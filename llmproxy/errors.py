@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ("ConfigError", "ProxyError", "Refusal", "StoreUnavailable", "error_body")
+__all__ = ("ConfigError", "ProxyError", "Refusal", "StartupError", "StoreUnavailable", "error_body")
 
 
 class Refusal(enum.Enum):
@@ -88,6 +88,10 @@ class StoreUnavailable(Exception):
 
 class ConfigError(Exception):
     """Bad configuration: the CLI prints the message on one line and exits 2."""
+
+
+class StartupError(Exception):
+    """A long-running command could not start (port in use, database or Redis unreachable): exit 1."""
 
 
 _encode = msgspec.json.encode

@@ -8,8 +8,6 @@ import re
 import sys
 import time
 
-from llmproxy.config import LogSettings
-
 __all__ = ("configure", "redact")
 
 # sk-… tokens/keys and bearer credentials, wherever they appear in a message
@@ -55,13 +53,14 @@ class _ReopenableFileHandler(logging.FileHandler):
             self.stream = self._open()
 
 
-def configure(settings: LogSettings) -> None:
+def configure(level: str = "info", format: str = "text", file: str = "") -> None:
+    """Route the root logger (LOG_LEVEL, LOG_FORMAT, LOG_FILE)."""
     handler: logging.Handler
-    if settings.file:
-        handler = _ReopenableFileHandler(settings.file, encoding="utf-8")
+    if file:
+        handler = _ReopenableFileHandler(file, encoding="utf-8")
     else:
         handler = logging.StreamHandler(sys.stderr)
-    if settings.format == "json":
+    if format == "json":
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -70,7 +69,7 @@ def configure(settings: LogSettings) -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(handler)
-    root.setLevel(settings.level.upper())
+    root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 

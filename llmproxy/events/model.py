@@ -7,7 +7,7 @@ import msgspec
 __all__ = ("Event", "Usage", "decode_event", "encode_event", "encoder")
 
 
-class Usage(msgspec.Struct, omit_defaults=True):
+class Usage(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0

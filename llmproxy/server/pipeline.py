@@ -1,25 +1,94 @@
-"""The event pipeline the server owns: the bus the proxy publishes to and the dispatchers draining it."""
+"""The event pipeline the server owns: the bus the proxy publishes to and the dispatchers draining it.
+
+in-memory bus: one Dispatcher task per service inside this process. redis / redis-streams: the bus
+producer here, and DISPATCHER_WORKERS worker processes per service, supervised.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from llmproxy.config import Settings
+from llmproxy.dispatch.dispatcher import DispatchStats
+from llmproxy.dispatch.worker import run_service
+from llmproxy.events.bus import EventBus, connect_redis, make_bus
+from llmproxy.events.memory import InMemoryBus
 from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.instrument import Instrumentation
+from llmproxy.server.supervisor import Supervisor
 
 __all__ = ("EventPipeline",)
 
+log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[None]]
+
 
 class EventPipeline:
-    """Placeholder until the buses land: no observers, nothing to start."""
+    """Publishes one event per proxied request and runs the dispatchers for DISPATCHER_SERVICES."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.observers: list[Callable[[Exchange], None]] = []
-        self.probes: dict[str, Callable[[], Awaitable[None]]] = {}
+        self.services = settings.dispatch.services
+        self.bus: EventBus = make_bus(settings)
+        self.in_process = isinstance(self.bus, InMemoryBus)
+        self.instrumentation = Instrumentation(self.bus, settings.events)
+        # With an in-memory bus and no dispatcher, events would go nowhere: don't build them at all.
+        publishing = not self.in_process or bool(self.services)
+        self.observers: list[Callable[[Exchange], None]] = [self.instrumentation] if publishing else []
+        self.stats: dict[str, DispatchStats] = {s: DispatchStats() for s in self.services}
+        self.supervisor: Supervisor | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.probes: dict[str, Probe] = {} if self.in_process else {"event_bus": self._ping_redis}
+
+    async def _ping_redis(self) -> None:
+        redis = connect_redis(self.settings.redis, socket_timeout=1.0)
+        try:
+            await redis.ping()
+        finally:
+            await redis.aclose()
 
     async def start(self) -> None:
-        return None
+        await self.bus.start()
+        loop = asyncio.get_running_loop()
+        if self.in_process:
+            for service in self.services:
+                run = run_service(self.settings, service, self._stop, bus=self.bus, stats=self.stats[service])
+                self._tasks.append(loop.create_task(run, name=f"dispatcher-{service}"))
+        elif self.services:
+            self.supervisor = Supervisor(self.settings, self.services, self.settings.dispatch.workers)
+            self._tasks.append(loop.create_task(self.supervisor.run(), name="dispatcher-supervisor"))
 
     async def aclose(self) -> None:
-        return None
+        """Publish what waits, flush the bus, let dispatchers deliver it, then stop them."""
+        timeout = self.settings.server.shutdown_timeout
+        await self.instrumentation.aclose()
+        if self.in_process:
+            await self._drain_in_process(deadline=time.monotonic() + timeout)
+            self._stop.set()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.bus.aclose()
+            return
+        await self.bus.aclose()  # flushes buffered events to Redis (bounded)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.supervisor is not None:
+            await self.supervisor.stop(timeout)
+
+    async def _drain_in_process(self, deadline: float) -> None:
+        """Wait (bounded) until every in-process dispatcher has taken what was published."""
+        if not self._tasks:
+            return
+        assert isinstance(self.bus, InMemoryBus)
+        while time.monotonic() < deadline and self.bus.stats().get("queued", 0) > 0:
+            if all(t.done() for t in self._tasks):
+                return
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(Exception):
+            await asyncio.sleep(0)

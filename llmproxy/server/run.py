@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -11,16 +12,13 @@ from aiohttp import web
 
 from llmproxy import logs
 from llmproxy.config import Settings
-from llmproxy.errors import StoreUnavailable
+from llmproxy.errors import StartupError, StoreUnavailable
+from llmproxy.events.bus import BusUnavailable
 from llmproxy.server.app import build_app
 
 __all__ = ("StartupError", "serve")
 
 log = logging.getLogger(__name__)
-
-
-class StartupError(Exception):
-    """The server could not start (port in use, database unreachable): exit 1 with this message."""
 
 
 async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> None:
@@ -30,8 +28,11 @@ async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> Non
     )
     try:
         await runner.setup()
-    except StoreUnavailable as exc:
-        raise StartupError(f"database unavailable at start: {exc}") from None
+    except (StoreUnavailable, BusUnavailable) as exc:
+        with contextlib.suppress(Exception):  # release what did start (cleanup runs only for those)
+            await runner.cleanup()
+        what = "database" if isinstance(exc, StoreUnavailable) else "event bus"
+        raise StartupError(f"{what} unavailable at start: {exc}") from None
     host, _, port = settings.server.listen_addr.rpartition(":")
     site = web.TCPSite(runner, host or None, int(port), shutdown_timeout=settings.server.shutdown_timeout)
     try:
@@ -64,28 +65,14 @@ def serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> Non
         uvloop.run(_serve(settings, on_ready))
 
 
-def run_server_command(settings: Settings, args: object) -> int:
-    """`llm-proxy server`: configure logging, optionally detach, serve; exit 1 on a startup failure."""
-    import sys
-
-    if getattr(args, "detach", False):
-        from llmproxy import daemon
-
-        return daemon.detach_and_run(
-            lambda ready: _serve_logged(settings, ready),
-            pid_file=getattr(args, "pid_file", None),
-            log_file=getattr(args, "log_file", None),
-        )
-    try:
-        _serve_logged(settings, None)
-    except StartupError as exc:
-        sys.stderr.write(f"llm-proxy: {exc}\n")
-        return 1
+def run_server_command(settings: Settings, on_ready: Callable[[], None] | None = None) -> int:
+    """`llm-proxy server`: configure logging and serve until stopped. Raises StartupError."""
+    _serve_logged(settings, on_ready)
     return 0
 
 
 def _serve_logged(settings: Settings, on_ready: Callable[[], None] | None) -> None:
-    logs.configure(settings.log)
+    logs.configure(settings.log.level, settings.log.format, settings.log.file)
     serve(settings, on_ready)
 
 

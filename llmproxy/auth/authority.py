@@ -1,0 +1,364 @@
+"""Who may use the proxy: a withering token checked against a short-lived in-memory copy of the store.
+
+A cached check awaits nothing. Revocations and patches made here take effect at once through
+``invalidate_token``/``invalidate_project``; other instances see them within ``key_cache_ttl`` (at once
+for limited tokens, whose every forwarded request is counted atomically in the database). Counters of
+unlimited tokens and cache hits are batched and flushed every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import msgspec
+
+from llmproxy.auth.ratelimit import RateLimiter
+from llmproxy.auth.tokens import hash_token
+from llmproxy.config import AuthSettings
+from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
+from llmproxy.store.base import Project, Store, Token, TokenUsage
+
+__all__ = ("Authority", "Grant")
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 1.0
+NEGATIVE_TTL = 5.0  # unknown tokens are remembered this long (at most key_cache_ttl)
+_PRUNE_EVERY = 60  # flush ticks between sweeps of idle rate-limit windows
+T = TypeVar("T")
+
+
+class Grant(msgspec.Struct, frozen=True):
+    """What an allowed token may do: where to forward, with which key, under which limits."""
+
+    token_id: str
+    project_id: str
+    api_key: str
+    upstream_base_url: str | None
+    max_requests: int | None
+    rate_limit_per_minute: int | None
+
+    def __repr__(self) -> str:  # never the upstream key, even in a debug log
+        return f"Grant(token_id={self.token_id!r}, project_id={self.project_id!r})"
+
+
+class _Entry:
+    """One cached lookup. ``refusal`` answers unknown/revoked tokens; ``grant`` is None when the
+    project is inactive or missing; ``counted`` is the request_count as far as known here."""
+
+    __slots__ = (
+        "token_hash",
+        "token_id",
+        "project_id",
+        "refusal",
+        "grant",
+        "expires_at",
+        "stale_at",
+        "counted",
+        "exhausted",
+    )
+
+    def __init__(
+        self,
+        token_hash: str,
+        stale_at: float,
+        *,
+        refusal: Refusal | None = None,
+        token: Token | None = None,
+        grant: Grant | None = None,
+    ) -> None:
+        self.token_hash = token_hash
+        self.stale_at = stale_at
+        self.refusal = refusal
+        self.grant = grant
+        self.token_id = token.id if token is not None else None
+        self.project_id = token.project_id if token is not None else None
+        self.expires_at = _timestamp(token.expires_at) if token is not None else None
+        self.counted = token.request_count if token is not None else 0
+        limit = token.max_requests if token is not None else None
+        self.exhausted = limit is not None and self.counted >= limit
+
+
+class _Pending:
+    """Usage not yet written: counts since the last flush, latest use as a clock reading."""
+
+    __slots__ = ("requests", "cache_hits", "last_used")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.cache_hits = 0
+        self.last_used = 0.0
+
+
+class Authority:
+    """Checks withering tokens, enforces quota and rate limit, and counts their use."""
+
+    def __init__(
+        self, store: Store, settings: AuthSettings, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._ttl = settings.key_cache_ttl
+        self._negative_ttl = min(settings.key_cache_ttl, NEGATIVE_TTL)
+        self._max = settings.key_cache_max
+        self._entries: dict[str, _Entry] = {}  # token hash -> entry, in insertion order
+        self._by_token: dict[str, str] = {}  # token id -> token hash
+        self._by_project: dict[str, set[str]] = {}  # project id -> token hashes
+        self._loads: dict[str, asyncio.Task[_Entry]] = {}  # one store read per hash at a time
+        self._generation = 0  # bumped by every invalidation: a read begun before must not be cached
+        self._limiter = RateLimiter(max_keys=max(settings.key_cache_max, 1000), clock=clock)
+        self._pending: dict[str, _Pending] = {}
+        self._max_pending = max(settings.key_cache_max, 1000)
+        self._flushing: asyncio.Task[None] | None = None
+        self._usage_failing = False
+        self._store_failing = False
+        self._dropped_usage = 0
+
+    # -- the hot path
+    async def check(self, raw_token: str) -> Grant:
+        """The grant of an allowed token, else ProxyError with the refusal (SPEC §5 table)."""
+        token_hash = hash_token(raw_token)
+        now = self._clock()
+        entry = self._entries.get(token_hash)
+        if entry is None or entry.stale_at <= now:
+            entry = await self._lookup(token_hash)
+        if entry.refusal is not None:
+            raise ProxyError(entry.refusal)
+        if entry.expires_at is not None and entry.expires_at <= now:
+            raise ProxyError(Refusal.TOKEN_EXPIRED)
+        grant = entry.grant
+        if grant is None:
+            raise ProxyError(Refusal.PROJECT_INACTIVE)
+        if entry.exhausted:
+            raise ProxyError(Refusal.QUOTA_EXCEEDED)
+        limit = grant.rate_limit_per_minute
+        if limit is not None:
+            allowed, retry_after = self._limiter.hit(grant.token_id, limit, now)
+            if not allowed:
+                raise ProxyError(Refusal.RATE_LIMITED, headers={"Retry-After": str(retry_after)})
+        return grant
+
+    async def count_request(self, grant: Grant) -> None:
+        """Count a request about to be forwarded. Limited tokens are counted in the database, atomically
+        against their quota; unlimited ones in memory until the next flush."""
+        now = self._clock()
+        if grant.max_requests is None:
+            self._pending_for(grant.token_id, now).requests += 1
+            return
+        counted = await self._store_call(self._store.consume_request(grant.token_id, _utc(now)))
+        token_id = grant.token_id
+        entry = self._cached(token_id)
+        if counted:
+            if entry is not None:
+                entry.counted += 1
+                entry.exhausted = entry.counted >= grant.max_requests
+            return
+        # Refused by the database: quota used up (maybe by another instance), or the token was revoked.
+        token = await self._store_call(self._store.get_token(token_id))
+        if token is None or not token.is_active:
+            self.invalidate_token(token_id)
+            raise ProxyError(Refusal.TOKEN_REVOKED if token is not None else Refusal.INVALID_TOKEN)
+        if entry is not None:
+            entry.exhausted = True
+        raise ProxyError(Refusal.QUOTA_EXCEEDED)
+
+    def count_cache_hit(self, grant: Grant) -> None:
+        """A response served from the HTTP cache: counted in cache_hit_count, not request_count."""
+        self._pending_for(grant.token_id, self._clock()).cache_hits += 1
+
+    # -- invalidation
+    def invalidate_token(self, token_id: str) -> None:
+        """Forget what is cached about this token: the next check reads the store."""
+        self._generation += 1
+        self._loads.clear()
+        token_hash = self._by_token.get(token_id)
+        if token_hash is not None:
+            self._evict(token_hash)
+
+    def invalidate_project(self, project_id: str) -> None:
+        """Forget every cached token of this project (deactivation, new key or upstream)."""
+        self._generation += 1
+        self._loads.clear()
+        for token_hash in list(self._by_project.get(project_id, ())):
+            self._evict(token_hash)
+
+    # -- background flushing
+    async def run(self) -> None:
+        """Flush batched usage every second until cancelled (then call ``flush()``)."""
+        ticks = 0
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            await self.flush()
+            ticks += 1
+            if ticks % _PRUNE_EVERY == 0:
+                self._limiter.prune()
+
+    async def flush(self) -> None:
+        """Write batched usage now. Writes run one after another, each to its end even if its caller
+        was cancelled (shutdown), so no count is lost or written twice."""
+        write = self._write_usage(after=self._flushing)
+        self._flushing = asyncio.get_running_loop().create_task(write, name="usage-write")
+        await asyncio.shield(self._flushing)
+
+    async def _write_usage(self, after: asyncio.Task[None] | None) -> None:
+        if after is not None:
+            await asyncio.wait([after])
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        usage = [
+            TokenUsage(token_id, p.requests, p.cache_hits, _utc(p.last_used))
+            for token_id, p in pending.items()
+        ]
+        try:
+            await self._store.add_usage(usage)
+        except Exception as exc:  # keep the counts and retry next tick; never kill the loop
+            self._restore(pending)
+            if not self._usage_failing:
+                self._usage_failing = True
+                log.warning(
+                    "cannot write token usage of %d tokens, retrying every second: %s",
+                    len(self._pending),
+                    exc,
+                )
+            return
+        if self._usage_failing:
+            self._usage_failing = False
+            log.info("token usage written again (%d tokens)", len(usage))
+
+    def _restore(self, pending: dict[str, _Pending]) -> None:
+        for token_id, old in pending.items():
+            current = self._pending.get(token_id)
+            if current is None:
+                if len(self._pending) >= self._max_pending:
+                    self._drop_usage()
+                    continue
+                self._pending[token_id] = old
+                continue
+            current.requests += old.requests
+            current.cache_hits += old.cache_hits
+            current.last_used = max(current.last_used, old.last_used)
+
+    def _pending_for(self, token_id: str, now: float) -> _Pending:
+        pending = self._pending.get(token_id)
+        if pending is None:
+            pending = _Pending()
+            if len(self._pending) < self._max_pending:
+                self._pending[token_id] = pending
+            else:  # the store has been failing for long: counting into a throwaway beats growing
+                self._drop_usage()
+        pending.last_used = now
+        return pending
+
+    def _drop_usage(self) -> None:
+        self._dropped_usage += 1
+        if self._dropped_usage == 1:
+            log.warning("token usage buffer full: dropping usage of further tokens until it drains")
+
+    # -- the cache
+    async def _lookup(self, token_hash: str) -> _Entry:
+        load = self._loads.get(token_hash)
+        if load is None:
+            load = asyncio.get_running_loop().create_task(self._load(token_hash), name="token-lookup")
+            self._loads[token_hash] = load
+            load.add_done_callback(functools.partial(self._load_done, token_hash))
+        # Shielded: a client hanging up must not cancel the read other requests are waiting for.
+        return await asyncio.shield(load)
+
+    def _load_done(self, token_hash: str, load: asyncio.Task[_Entry]) -> None:
+        if self._loads.get(token_hash) is load:
+            del self._loads[token_hash]
+        if not load.cancelled():
+            load.exception()  # retrieved here, so an error nobody awaited any more is not reported
+
+    async def _load(self, token_hash: str) -> _Entry:
+        generation = self._generation
+        token = await self._store_call(self._store.get_token_by_hash(token_hash))
+        project = None
+        if token is not None and token.is_active:
+            project = await self._store_call(self._store.get_project(token.project_id))
+        now = self._clock()
+        entry = _new_entry(token_hash, token, project, now + self._ttl, now + self._negative_ttl)
+        if generation == self._generation:
+            self._insert(entry)
+        return entry
+
+    async def _store_call(self, call: Awaitable[T]) -> T:
+        """Await a store call; the store being down becomes 503 service_unavailable, logged once."""
+        try:
+            result = await call
+        except StoreUnavailable as exc:
+            if not self._store_failing:
+                self._store_failing = True
+                log.warning("store unavailable, answering token checks with 503: %s", exc)
+            raise ProxyError(Refusal.SERVICE_UNAVAILABLE) from exc
+        if self._store_failing:
+            self._store_failing = False
+            log.info("store available again")
+        return result
+
+    def _cached(self, token_id: str) -> _Entry | None:
+        token_hash = self._by_token.get(token_id)
+        return None if token_hash is None else self._entries.get(token_hash)
+
+    def _insert(self, entry: _Entry) -> None:
+        if entry.stale_at <= self._clock() or self._max <= 0:
+            return
+        self._evict(entry.token_hash)
+        while len(self._entries) >= self._max:
+            self._evict(next(iter(self._entries)))
+        self._entries[entry.token_hash] = entry
+        if entry.token_id is not None:
+            self._by_token[entry.token_id] = entry.token_hash
+        if entry.project_id is not None:
+            self._by_project.setdefault(entry.project_id, set()).add(entry.token_hash)
+
+    def _evict(self, token_hash: str) -> None:
+        entry = self._entries.pop(token_hash, None)
+        if entry is None:
+            return
+        if entry.token_id is not None:
+            if self._by_token.get(entry.token_id) == token_hash:
+                del self._by_token[entry.token_id]
+        if entry.project_id is not None:
+            hashes = self._by_project.get(entry.project_id)
+            if hashes is not None:
+                hashes.discard(token_hash)
+                if not hashes:
+                    del self._by_project[entry.project_id]
+
+
+def _new_entry(
+    token_hash: str, token: Token | None, project: Project | None, stale_at: float, negative_stale_at: float
+) -> _Entry:
+    if token is None:
+        return _Entry(token_hash, negative_stale_at, refusal=Refusal.INVALID_TOKEN)
+    if not token.is_active:
+        return _Entry(token_hash, stale_at, refusal=Refusal.TOKEN_REVOKED, token=token)
+    grant = None
+    if project is not None and project.is_active:
+        grant = Grant(
+            token_id=token.id,
+            project_id=token.project_id,
+            api_key=project.api_key,
+            upstream_base_url=project.upstream_base_url,
+            max_requests=token.max_requests,
+            rate_limit_per_minute=token.rate_limit_per_minute,
+        )
+    return _Entry(token_hash, stale_at, token=token, grant=grant)
+
+
+def _timestamp(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)

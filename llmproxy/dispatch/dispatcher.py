@@ -1,0 +1,167 @@
+"""The dispatch loop: read deliveries, batch them, hand them to one backend, ack what it accepted.
+
+Ack only after the backend accepted a batch (at-least-once; backends dedupe by event id).
+- Transient failure: the SAME batch is retried with backoff (retry.backoff_s, Retry-After honoured)
+  up to `max_attempts` sends; then it is left unacked and the source redelivers it later (Redis
+  streams: XAUTOCLAIM, counting deliveries). `max_attempts=None` retries until stop instead (use it
+  for a source without redelivery, like the in-memory bus). Nothing is retried after stop.
+- Permanent failure: a batch of one is dead-lettered; a bigger batch is split in halves and each
+  half sent again, so only the events the backend refuses are dead-lettered (unless the error is
+  `whole_batch`, e.g. a bad key, when every event would fail alike).
+- Undecodable deliveries and those seen more than `max_deliveries` times are dead-lettered unsent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from llmproxy.dispatch.backends.base import Backend, DeliveryError, error_for_exception
+from llmproxy.dispatch.retry import backoff_s
+
+if TYPE_CHECKING:
+    from llmproxy.events.bus import Delivery, EventSource
+
+__all__ = ("DispatchStats", "Dispatcher")
+
+logger = logging.getLogger(__name__)
+
+MAX_BLOCK_S = 1.0  # longest single read, so a stop is noticed within a second
+
+
+class DispatchStats(msgspec.Struct, kw_only=True):
+    """Counters of one dispatcher, in events (batches: batches collected and sent)."""
+
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0  # left unacked after the retry budget or a stop: the source redelivers them
+    dead_lettered: int = 0
+    batches: int = 0
+    last_error: str | None = None
+
+
+class Dispatcher:
+    """Moves events from one EventSource to one Backend until `stop` is set."""
+
+    def __init__(
+        self,
+        source: EventSource,
+        backend: Backend,
+        *,
+        batch_size: int = 100,
+        flush_interval: float = 1.0,
+        max_deliveries: int = 10,
+        max_attempts: int | None = 8,
+        stats: DispatchStats | None = None,
+        backoff: Callable[[int, float | None], float] = backoff_s,
+    ) -> None:
+        self.source = source
+        self.backend = backend
+        self.batch_size = max(1, batch_size)
+        self.flush_interval = flush_interval
+        self.max_deliveries = max_deliveries
+        self.max_attempts = max_attempts
+        self.stats = stats if stats is not None else DispatchStats()
+        self._backoff = backoff
+
+    async def run(self, stop: asyncio.Event) -> None:
+        logger.info("dispatcher %s starting (batch %d)", self.backend.name, self.batch_size)
+        source_failures = 0
+        while not stop.is_set():
+            try:
+                batch = await self._collect(stop)
+                if batch:
+                    self.stats.batches += 1
+                    await self._deliver(batch, stop)
+                source_failures = 0
+            except Exception as exc:  # the source (Redis) is down (BusUnavailable): back off, try again
+                source_failures += 1
+                self.stats.last_error = f"source: {exc!r}"
+                logger.warning("dispatcher %s: source failed: %r", self.backend.name, exc, exc_info=source_failures == 1)
+                await self._stopped_during(backoff_s(source_failures, base=0.1, cap=2.0), stop)
+        s = self.stats
+        logger.info(
+            "dispatcher %s stopped ◆ %d delivered ◆ %d retried ◆ %d failed ◆ %d dead-lettered",
+            self.backend.name, s.delivered, s.retried, s.failed, s.dead_lettered,
+        )  # fmt: skip
+
+    async def lag(self) -> dict[str, int]:
+        return await self.source.lag()
+
+    async def _collect(self, stop: asyncio.Event) -> list[Delivery]:
+        """Up to batch_size deliveries, or what arrived within flush_interval of the first one."""
+        loop = asyncio.get_running_loop()
+        batch: list[Delivery] = []
+        deadline: float | None = None
+        while len(batch) < self.batch_size and not stop.is_set():
+            wait = self.flush_interval if deadline is None else deadline - loop.time()
+            if wait <= 0:
+                break
+            arrived = await self.source.read(self.batch_size - len(batch), min(wait, MAX_BLOCK_S))
+            batch += await self._screen(arrived)
+            if batch and deadline is None:
+                deadline = loop.time() + self.flush_interval
+        return batch
+
+    async def _screen(self, arrived: list[Delivery]) -> list[Delivery]:
+        """Dead-letter what must never reach the backend; return the rest."""
+        undecodable = [d for d in arrived if d.event is None]
+        exhausted = [d for d in arrived if d.event is not None and d.deliveries > self.max_deliveries]
+        if undecodable:
+            await self._dead_letter(undecodable, "undecodable event")
+        if exhausted:
+            await self._dead_letter(exhausted, f"delivered more than {self.max_deliveries} times")
+        if not undecodable and not exhausted:
+            return arrived
+        return [d for d in arrived if d.event is not None and d.deliveries <= self.max_deliveries]
+
+    async def _deliver(self, batch: list[Delivery], stop: asyncio.Event) -> None:
+        """Send until accepted (ack), refused (split / dead-letter) or out of attempts (leave)."""
+        attempt = 0
+        while True:
+            try:
+                await self.backend.send([d.event for d in batch if d.event is not None])
+            except Exception as exc:
+                error = error_for_exception(self.backend.name, exc)
+                if not isinstance(exc, DeliveryError):
+                    logger.exception("dispatcher %s: backend raised", self.backend.name)
+            else:
+                await self.source.ack([d.entry_id for d in batch])
+                self.stats.delivered += len(batch)
+                return
+            self.stats.last_error = error.message
+            if not error.transient:
+                if len(batch) > 1 and not error.whole_batch:
+                    half = len(batch) // 2
+                    await self._deliver(batch[:half], stop)
+                    await self._deliver(batch[half:], stop)
+                else:
+                    await self._dead_letter(batch, error.message)
+                return
+            attempt += 1
+            out_of_attempts = self.max_attempts is not None and attempt >= self.max_attempts
+            if out_of_attempts or await self._stopped_during(self._backoff(attempt, error.retry_after), stop):
+                self.stats.failed += len(batch)
+                logger.warning("dispatcher %s: %d events left for redelivery: %s",
+                               self.backend.name, len(batch), error.message)  # fmt: skip
+                return
+            self.stats.retried += len(batch)
+
+    async def _dead_letter(self, deliveries: list[Delivery], error: str) -> None:
+        await self.source.dead_letter(deliveries, error)
+        self.stats.dead_lettered += len(deliveries)
+        logger.warning(
+            "dispatcher %s: %d events dead-lettered: %s", self.backend.name, len(deliveries), error
+        )
+
+    @staticmethod
+    async def _stopped_during(seconds: float, stop: asyncio.Event) -> bool:
+        """Sleep, waking early if stop is set; whether it was."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        return stop.is_set()

@@ -1,0 +1,165 @@
+"""Dispatcher processes: the worker entry point the server spawns, and `llm-proxy dispatcher`.
+
+A worker owns its loop and its Redis connections, runs one Dispatcher until SIGTERM, and publishes its
+counters to Redis so the server's /metrics can add up every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from llmproxy import logs
+from llmproxy.config import Settings
+from llmproxy.errors import ConfigError
+from llmproxy.dispatch.dispatcher import Dispatcher, DispatchStats
+from llmproxy.dispatch.registry import make_backend
+from llmproxy.events.bus import EventBus, connect_redis, make_source
+
+__all__ = ("STATS_INTERVAL", "run_dispatcher_command", "run_service", "stats_key", "worker_main")
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL = 2.0  # seconds between a worker's counter reports
+_STATS_TTL = 60  # a report of a worker gone for this long stops counting in lag, not in totals
+
+
+def stats_key(settings: Settings) -> str:
+    """The Redis hash where every worker reports its counters (field = service:consumer)."""
+    return f"{settings.streams.key}:dispatcher-stats"
+
+
+def service_endpoint(settings: Settings, service: str) -> str:
+    if service == "file":
+        return settings.dispatch.endpoint or settings.events.file_event_log
+    return settings.dispatch.endpoint
+
+
+async def run_service(
+    settings: Settings,
+    service: str,
+    stop: asyncio.Event,
+    *,
+    bus: EventBus | None = None,
+    consumer: str | None = None,
+    stats: DispatchStats | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> None:
+    """Run one Dispatcher for ``service`` until ``stop`` is set; close what it opened."""
+    backend = make_backend(service, service_endpoint(settings, service), settings.dispatch.api_key)
+    source = make_source(settings, service, bus=bus, consumer=consumer)
+    dispatcher = Dispatcher(
+        source,
+        backend,
+        batch_size=settings.dispatch.batch_size,
+        flush_interval=settings.dispatch.flush_interval,
+        max_deliveries=settings.dispatch.max_deliveries,
+        stats=stats,
+    )
+    reopen = getattr(backend, "reopen", None)
+    loop = asyncio.get_running_loop()
+    if reopen is not None and bus is None:  # a worker process: SIGHUP reopens the file (logrotate)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_call(reopen)))
+    try:
+        await source.start()
+        if on_started is not None:
+            on_started()
+        await dispatcher.run(stop)
+    finally:
+        await source.aclose()
+        await backend.aclose()
+
+
+async def _call(fn: Callable[[], Any]) -> None:
+    result = fn()
+    if asyncio.iscoroutine(result):
+        await result
+
+
+async def _report_stats(settings: Settings, field: str, stats: DispatchStats, stop: asyncio.Event) -> None:
+    """Publish this worker's counters every STATS_INTERVAL, and once more when stopping."""
+    redis = connect_redis(settings.redis, socket_timeout=2.0)
+    key = stats_key(settings)
+    try:
+        while True:
+            doc = msgspec.json.encode({**msgspec.structs.asdict(stats), "at": time.time()})
+            with contextlib.suppress(Exception):  # Redis down: the next report carries the totals
+                await redis.hset(key, field, doc)
+            if stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STATS_INTERVAL)
+    finally:
+        await redis.aclose()
+
+
+async def _worker(settings: Settings, service: str, on_started: Callable[[], None] | None = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    consumer = f"{socket.gethostname()}-{os.getpid()}"
+    stats = DispatchStats()
+    reporter = loop.create_task(_report_stats(settings, f"{service}:{consumer}", stats, stop))
+    try:
+        await run_service(settings, service, stop, consumer=consumer, stats=stats, on_started=on_started)
+    finally:
+        stop.set()
+        await reporter
+
+
+def worker_main(settings: Settings, service: str, index: int = 0) -> None:
+    """Process entry point (multiprocessing spawn target and the standalone command)."""
+    # The server owns Ctrl-C: it stops workers with SIGTERM once it has drained its requests.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logs.configure(settings.log.level, settings.log.format, settings.log.file)
+    _run_loop(_worker(settings, service))
+
+
+def _run_loop(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def run_dispatcher_command(settings: Settings, service: str, on_ready: Callable[[], None] | None = None) -> int:
+    """`llm-proxy dispatcher --service S`: one service read from Redis, in 1..N processes."""
+    if settings.events.bus == "in-memory":
+        raise ConfigError("the standalone dispatcher reads Redis: set LLM_PROXY_EVENT_BUS=redis-streams (or redis)")
+    try:
+        make_backend(service, service_endpoint(settings, service), settings.dispatch.api_key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    logs.configure(settings.log.level, settings.log.format, settings.log.file)
+    if settings.dispatch.workers <= 1:
+        _run_loop(_worker(settings, service, on_started=on_ready))
+    else:
+        _run_children(settings, service, on_ready)
+    return 0
+
+
+def _run_children(settings: Settings, service: str, ready: Callable[[], None] | None) -> None:
+    """--workers N: N worker processes; SIGTERM here is passed on to each. systemd restarts the unit."""
+    ctx = multiprocessing.get_context("spawn")
+    children = [ctx.Process(target=worker_main, args=(settings, service, i)) for i in range(settings.dispatch.workers)]
+    for child in children:
+        child.start()
+    signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children if c.is_alive()])
+    if ready is not None:
+        ready()
+    for child in children:
+        child.join()

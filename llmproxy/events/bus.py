@@ -1,0 +1,172 @@
+"""The two sides of the event bus: what the proxy publishes to and what a dispatcher reads from.
+
+Producers and consumers code against ``EventBus`` / ``EventSource``; ``make_bus`` and ``make_source`` are
+the one place in ``events`` that picks the concrete class for ``LLM_PROXY_EVENT_BUS``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from llmproxy.events.model import Event
+
+if TYPE_CHECKING:
+    from llmproxy.config import RedisSettings, Settings
+
+__all__ = (
+    "BusUnavailable",
+    "Delivery",
+    "EventBus",
+    "EventSource",
+    "RedisFactory",
+    "connect_redis",
+    "make_bus",
+    "make_source",
+)
+
+
+class BusUnavailable(Exception):
+    """The bus backend (Redis) cannot be reached. Raised by ``EventSource`` methods and ``EventBus.start``.
+
+    A dispatcher backs off (e.g. 0.1s doubling to 2s) and calls again; the source reconnects by itself.
+    """
+
+
+class Delivery(msgspec.Struct):
+    """One entry handed to a dispatcher. ``event`` is None when ``raw`` could not be decoded: dead-letter it.
+
+    ``deliveries`` counts how often the entry was handed out (1 = first time); ``raw`` is the payload as
+    stored in the bus (empty for the in-memory bus, which never fails to decode).
+    """
+
+    entry_id: str
+    event: Event | None
+    raw: bytes
+    deliveries: int
+
+
+class EventBus(Protocol):
+    """Producer side, used on the request path."""
+
+    def publish(self, event: Event) -> None:
+        """Queue ``event``; synchronous, never blocks, never raises, never awaits Redis."""
+
+    async def start(self) -> None:
+        """Start background delivery; raises ``BusUnavailable`` naming the address if Redis is unreachable."""
+
+    async def aclose(self) -> None:
+        """Flush what is buffered (bounded by a timeout), then stop; what is left is counted as dropped."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters: published, written (into the bus), dropped, spilled (held while Redis was down),
+        pending (held by the producer now), outages, unavailable (1 while Redis is unreachable)."""
+
+
+class EventSource(Protocol):
+    """Consumer side: one per dispatcher service (and, for Redis Streams, per worker)."""
+
+    async def start(self) -> None:
+        """Prepare reading (create the consumer group); raises ``BusUnavailable``."""
+
+    async def read(self, max_count: int, block_s: float) -> list[Delivery]:
+        """Up to ``max_count`` deliveries, waiting at most ``block_s`` for the first; [] when none came."""
+
+    async def ack(self, entry_ids: list[str]) -> None:
+        """The backend accepted these entries: never hand them out again."""
+
+    async def dead_letter(self, deliveries: list[Delivery], error: str) -> None:
+        """Give up on these entries: keep them aside with ``error`` and stop redelivering them."""
+
+    async def lag(self) -> dict[str, int]:
+        """Backlog: at least ``length`` (waiting in the bus) and ``pending`` (handed out, not acked)."""
+
+    async def aclose(self) -> None: ...
+
+
+class RedisFactory(Protocol):
+    def __call__(self, settings: RedisSettings, *, socket_timeout: float) -> Redis: ...
+
+
+def connect_redis(settings: RedisSettings, *, socket_timeout: float = 5.0) -> Redis:
+    """A Redis client that fails fast: one immediate retry (a stale pooled connection), no backoff of its own.
+
+    The bus does its own bounded backoff; redis-py's default (10 retries with backoff) would stall shutdown.
+    """
+    host, _, port = settings.addr.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = settings.addr or "localhost", "6379"
+    return Redis(
+        host=host.strip("[]"),
+        port=int(port),
+        db=settings.db,
+        password=settings.password or None,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=min(socket_timeout, 2.0),
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+def make_bus(settings: Settings, redis_factory: RedisFactory = connect_redis) -> EventBus:
+    """The producer for ``settings.events.bus``; a Redis bus owns (and closes) the client it creates."""
+    kind = settings.events.bus
+    if kind == "in-memory":
+        from llmproxy.events.memory import InMemoryBus
+
+        return InMemoryBus(settings.events.buffer_size)
+    redis = redis_factory(settings.redis, socket_timeout=5.0)
+    if kind == "redis":
+        from llmproxy.events.redis_list import RedisListBus
+
+        return RedisListBus(redis, settings, owns_redis=True)
+    if kind == "redis-streams":
+        from llmproxy.events.redis_streams import RedisStreamBus
+
+        return RedisStreamBus(redis, settings, owns_redis=True)
+    raise ValueError(f"unknown event bus: {kind!r}")
+
+
+def make_source(
+    settings: Settings,
+    service: str,
+    *,
+    bus: EventBus | None = None,
+    group: str | None = None,
+    consumer: str | None = None,
+    redis_factory: RedisFactory = connect_redis,
+) -> EventSource:
+    """The reader for one dispatcher ``service``.
+
+    in-memory: subscribes to ``bus`` (required, the server's own ``InMemoryBus``). redis-streams: joins
+    ``group`` (default ``<REDIS_CONSUMER_GROUP>-<service>``) as ``consumer`` (default REDIS_CONSUMER_NAME;
+    a worker process must pass a name unique among the group's live consumers).
+    """
+    kind = settings.events.bus
+    if kind == "in-memory":
+        from llmproxy.events.memory import InMemoryBus
+
+        if not isinstance(bus, InMemoryBus):
+            raise ValueError("the in-memory bus is read in-process: pass the server's InMemoryBus as bus=")
+        return bus.subscribe(service)
+    # the socket must outlive the longest blocking read
+    redis = redis_factory(settings.redis, socket_timeout=settings.streams.block_time + 5.0)
+    if kind == "redis":
+        from llmproxy.events.redis_list import ListSource
+
+        return ListSource(redis, settings, service, owns_redis=True)
+    if kind == "redis-streams":
+        from llmproxy.events.redis_streams import StreamSource, group_name
+
+        return StreamSource(
+            redis,
+            settings,
+            service,
+            group=group or group_name(settings.streams.consumer_group, service),
+            consumer=consumer or settings.streams.consumer_name or f"{service}-consumer",
+            owns_redis=True,
+        )
+    raise ValueError(f"unknown event bus: {kind!r}")

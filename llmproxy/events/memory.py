@@ -1,0 +1,120 @@
+"""In-process bus: every subscriber (one per dispatcher service) gets each event in its own bounded queue.
+
+Nothing survives a restart and a slow subscriber loses its oldest events (counted) rather than slowing
+the request path or the other subscribers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from llmproxy.events.bus import Delivery
+from llmproxy.events.model import Event
+
+__all__ = ("InMemoryBus", "MemorySource")
+
+log = logging.getLogger(__name__)
+
+
+class MemorySource:
+    """One subscriber's queue. ``ack`` is a no-op: an event read is an event gone."""
+
+    def __init__(self, bus: InMemoryBus, name: str, buffer_size: int) -> None:
+        self.name = name
+        self._bus = bus
+        self._queue: deque[Event] = deque()
+        self._max = max(1, buffer_size)
+        self._ready = asyncio.Event()
+        self._sequence = 0
+        self.dropped = 0
+        self.dead_lettered = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def offer(self, event: Event) -> None:
+        if len(self._queue) >= self._max:
+            self._queue.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning(
+                    "in-memory bus: subscriber %s is behind, %d events dropped", self.name, self.dropped
+                )
+        self._queue.append(event)
+        self._ready.set()
+
+    async def start(self) -> None:
+        return None
+
+    async def read(self, max_count: int, block_s: float) -> list[Delivery]:
+        if not self._queue and block_s > 0:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), block_s)
+            except TimeoutError:
+                return []
+        batch: list[Delivery] = []
+        while self._queue and len(batch) < max_count:
+            self._sequence += 1
+            batch.append(Delivery(str(self._sequence), self._queue.popleft(), b"", 1))
+        return batch
+
+    async def ack(self, entry_ids: list[str]) -> None:
+        return None
+
+    async def dead_letter(self, deliveries: list[Delivery], error: str) -> None:
+        self.dead_lettered += len(deliveries)
+        ids = [d.event.id for d in deliveries if d.event is not None]
+        log.warning("in-memory bus: %s gave up on %d events (%s): %s", self.name, len(deliveries), error, ids)
+
+    async def lag(self) -> dict[str, int]:
+        return {"length": len(self._queue), "pending": 0, "dropped": self.dropped}
+
+    async def aclose(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class InMemoryBus:
+    """Fan-out to the subscribers registered with ``subscribe``; with none, events are counted and gone."""
+
+    def __init__(self, buffer_size: int = 1000) -> None:
+        self._buffer_size = buffer_size
+        self._subscribers: list[MemorySource] = []
+        self._published = 0
+        self._unsubscribed_dropped = 0
+
+    def subscribe(self, name: str) -> MemorySource:
+        source = MemorySource(self, name, self._buffer_size)
+        self._subscribers.append(source)
+        return source
+
+    def unsubscribe(self, source: MemorySource) -> None:
+        if source in self._subscribers:
+            self._subscribers.remove(source)
+            self._unsubscribed_dropped += source.dropped
+
+    def publish(self, event: Event) -> None:
+        self._published += 1
+        for source in self._subscribers:
+            source.offer(event)
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None  # subscribers drain their queues until their own aclose
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "published": self._published,
+            "written": self._published,
+            "dropped": self._unsubscribed_dropped + sum(s.dropped for s in self._subscribers),
+            "spilled": 0,
+            "pending": 0,  # nothing waits in the producer: publish hands events straight to the queues
+            "queued": sum(s.queued for s in self._subscribers),
+            "outages": 0,
+            "unavailable": 0,
+        }

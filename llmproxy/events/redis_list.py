@@ -1,0 +1,188 @@
+"""Redis list bus (``LLM_PROXY_EVENT_BUS=redis``): LPUSH/BRPOP, at-most-once.
+
+An event popped by a reader is gone from Redis: if the reader dies before its backend accepted it, it
+is lost (use redis-streams for at-least-once). The list is one work queue: every event goes to exactly
+one reader, whatever its service, so run a single dispatcher service with it (streams fan out).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from llmproxy.events.bus import BusUnavailable, Delivery
+from llmproxy.events.model import Event, decode_event, encode_event
+from llmproxy.events.spill import Drain, SpillBuffer
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from llmproxy.config import Settings
+
+__all__ = ("ListSource", "RedisListBus", "dead_list_key", "list_key")
+
+log = logging.getLogger(__name__)
+
+SPILL_MAX_BYTES = 64 * 1024 * 1024
+SPILL_MIN_ITEMS = 10_000
+
+
+def list_key(stream_key: str) -> str:
+    """Its own key, so switching between ``redis`` and ``redis-streams`` never hits a WRONGTYPE."""
+    return f"{stream_key}:list"
+
+
+def dead_list_key(stream_key: str) -> str:
+    return f"{list_key(stream_key)}:dead"
+
+
+class RedisListBus:
+    """Producer: ``publish`` buffers locally; a drain task LPUSHes many events per command (LTRIM-bounded)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        *,
+        owns_redis: bool = False,
+        spill_max_items: int | None = None,
+        spill_max_bytes: int = SPILL_MAX_BYTES,
+        flush_timeout_s: float = 5.0,
+    ) -> None:
+        self._redis = redis
+        self._owns_redis = owns_redis
+        self._key = list_key(settings.streams.key)
+        self._max_len = settings.streams.max_len
+        self._address = settings.redis.addr
+        max_items = spill_max_items or max(settings.events.buffer_size, SPILL_MIN_ITEMS)
+        self._drain = Drain(
+            SpillBuffer(max_items, spill_max_bytes, len),
+            self._write,
+            address=self._address,
+            flush_timeout_s=flush_timeout_s,
+        )
+
+    def publish(self, event: Event) -> None:
+        try:
+            self._drain.put(encode_event(event))
+        except Exception:  # never let observability break a request
+            log.exception("could not queue event %s", getattr(event, "id", "?"))
+
+    async def start(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"Redis at {self._address} unreachable: {exc}") from exc
+        self._drain.start()
+
+    async def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until what was published so far is in Redis; False if it could not be written in time."""
+        return await self._drain.flush(timeout_s)
+
+    async def aclose(self, timeout_s: float | None = None) -> None:
+        await self._drain.aclose(timeout_s)
+        if self._owns_redis:
+            await self._redis.aclose()
+
+    def stats(self) -> dict[str, int]:
+        return self._drain.stats()
+
+    async def _write(self, batch: list[bytes]) -> list[bytes]:
+        # LPUSH k a b c leaves c leftmost; BRPOP takes from the right, so readers see a, b, c in order.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.lpush(self._key, *batch)
+        if self._max_len:
+            pipe.ltrim(self._key, 0, self._max_len - 1)  # keep the newest
+        pushed, *_ = await pipe.execute(raise_on_error=False)
+        return batch if isinstance(pushed, Exception) else []
+
+
+class ListSource:
+    """Reader: BRPOP for the first event, RPOP for the rest of a batch. ``ack`` is a no-op (at-most-once)."""
+
+    def __init__(self, redis: Redis, settings: Settings, service: str, *, owns_redis: bool = False) -> None:
+        self.service = service
+        self._redis = redis
+        self._owns_redis = owns_redis
+        self._key = list_key(settings.streams.key)
+        self._dead_key = dead_list_key(settings.streams.key)
+        self._max_len = settings.streams.max_len
+        self._address = settings.redis.addr
+        socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
+        self._max_block_s = max(0.001, socket_timeout - 1.0) if socket_timeout else float("inf")
+        self._sequence = 0
+
+    @contextmanager
+    def _reaching_redis(self) -> Iterator[None]:
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BusUnavailable(f"Redis at {self._address} unreachable: {exc}") from exc
+
+    async def start(self) -> None:
+        with self._reaching_redis():
+            await self._redis.ping()
+
+    async def read(self, max_count: int, block_s: float) -> list[Delivery]:
+        block_s = min(block_s, self._max_block_s)
+        with self._reaching_redis():
+            if block_s > 0:
+                popped = await self._redis.brpop([self._key], timeout=block_s)
+                first = [popped[1]] if popped else []
+            else:
+                one = await self._redis.rpop(self._key)
+                first = [one] if one is not None else []
+            if not first:
+                return []
+            rest = await self._redis.rpop(self._key, max_count - 1) if max_count > 1 else None
+        return [self._delivery(raw) for raw in first + (rest or [])]
+
+    async def ack(self, entry_ids: list[str]) -> None:
+        return None
+
+    async def dead_letter(self, deliveries: list[Delivery], error: str) -> None:
+        """LPUSH a record per entry to ``<key>:list:dead`` (error, service, payload), bounded like the list."""
+        if not deliveries:
+            return
+        records = [
+            msgspec.json.encode(
+                {
+                    "error": error,
+                    "service": self.service,
+                    "original_id": d.entry_id,
+                    "deliveries": d.deliveries,
+                    "event": d.raw.decode(errors="replace"),
+                }
+            )
+            for d in deliveries
+        ]
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.lpush(self._dead_key, *records)
+        if self._max_len:
+            pipe.ltrim(self._dead_key, 0, self._max_len - 1)
+        with self._reaching_redis():
+            await pipe.execute()
+        log.warning("%d events moved to %s: %s", len(deliveries), self._dead_key, error)
+
+    async def lag(self) -> dict[str, int]:
+        with self._reaching_redis():
+            return {"length": await self._redis.llen(self._key), "pending": 0}
+
+    async def aclose(self) -> None:
+        if self._owns_redis:
+            await self._redis.aclose()
+
+    def _delivery(self, raw: bytes) -> Delivery:
+        self._sequence += 1
+        try:
+            event: Event | None = decode_event(raw)
+        except msgspec.DecodeError:
+            event = None
+        return Delivery(f"{self.service}-{self._sequence}", event, raw, 1)

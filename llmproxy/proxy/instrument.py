@@ -1,0 +1,326 @@
+"""Turns each finished Exchange into the SPEC §6 Event and publishes it: the proxy's observer of traffic.
+
+Building is cheap and runs on the loop (header redaction, bounded decompression, a usage read from the
+body's tail). Token estimation, needed only when the upstream sent no usage, runs in a thread owned here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+import re
+import uuid
+import zlib
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Protocol
+
+import msgspec
+
+from llmproxy.config import EventSettings
+from llmproxy.events.model import Event, Usage
+from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.tokencount import TokenCounter
+from llmproxy.proxy.usage import endpoint_kind, estimate_usage, response_model, response_usage
+
+try:  # aiohttp decodes br when one of these is installed; we never add one
+    import brotli  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    brotli = None
+
+__all__ = (
+    "REDACTED",
+    "EventPublisher",
+    "Instrumentation",
+    "build_event",
+    "decode_body",
+    "redact_headers",
+    "request_model",
+    "rfc3339",
+)
+
+log = logging.getLogger(__name__)
+
+REDACTED = "[REDACTED]"
+_SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
+)
+_SECRET_NAME_PARTS = ("key", "token", "secret", "auth")
+_PUBLIC_PREFIXES = ("x-ratelimit-",)  # x-ratelimit-remaining-tokens etc. are counts, not credentials
+_SECRET_VALUE = re.compile(r"\b(?:bearer|basic)\s+\S|sk-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
+_SNIFF = 4096  # bytes searched for the model when the request is not whole JSON
+_MODEL_JSON = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
+_MODEL_FORM = re.compile(rb'name="model"\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]{1,256})')
+
+
+class EventPublisher(Protocol):
+    def publish(self, event: Event) -> None: ...
+
+
+class _RequestHead(msgspec.Struct):
+    model: str | None = None
+
+
+_request_head = msgspec.json.Decoder(_RequestHead)
+
+
+def rfc3339(timestamp: float) -> str:
+    """`2026-11-23T09:01:37.123456Z` for a time.time() value."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_name(name: str) -> bool:
+    if name in _SECRET_HEADERS:
+        return True
+    return not name.startswith(_PUBLIC_PREFIXES) and any(part in name for part in _SECRET_NAME_PARTS)
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Lower-cased names; credentials (by name, or a bearer/sk- value under any name) become [REDACTED]."""
+    redacted = {}
+    for name, value in headers.items():
+        lower = name.lower()
+        redacted[lower] = REDACTED if _secret_name(lower) or _SECRET_VALUE.search(value) else value
+    return redacted
+
+
+def _inflate(body: bytes, coding: str, limit: int) -> tuple[bytes, bool] | None:
+    if coding in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif coding == "deflate":  # RFC 9110 says zlib-wrapped; some servers send raw deflate
+        zlib_header = len(body) >= 2 and body[0] & 0x0F == 8 and int.from_bytes(body[:2], "big") % 31 == 0
+        wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+    elif coding == "br" and brotli is not None:
+        try:  # brotli >= 1.2 can bound its output; older versions cannot, so br stays encoded there
+            decoder = brotli.Decompressor()
+            out = decoder.process(body, output_buffer_limit=limit)
+            return out[:limit], len(out) >= limit and not decoder.is_finished()
+        except (TypeError, brotli.error):
+            return None
+    else:
+        return None
+    decoder = zlib.decompressobj(wbits)
+    try:
+        out = decoder.decompress(body, limit)
+    except zlib.error:
+        return None
+    return out, bool(decoder.unconsumed_tail) or (len(out) >= limit and not decoder.eof)
+
+
+def decode_body(body: bytes, content_encoding: str, limit: int, truncated: bool) -> tuple[bytes, bool]:
+    """The body with its Content-Encoding undone, never more than `limit` bytes: (bytes, truncated).
+
+    A body that cannot be decoded (unknown or stacked codings, corrupt data) is returned as captured.
+    """
+    codings = [c for c in (c.strip() for c in content_encoding.lower().split(",")) if c and c != "identity"]
+    if len(codings) != 1 or not body:
+        return body, truncated
+    inflated = _inflate(body, codings[0], limit)
+    if inflated is None:
+        return body, truncated
+    return inflated[0], truncated or inflated[1]
+
+
+def _utf8(body: bytes, truncated: bool) -> str | None:
+    try:
+        return body.decode()
+    except UnicodeDecodeError as exc:
+        cut = (
+            exc.start if truncated and exc.end == len(body) and exc.reason == "unexpected end of data" else -1
+        )
+    if cut < 0:
+        return None
+    try:  # the capture bound cut the last character in half: drop its first bytes
+        return body[:cut].decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def request_model(body: bytes) -> str | None:
+    """The `model` a request names: its JSON field, or for a cut or odd body the first match near the start."""
+    if body.lstrip()[:1] == b"{":
+        try:
+            return _request_head.decode(body).model
+        except msgspec.ValidationError:
+            return None
+        except msgspec.DecodeError:
+            pass
+    head = body[:_SNIFF]
+    found = _MODEL_JSON.search(head) or _MODEL_FORM.search(head)  # truncated JSON, or multipart (audio)
+    return found.group(1).decode("utf-8", "replace").strip() if found else None
+
+
+class _Estimate(msgspec.Struct, frozen=True):
+    """What token estimation needs, handed to the counting thread."""
+
+    path: str
+    request_body: bytes
+    response_body: bytes
+    stream: bool
+    model: str | None
+
+
+def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Estimate | None]:
+    """The Event for an exchange, and what to estimate its usage from when the upstream reported none."""
+    request, request_truncated = decode_body(
+        exchange.request_body,
+        _header(exchange.request_headers, "content-encoding"),
+        settings.max_request_body_bytes,
+        exchange.request_body_truncated,
+    )
+    response, response_truncated = decode_body(
+        exchange.response_body,
+        _header(exchange.response_headers, "content-encoding"),
+        settings.max_response_body_bytes,
+        exchange.response_body_truncated,
+    )
+    request_text, response_text = _utf8(request, request_truncated), _utf8(response, response_truncated)
+    binary = request_text is None or response_text is None  # one body_encoding covers both bodies
+    model = request_model(request) or response_model(response, exchange.stream)
+    ok = exchange.error is None and 200 <= exchange.status < 300
+    usage = response_usage(response, exchange.stream) if ok else None
+    event = Event(
+        id=str(uuid.uuid4()),
+        request_id=exchange.request_id,
+        project_id=exchange.project_id,
+        token_id=exchange.token_id,
+        method=exchange.method,
+        path=exchange.path,
+        query=exchange.query,
+        status=exchange.status,
+        started_at=rfc3339(exchange.started_at),
+        duration_ms=round(exchange.duration_ms, 1),
+        ttfb_ms=None if exchange.ttfb_ms is None else round(exchange.ttfb_ms, 1),
+        stream=exchange.stream,
+        model=model,
+        usage=usage,
+        usage_source=None if usage is None else "response",
+        request_headers=redact_headers(exchange.request_headers),
+        response_headers=redact_headers(exchange.response_headers),
+        request_body=_b64(request) if binary else request_text or "",
+        request_body_truncated=request_truncated,
+        response_body=_b64(response) if binary else response_text or "",
+        response_body_truncated=response_truncated,
+        body_encoding="base64" if binary else "utf-8",
+        error=exchange.error,
+    )
+    estimate = None
+    if ok and usage is None and exchange.method == "POST" and endpoint_kind(exchange.path) is not None:
+        estimate = _Estimate(exchange.path, request, response, exchange.stream, model)
+    return event, estimate
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return ""
+
+
+def _b64(body: bytes) -> str:
+    return base64.b64encode(body).decode("ascii")
+
+
+class Instrumentation:
+    """The proxy's Observer: one Event per finished exchange, published without ever blocking or raising.
+
+    Counting tokens for usage-less responses happens in one owned thread; `aclose` publishes what waits.
+    """
+
+    def __init__(
+        self, bus: EventPublisher, settings: EventSettings, *, counter: TokenCounter | None = None
+    ) -> None:
+        self._bus = bus
+        self._settings = settings
+        self._counter = counter if counter is not None else TokenCounter()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: set[asyncio.Future[Usage | None]] = set()
+        self.failures = 0  # exchanges that became no event (a bug; logged) or that the bus refused
+        self.estimated = 0  # events whose usage was counted locally
+        self.unestimated = 0  # estimation skipped (backlog full) or impossible: published with usage null
+
+    def __call__(self, exchange: Exchange) -> None:
+        try:
+            event, estimate = build_event(exchange, self._settings)
+        except Exception:
+            self.failures += 1
+            log.exception("no event for request %s: building it failed", getattr(exchange, "request_id", "?"))
+            return
+        if estimate is None:
+            self._publish(event)
+        elif not self._estimate_later(event, estimate):
+            self.unestimated += 1  # backlog full, or the loop is shutting down
+            self._publish(event)
+
+    def _estimate_later(self, event: Event, estimate: _Estimate) -> bool:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside a loop (a script): count right here
+            self._finish(event, self._estimate(estimate))
+            return True
+        if len(self._pending) >= self._settings.buffer_size:
+            return False
+        try:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmproxy-tokens")
+            future = loop.run_in_executor(self._executor, self._estimate, estimate)
+        except RuntimeError:
+            log.warning("token estimation unavailable (shutting down); event %s has no usage", event.id)
+            return False
+        self._pending.add(future)
+        future.add_done_callback(functools.partial(self._estimated, event))
+        return True
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "failures": self.failures,
+            "estimated": self.estimated,
+            "unestimated": self.unestimated,
+            "estimating": len(self._pending),
+        }
+
+    async def aclose(self) -> None:
+        """Publish the events still waiting for a token count, then stop the counting thread."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+            await asyncio.sleep(0)  # let the done callbacks publish
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    def _estimate(self, estimate: _Estimate) -> Usage | None:
+        try:
+            return estimate_usage(
+                estimate.path,
+                estimate.request_body,
+                estimate.response_body,
+                estimate.stream,
+                estimate.model,
+                self._counter,
+            )
+        except Exception:
+            log.exception("token estimation failed for %s", estimate.path)
+            return None
+
+    def _estimated(self, event: Event, future: asyncio.Future[Usage | None]) -> None:
+        self._pending.discard(future)
+        self._finish(event, None if future.cancelled() else future.result())
+
+    def _finish(self, event: Event, usage: Usage | None) -> None:
+        if usage is None:
+            self.unestimated += 1
+        else:
+            event.usage, event.usage_source = usage, "estimated"
+            self.estimated += 1
+        self._publish(event)
+
+    def _publish(self, event: Event) -> None:
+        try:
+            self._bus.publish(event)
+        except Exception:
+            self.failures += 1
+            log.exception("the event bus refused event %s", event.id)

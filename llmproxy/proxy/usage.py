@@ -1,0 +1,253 @@
+"""Token usage of an exchange: read from the upstream's response (JSON or SSE), else estimated locally.
+
+Reading is cheap and runs on the loop (the usage chunk is among the last few SSE events); estimating
+parses the whole body and runs the tokenizer, so callers run `estimate_usage` off the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from llmproxy.events.model import Usage
+from llmproxy.proxy.tokencount import TokenCounter
+
+__all__ = ("endpoint_kind", "estimate_usage", "response_model", "response_usage")
+
+# a final usage chunk sits right before [DONE] (chat) or is the last event (responses API)
+_TAIL_EVENTS = 16
+
+
+class _Counts(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    input_tokens: int | None = None  # responses API
+    output_tokens: int | None = None
+
+
+class _ResponseObject(msgspec.Struct):
+    usage: _Counts | None = None
+    model: str | None = None
+
+
+class _Payload(msgspec.Struct):
+    """What usage reading needs from a JSON body or an SSE chunk; every other field is skipped."""
+
+    usage: _Counts | None = None
+    model: str | None = None
+    response: _ResponseObject | None = None  # responses API stream events carry the response here
+
+
+_payload = msgspec.json.Decoder(_Payload)
+
+
+def endpoint_kind(path: str) -> str | None:
+    """Which token-consuming API a path is ("chat", "completions", "responses", "embeddings"), if any."""
+    path = path.rstrip("/")
+    for suffix, kind in (
+        ("/chat/completions", "chat"),
+        ("/completions", "completions"),
+        ("/responses", "responses"),
+        ("/embeddings", "embeddings"),
+    ):
+        if path.endswith(suffix):
+            return kind
+    return None
+
+
+def _usage(counts: _Counts | None) -> Usage | None:
+    if counts is None:
+        return None
+    prompt = counts.prompt_tokens if counts.prompt_tokens is not None else counts.input_tokens
+    completion = counts.completion_tokens if counts.completion_tokens is not None else counts.output_tokens
+    if prompt is None and completion is None and counts.total_tokens is None:
+        return None
+    prompt, completion = prompt or 0, completion or 0
+    total = counts.total_tokens if counts.total_tokens is not None else prompt + completion
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+
+
+def _decode(data: bytes) -> _Payload | None:
+    try:
+        return _payload.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _payload_usage(payload: _Payload) -> Usage | None:
+    found = _usage(payload.usage)
+    if found is None and payload.response is not None:
+        found = _usage(payload.response.usage)
+    return found
+
+
+def _sse_data(line: bytes) -> bytes | None:
+    if not line.startswith(b"data:"):
+        return None
+    data = line[6:] if line[5:6] == b" " else line[5:]
+    return None if not data or data == b"[DONE]" else data
+
+
+def _sse_payloads(body: bytes) -> Iterator[bytes]:
+    """The `data:` payloads of an SSE body, in order ([DONE] left out); lazily, line by line."""
+    start, size = 0, len(body)
+    while start < size:
+        end = body.find(b"\n", start)
+        end = size if end < 0 else end
+        data = _sse_data(body[start:end].rstrip(b"\r"))
+        if data is not None:
+            yield data
+        start = end + 1
+
+
+def _sse_payloads_backwards(body: bytes) -> Iterator[bytes]:
+    end = len(body)
+    while (pos := body.rfind(b"data:", 0, end)) >= 0:
+        if pos == 0 or body[pos - 1] in b"\r\n":
+            data = _sse_data(body[pos:end].splitlines()[0])
+            if data is not None:
+                yield data
+        end = pos
+
+
+def response_usage(body: bytes, stream: bool) -> Usage | None:
+    """The usage the upstream reported: the JSON body's `usage`, or the last SSE chunk carrying one."""
+    if not stream:  # msgspec skips what it does not need faster than a substring search would
+        payload = _decode(body)
+        return None if payload is None else _payload_usage(payload)
+    for n, data in enumerate(_sse_payloads_backwards(body)):
+        if n >= _TAIL_EVENTS:
+            break
+        if b'"usage"' in data and (payload := _decode(data)) is not None:
+            if (found := _payload_usage(payload)) is not None:
+                return found
+    return None
+
+
+def response_model(body: bytes, stream: bool) -> str | None:
+    """The model the upstream says answered: the JSON body's `model`, or the first SSE chunk's."""
+    payloads = _sse_payloads(body) if stream else iter((body,))
+    for n, data in enumerate(payloads):
+        if n >= _TAIL_EVENTS:
+            break
+        if (payload := _decode(data)) is not None:
+            model = payload.model or (payload.response.model if payload.response else None)
+            if model:
+                return model
+    return None
+
+
+# --- estimation (off the loop) -------------------------------------------------------------------
+
+# output keys holding no text the model wrote (base64 audio, ids, roles)
+_SILENT_KEYS = frozenset({"type", "id", "index", "role", "annotations", "audio", "logprobs", "obfuscation"})
+_RESPONSES_OUTPUT_DELTAS = frozenset(
+    {"response.output_text.delta", "response.function_call_arguments.delta", "response.refusal.delta"}
+)
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+
+
+def _text(value: Any) -> str:
+    """Text an output value carries: strings, text parts, tool names and arguments (ids and types skipped)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(_text(item) for item in value)
+    if isinstance(value, dict):
+        return "".join(_text(v) for k, v in value.items() if k not in _SILENT_KEYS)
+    return ""
+
+
+def _input_tokens(value: Any, model: str | None, counter: TokenCounter) -> int:
+    """Completions `prompt` / embeddings `input`: a string, token ids, or lists of either."""
+    if isinstance(value, str):
+        return counter.count_text(value, model)
+    if isinstance(value, list):
+        if all(isinstance(v, int) for v in value):
+            return len(value)
+        return sum(_input_tokens(v, model, counter) for v in value)
+    return 0
+
+
+def _prompt_tokens(kind: str, request: Any, raw: bytes, model: str | None, counter: TokenCounter) -> int:
+    if not isinstance(request, dict):  # truncated or not JSON: count what was captured
+        return counter.count_text(raw.decode("utf-8", "replace"), model)
+    if kind == "chat":
+        messages = request.get("messages")
+        return counter.count_chat_prompt(messages, model) if isinstance(messages, list) else 0
+    if kind == "responses":
+        items = request.get("input")
+        messages = [{"role": "user", "content": items}] if isinstance(items, str) else []
+        messages += items if isinstance(items, list) else []
+        if isinstance(request.get("instructions"), str):
+            messages.insert(0, {"role": "system", "content": request["instructions"]})
+        return counter.count_chat_prompt(messages, model)
+    return _input_tokens(request.get("prompt" if kind == "completions" else "input"), model, counter)
+
+
+def _json_output_texts(kind: str, response: dict[str, Any]) -> list[str]:
+    if kind == "responses":
+        return [
+            _text(item.get("content")) + _text(item.get("name")) + _text(item.get("arguments"))
+            for item in response.get("output") or []
+            if isinstance(item, dict) and item.get("type") != "reasoning"
+        ]
+    texts = []
+    for choice in response.get("choices") or []:
+        if isinstance(choice, dict):
+            texts.append(_text(choice.get("text")) + _text(choice.get("message")))
+    return texts
+
+
+def _sse_output_texts(kind: str, body: bytes) -> list[str]:
+    pieces: dict[Any, list[str]] = {}
+    for data in _sse_payloads(body):
+        chunk = _json(data)
+        if not isinstance(chunk, dict):
+            continue
+        if kind == "responses":
+            if chunk.get("type") in _RESPONSES_OUTPUT_DELTAS and isinstance(chunk.get("delta"), str):
+                key = (chunk.get("output_index"), chunk.get("type"))
+                pieces.setdefault(key, []).append(chunk["delta"])
+            continue
+        for choice in chunk.get("choices") or []:
+            if isinstance(choice, dict):
+                text = _text(choice.get("text")) + _text(choice.get("delta"))
+                pieces.setdefault(choice.get("index"), []).append(text)
+    return ["".join(parts) for parts in pieces.values()]
+
+
+def estimate_usage(
+    path: str,
+    request_body: bytes,
+    response_body: bytes,
+    stream: bool,
+    model: str | None,
+    counter: TokenCounter,
+) -> Usage | None:
+    """Local token counts for a token-consuming endpoint (None for any other); decoded bodies in."""
+    kind = endpoint_kind(path)
+    if kind is None:
+        return None
+    prompt = _prompt_tokens(kind, _json(request_body), request_body, model, counter)
+    completion = 0
+    if kind != "embeddings":
+        if stream:
+            texts = _sse_output_texts(kind, response_body)
+        else:
+            response = _json(response_body)
+            if isinstance(response, dict):
+                texts = _json_output_texts(kind, response)
+            else:  # truncated: count what was captured
+                texts = [response_body.decode("utf-8", "replace")]
+        completion = counter.count_texts(texts, model)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

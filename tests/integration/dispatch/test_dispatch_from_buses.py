@@ -1,0 +1,165 @@
+"""The Dispatcher reading the real buses: in-memory into a file, Redis Streams into Lunary and a file.
+
+Redis Streams is at-least-once end to end: entries are XACKed only after the backend accepted them,
+refused ones land in `<stream>:dead`, and a batch left unacked is reclaimed and written exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from redis.asyncio import Redis
+
+from llmproxy.config import Settings
+from llmproxy.dispatch.backends.base import DeliveryError
+from llmproxy.dispatch.backends.file import FileBackend
+from llmproxy.dispatch.backends.lunary import LunaryBackend
+from llmproxy.dispatch.dispatcher import Dispatcher
+from llmproxy.events.bus import EventSource, make_bus, make_source
+from llmproxy.events.memory import InMemoryBus
+from llmproxy.events.model import Event, decode_event
+from tests.fakes.lunary import FakeLunary
+from tests.unit.dispatch.doubles import DEADLINE_S, ScriptedBackend, Waits, chat_event, make_event
+
+
+async def run_until(dispatcher: Dispatcher, done: Callable[[], Awaitable[bool]]) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            while not await done():
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+
+
+def file_ids(path: Path) -> list[str]:
+    return [decode_event(line).id for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+async def test_events_published_on_the_in_memory_bus_reach_the_file(tmp_path: Path) -> None:
+    bus = InMemoryBus(buffer_size=1000)
+    source = bus.subscribe("file")
+    path = tmp_path / "events.jsonl"
+    backend = FileBackend(path)
+    published = [make_event() for _ in range(250)]
+    for event in published:
+        bus.publish(event)
+
+    async def all_written() -> bool:
+        return len(file_ids(path)) == 250
+
+    await run_until(Dispatcher(source, backend, flush_interval=0.05, max_attempts=None), all_written)
+    await backend.aclose()
+    await source.aclose()
+    assert file_ids(path) == [e.id for e in published]
+
+
+@pytest.fixture
+async def settings() -> AsyncIterator[Settings]:
+    s = Settings()
+    s.events.bus = "redis-streams"
+    s.redis.addr = "127.0.0.1:6379"
+    s.streams.key = f"test:{uuid4().hex}:events"
+    s.streams.consumer_name = "dispatch-test"
+    s.streams.claim_time = 0.2
+    yield s
+    redis = Redis(host="127.0.0.1", port=6379)
+    await redis.delete(s.streams.key, f"{s.streams.key}:dead")
+    await redis.aclose()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    client = Redis(host="127.0.0.1", port=6379)
+    yield client
+    await client.aclose()
+
+
+async def publish(settings: Settings, events: list[Event]) -> None:
+    bus = make_bus(settings)
+    await bus.start()
+    for event in events:
+        bus.publish(event)
+    await bus.aclose()  # flushes into the stream
+
+
+async def started_source(settings: Settings, service: str) -> EventSource:
+    source = make_source(settings, service)
+    await source.start()
+    return source
+
+
+async def test_a_500_then_200_from_lunary_delivers_once_and_acks_every_entry(
+    settings: Settings, redis: Redis, fake_lunary: FakeLunary
+) -> None:
+    source = await started_source(settings, "lunary")
+    events = [chat_event() for _ in range(5)]
+    await publish(settings, events)
+    fake_lunary.inject({"status": 500}, {"status": 503, "headers": {"Retry-After": "0"}})
+    backend = LunaryBackend(fake_lunary.url, fake_lunary.api_key)
+
+    async def all_acked() -> bool:
+        return len(fake_lunary.runs) == 5 and (await source.lag())["pending"] == 0
+
+    await run_until(Dispatcher(source, backend, flush_interval=0.05, backoff=Waits()), all_acked)
+    await backend.aclose()
+    await source.aclose()
+    assert sorted(fake_lunary.runs) == sorted(e.id for e in events)
+    assert all(run["status"] == "success" for run in fake_lunary.runs.values())
+    assert len(fake_lunary.requests) == 3 and fake_lunary.violations == []
+
+
+async def test_a_refused_event_lands_in_the_dead_letter_stream_with_the_error(
+    settings: Settings, redis: Redis, fake_lunary: FakeLunary
+) -> None:
+    source = await started_source(settings, "lunary")
+    await publish(settings, [chat_event()])
+    fake_lunary.inject({"status": 400, "body": "bad request"})
+    backend = LunaryBackend(fake_lunary.url, fake_lunary.api_key)
+    dead_key = f"{settings.streams.key}:dead"
+
+    async def dead_lettered() -> bool:
+        return await redis.xlen(dead_key) == 1
+
+    await run_until(Dispatcher(source, backend, flush_interval=0.05, backoff=Waits()), dead_lettered)
+    await backend.aclose()
+    [(_, fields)] = await redis.xrange(dead_key)
+    assert fields[b"error"] == b"lunary: HTTP 400: bad request"
+    assert (await source.lag())["pending"] == 0
+    await source.aclose()
+
+
+async def test_a_batch_left_unacked_is_reclaimed_and_written_exactly_once(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    source = await started_source(settings, "file")
+    events = [make_event() for _ in range(3)]
+    await publish(settings, events)
+    path = tmp_path / "events.jsonl"
+    file_backend = FileBackend(path)
+
+    class FlakyFile(ScriptedBackend):
+        """Writes, then fails as if the process died before XACK: the first send is left pending."""
+
+        async def send(self, batch: list[Event]) -> None:
+            await file_backend.send(batch)
+            await super().send(batch)
+
+    flaky = FlakyFile(DeliveryError("lost the ack", transient=True))
+    dispatcher = Dispatcher(source, flaky, flush_interval=0.05, max_attempts=1, backoff=Waits())
+
+    async def delivered() -> bool:
+        return dispatcher.stats.delivered == 3 and (await source.lag())["pending"] == 0
+
+    await run_until(dispatcher, delivered)  # the pending entries are claimed after claim_time (0.2 s)
+    await file_backend.aclose()
+    await source.aclose()
+    assert dispatcher.stats.failed == 3
+    assert len(flaky.sends) == 2
+    assert file_ids(path) == [e.id for e in events]

@@ -1,0 +1,49 @@
+"""Fixtures for the management API: a real SqliteStore, Authority and Auditor behind the server's own
+middleware, on a loopback TestServer. ``manage`` exposes the parts so tests can look behind the API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from llmproxy import config
+from llmproxy.audit import Auditor
+from llmproxy.auth.authority import Authority
+from llmproxy.manage.api import ManageAPI
+from llmproxy.store.sqlite import SqliteStore
+from tests.integration.manage.support import Manage, make_settings, manage_app
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> config.Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def manage(settings: config.Settings, tmp_path: Path) -> AsyncIterator[Manage]:
+    store = SqliteStore(str(tmp_path / "llm-proxy.db"), None)
+    await store.open()
+    authority = Authority(store, settings.auth)
+    auditor = Auditor(settings.audit, store)
+    purged: list[str | None] = []
+
+    async def purge_cache(prefix: str | None) -> int:
+        purged.append(prefix)
+        return 7
+
+    api = ManageAPI(settings, store, authority, auditor, purge_cache=purge_cache)
+    writer = asyncio.get_running_loop().create_task(auditor.run())
+    try:
+        async with TestClient(TestServer(manage_app(api), host="127.0.0.1", port=0)) as client:
+            yield Manage(client, store, authority, auditor, settings, purged)
+    finally:
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+        await auditor.flush()
+        await store.close()

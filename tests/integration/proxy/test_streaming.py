@@ -1,0 +1,85 @@
+"""Server-sent events go through chunk by chunk, and a client hanging up stops the upstream stream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from tests.fakes.upstream import endless_sse, sse_chunks, sse_reply
+
+STREAM_BODY = b'{"model": "gpt-4o-mini", "stream": true, "messages": []}'
+JSON = {"Content-Type": "application/json"}
+
+
+async def wait_for(condition, timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_sse_chunks_reach_the_client_before_the_upstream_has_finished(make_proxy):
+    proxy = await make_proxy()
+    frames = sse_chunks("Hel", "lo")
+    rest = asyncio.Event()  # the upstream sends frame 0, then waits for this before the others
+    proxy.upstream.script(sse_reply(frames, gates=[None, rest]))
+    resp = await proxy.request("POST", "/v1/chat/completions", data=STREAM_BODY, headers=proxy.auth(**JSON))
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "text/event-stream"
+
+    first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=5)
+    assert first == frames[0]
+    assert not rest.is_set()  # so frame 0 came through while the upstream was still mid-stream
+
+    rest.set()
+    assert first + await resp.read() == b"".join(frames)
+
+
+async def test_a_client_disconnect_aborts_the_upstream_stream(make_proxy):
+    proxy = await make_proxy(observe=True)
+    endless = endless_sse(interval=0.01)
+    proxy.upstream.script(endless)
+    resp = await proxy.request("POST", "/v1/chat/completions", data=STREAM_BODY, headers=proxy.auth(**JSON))
+    await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=5)
+
+    resp.close()  # hang up mid-stream
+    await asyncio.wait_for(endless.aborted.wait(), timeout=5)
+    await wait_for(lambda: proxy.exchanges)
+    [exchange] = proxy.exchanges
+    assert exchange.error == "client_disconnected"
+    assert exchange.status == 200
+    assert exchange.stream is True
+
+
+async def test_a_stream_stalling_midway_is_cut_short_for_the_client(make_proxy):
+    proxy = await make_proxy(observe=True, timeouts={"response_header": 0.3})
+    frames = sse_chunks("a", "b")
+    never = asyncio.Event()
+    proxy.upstream.script(sse_reply(frames, gates=[None, never]))
+    resp = await proxy.request("POST", "/v1/chat/completions", data=STREAM_BODY, headers=proxy.auth(**JSON))
+    assert resp.status == 200
+    assert await resp.content.readuntil(b"\n\n") == frames[0]
+    with pytest.raises(aiohttp.ClientPayloadError):  # no terminating chunk: visibly incomplete
+        await resp.read()
+    await wait_for(lambda: proxy.exchanges)
+    [exchange] = proxy.exchanges
+    assert exchange.error == "upstream_timeout"
+    assert exchange.response_body == frames[0]
+
+
+async def test_a_streamed_exchange_records_the_sse_text_as_sent(make_proxy):
+    proxy = await make_proxy(observe=True)
+    frames = sse_chunks("Hi", " there")
+    proxy.upstream.script(sse_reply(frames))
+    resp = await proxy.request("POST", "/v1/chat/completions", data=STREAM_BODY, headers=proxy.auth(**JSON))
+    assert await resp.read() == b"".join(frames)
+    await wait_for(lambda: proxy.exchanges)
+    [exchange] = proxy.exchanges
+    assert exchange.stream is True
+    assert exchange.error is None
+    assert exchange.response_body == b"".join(frames)
+    assert exchange.request_body == STREAM_BODY

@@ -1,0 +1,240 @@
+"""Dispatcher: batching, ack only after the backend accepted, retry, dead letters and a prompt stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from llmproxy.dispatch.backends.base import DeliveryError
+from llmproxy.dispatch.dispatcher import Dispatcher
+from llmproxy.events.model import Event
+from tests.unit.dispatch.doubles import DEADLINE_S, RecordingSource, ScriptedBackend, Waits, make_event
+
+
+def transient(retry_after: float | None = None) -> DeliveryError:
+    return DeliveryError("HTTP 503", transient=True, retry_after=retry_after)
+
+
+def permanent(*, whole_batch: bool = False) -> DeliveryError:
+    return DeliveryError("HTTP 400: bad", transient=False, whole_batch=whole_batch)
+
+
+async def run_until(dispatcher: Dispatcher, done: Callable[[], bool]) -> None:
+    """Run the dispatcher until `done()` holds (polled, with a deadline), then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            while not done():
+                await asyncio.sleep(0.005)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+
+
+def events(n: int) -> list[Event]:
+    return [make_event() for _ in range(n)]
+
+
+async def test_events_are_sent_in_batches_of_batch_size_and_all_acked() -> None:
+    source, backend = RecordingSource(), ScriptedBackend()
+    sent = events(250)
+    source.put(*sent)
+    dispatcher = Dispatcher(source, backend, batch_size=100, flush_interval=0.05)
+    await run_until(dispatcher, lambda: len(source.acked) == 250)
+    assert [len(b) for b in backend.sends] == [100, 100, 50]
+    assert backend.accepted == [e.id for e in sent]
+    assert dispatcher.stats.delivered == 250 and dispatcher.stats.batches == 3
+
+
+async def test_a_partial_batch_is_flushed_after_the_flush_interval() -> None:
+    source, backend = RecordingSource(), ScriptedBackend()
+    source.put(*events(3))
+    await run_until(
+        Dispatcher(source, backend, batch_size=100, flush_interval=0.05), lambda: bool(backend.sends)
+    )
+    assert [len(b) for b in backend.sends] == [3]
+
+
+async def test_nothing_is_acked_before_the_backend_accepted_the_batch() -> None:
+    source = RecordingSource()
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    class SlowBackend(ScriptedBackend):
+        async def send(self, batch: list[Event]) -> None:
+            entered.set()
+            await gate.wait()
+            await super().send(batch)
+
+    backend = SlowBackend()
+    source.put(*events(2))
+    stop = asyncio.Event()
+    task = asyncio.create_task(Dispatcher(source, backend, flush_interval=0.01).run(stop))
+    await asyncio.wait_for(entered.wait(), DEADLINE_S)
+    assert source.acked == []
+    gate.set()
+    async with asyncio.timeout(DEADLINE_S):
+        while len(source.acked) < 2:
+            await asyncio.sleep(0.005)
+    stop.set()
+    await asyncio.wait_for(task, DEADLINE_S)
+    assert len(source.acked) == 2
+
+
+async def test_a_transient_failure_retries_the_same_batch_and_delivers_it_once() -> None:
+    source, backend, waits = RecordingSource(), ScriptedBackend(transient(), transient()), Waits()
+    sent = events(3)
+    source.put(*sent)
+    dispatcher = Dispatcher(source, backend, flush_interval=0.01, backoff=waits)
+    await run_until(dispatcher, lambda: len(source.acked) == 3)
+    assert backend.sends == [[e.id for e in sent]] * 3
+    assert backend.accepted == [e.id for e in sent]
+    assert sorted(source.acked) == sorted(d.entry_id for d in source.handed)
+    assert [attempt for attempt, _ in waits.calls] == [1, 2]
+    assert dispatcher.stats.retried == 6 and dispatcher.stats.delivered == 3 and dispatcher.stats.failed == 0
+
+
+async def test_retry_after_from_the_backend_reaches_the_backoff() -> None:
+    source, waits = RecordingSource(), Waits()
+    source.put(make_event())
+    backend = ScriptedBackend(transient(retry_after=7.0))
+    await run_until(
+        Dispatcher(source, backend, flush_interval=0.01, backoff=waits), lambda: bool(source.acked)
+    )
+    assert waits.calls == [(1, 7.0)]
+
+
+async def test_a_network_error_from_a_backend_is_retried_like_a_transient_failure() -> None:
+    source, backend = RecordingSource(), ScriptedBackend(ConnectionResetError("reset by peer"))
+    source.put(make_event())
+    await run_until(
+        Dispatcher(source, backend, flush_interval=0.01, backoff=Waits()), lambda: bool(source.acked)
+    )
+    assert len(backend.sends) == 2 and source.dead == []
+
+
+async def test_a_permanent_failure_is_dead_lettered_and_not_retried() -> None:
+    source, backend = RecordingSource(), ScriptedBackend(permanent())
+    [delivery] = source.put(make_event())
+    dispatcher = Dispatcher(source, backend, flush_interval=0.01, backoff=Waits())
+    await run_until(dispatcher, lambda: bool(source.dead))
+    assert len(backend.sends) == 1
+    assert source.dead == [(delivery, "HTTP 400: bad")]
+    assert source.acked == []
+    assert dispatcher.stats.dead_lettered == 1 and dispatcher.stats.last_error == "HTTP 400: bad"
+
+
+async def test_a_refused_event_is_isolated_and_the_rest_of_its_batch_delivered() -> None:
+    sent = events(8)
+    bad = sent[5]
+    source, backend = RecordingSource(), ScriptedBackend(refuse=lambda e: e.id == bad.id)
+    source.put(*sent)
+    dispatcher = Dispatcher(source, backend, flush_interval=0.01, backoff=Waits())
+    await run_until(dispatcher, lambda: len(source.acked) + len(source.dead) == 8)
+    assert [d.event for d, _ in source.dead] == [bad]
+    assert sorted(backend.accepted) == sorted(e.id for e in sent if e is not bad)
+    assert dispatcher.stats.delivered == 7 and dispatcher.stats.dead_lettered == 1
+
+
+async def test_a_whole_batch_failure_dead_letters_the_batch_without_splitting_it() -> None:
+    source, backend = RecordingSource(), ScriptedBackend(permanent(whole_batch=True))
+    source.put(*events(4))
+    await run_until(Dispatcher(source, backend, flush_interval=0.01), lambda: len(source.dead) == 4)
+    assert len(backend.sends) == 1 and source.acked == []
+
+
+async def test_an_exception_that_is_a_bug_in_a_backend_is_treated_as_permanent() -> None:
+    source, backend = RecordingSource(), ScriptedBackend(KeyError("choices"))
+    source.put(make_event())
+    await run_until(Dispatcher(source, backend, flush_interval=0.01), lambda: bool(source.dead))
+    assert len(backend.sends) == 1
+    assert "KeyError" in source.dead[0][1]
+
+
+async def test_deliveries_beyond_max_deliveries_are_dead_lettered_unsent() -> None:
+    source, backend = RecordingSource(), ScriptedBackend()
+    [tired] = source.put(make_event(), deliveries=4)
+    [fresh] = source.put(make_event(), deliveries=3)
+    await run_until(
+        Dispatcher(source, backend, flush_interval=0.01, max_deliveries=3), lambda: bool(source.acked)
+    )
+    assert source.dead == [(tired, "delivered more than 3 times")]
+    assert backend.sends == [[fresh.event.id]]  # type: ignore[union-attr]
+
+
+async def test_undecodable_deliveries_are_dead_lettered_unsent() -> None:
+    source, backend = RecordingSource(), ScriptedBackend()
+    [broken] = source.put(None)
+    [good] = source.put(make_event())
+    await run_until(Dispatcher(source, backend, flush_interval=0.01), lambda: bool(source.acked))
+    assert source.dead == [(broken, "undecodable event")]
+    assert source.acked == [good.entry_id]
+
+
+async def test_after_the_retry_budget_the_batch_is_left_unacked_and_a_redelivery_delivers_it_once() -> None:
+    failures = [transient()] * 3
+    source, backend = RecordingSource(), ScriptedBackend(*failures)
+    sent = make_event()
+    source.put(sent)
+    dispatcher = Dispatcher(source, backend, flush_interval=0.01, max_attempts=3, backoff=Waits())
+    await run_until(dispatcher, lambda: dispatcher.stats.failed == 1)
+    assert source.acked == [] and source.dead == [] and len(backend.sends) == 3
+    source.redeliver_unacked()  # XAUTOCLAIM after the claim time
+    await run_until(dispatcher, lambda: bool(source.acked))
+    assert backend.accepted == [sent.id]
+    assert source.handed[-1].deliveries == 2
+
+
+async def test_stop_during_a_backoff_returns_promptly_without_acking() -> None:
+    source, backend = RecordingSource(), ScriptedBackend(*[transient()] * 100)
+    source.put(make_event())
+    dispatcher = Dispatcher(source, backend, flush_interval=0.01, max_attempts=None, backoff=Waits(3600.0))
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    async with asyncio.timeout(DEADLINE_S):
+        while not backend.sends:
+            await asyncio.sleep(0.005)
+    stop.set()
+    await asyncio.wait_for(task, DEADLINE_S)  # not after the hour-long backoff
+    assert source.acked == [] and len(backend.sends) == 1
+    assert dispatcher.stats.failed == 1
+
+
+async def test_stop_while_idle_returns_promptly() -> None:
+    source = RecordingSource()
+    stop = asyncio.Event()
+    task = asyncio.create_task(Dispatcher(source, ScriptedBackend(), flush_interval=60.0).run(stop))
+    async with asyncio.timeout(DEADLINE_S):
+        while not source.reads:
+            await asyncio.sleep(0.005)
+    stop.set()
+    await asyncio.wait_for(task, DEADLINE_S)  # reads block at most MAX_BLOCK_S, not flush_interval
+
+
+async def test_an_unreachable_source_is_retried_until_it_answers() -> None:
+    source, backend = RecordingSource(), ScriptedBackend()
+    source.fail_reads = 2
+    source.put(make_event())
+    dispatcher = Dispatcher(source, backend, flush_interval=0.01)
+    await run_until(dispatcher, lambda: bool(source.acked))
+    assert source.reads >= 3
+    assert dispatcher.stats.last_error is not None and "redis is down" in dispatcher.stats.last_error
+
+
+async def test_lag_is_the_sources() -> None:
+    source = RecordingSource()
+    source.put(*events(2))
+    assert await Dispatcher(source, ScriptedBackend()).lag() == {"length": 2, "pending": 0}
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+async def test_every_event_is_delivered_exactly_once_whatever_the_batch_size(batch_size: int) -> None:
+    source, backend = RecordingSource(), ScriptedBackend(transient(), None, transient())
+    sent = events(20)
+    source.put(*sent)
+    dispatcher = Dispatcher(source, backend, batch_size=batch_size, flush_interval=0.01, backoff=Waits())
+    await run_until(dispatcher, lambda: len(source.acked) == 20)
+    assert sorted(backend.accepted) == sorted(e.id for e in sent)
+    assert len(source.acked) == len(set(source.acked)) == 20

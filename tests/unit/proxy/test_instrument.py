@@ -1,0 +1,348 @@
+"""A finished exchange becomes the SPEC §6 Event: redacted, decoded, bounded, with model and usage."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import uuid
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from llmproxy.config import EventSettings
+from llmproxy.events.model import Event, Usage, encode_event
+from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.instrument import Instrumentation, build_event, decode_body, redact_headers, request_model
+
+SECRET_TOKEN = "sk-withering0123456789abcdefghijklmnop"
+SECRET_KEY = "sk-proj-UPSTREAMKEY0123456789abcdefghij"
+CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, world!"}]}'
+ANSWER = b'{"id":"chatcmpl-1","model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"}}],"usage":{"prompt_tokens":11,"completion_tokens":2,"total_tokens":13}}'
+STARTED = datetime(2026, 11, 23, 9, 1, 37, 500000, tzinfo=UTC).timestamp()
+
+
+class RecordingBus:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class BrokenBus:
+    def publish(self, event: Event) -> None:
+        raise RuntimeError("bus down")
+
+
+def exchange(**changes: Any) -> Exchange:
+    fields: dict[str, Any] = {
+        "request_id": "req-1",
+        "token_id": "tok-1",
+        "project_id": "proj-1",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "query": "",
+        "status": 200,
+        "started_at": STARTED,
+        "duration_ms": 812.44,
+        "ttfb_ms": 95.06,
+        "request_headers": {"Content-Type": "application/json"},
+        "response_headers": {"Content-Type": "application/json"},
+        "request_body": CHAT,
+        "request_body_truncated": False,
+        "response_body": ANSWER,
+        "response_body_truncated": False,
+        "stream": False,
+        "error": None,
+    }
+    return Exchange(**(fields | changes))
+
+
+def event_of(ex: Exchange, settings: EventSettings | None = None) -> Event:
+    return build_event(ex, settings or EventSettings())[0]
+
+
+# --- headers -------------------------------------------------------------------------------------
+
+
+def test_credentials_are_redacted_and_header_names_lowercased() -> None:
+    headers = {
+        "Authorization": f"Bearer {SECRET_TOKEN}",
+        "Proxy-Authorization": "Basic dXNlcjpwYXNz",
+        "Cookie": "session=abc",
+        "Set-Cookie": "session=abc; HttpOnly",
+        "X-Api-Key": SECRET_KEY,
+        "Api-Key": SECRET_KEY,
+        "Helicone-Auth": "Bearer whatever",
+        "X-Session-Token": "t0k3n",
+        "X-Client-Secret": "shh",
+        "X-Forwarded-Credential": f"Bearer {SECRET_TOKEN}",  # an innocent name with a bearer value
+        "X-Note": f"key was {SECRET_KEY}",
+        "OpenAI-Organization": "org-123",
+        "X-Ratelimit-Remaining-Tokens": "149984",
+        "Content-Type": "application/json",
+    }
+    assert redact_headers(headers) == {
+        "authorization": "[REDACTED]",
+        "proxy-authorization": "[REDACTED]",
+        "cookie": "[REDACTED]",
+        "set-cookie": "[REDACTED]",
+        "x-api-key": "[REDACTED]",
+        "api-key": "[REDACTED]",
+        "helicone-auth": "[REDACTED]",
+        "x-session-token": "[REDACTED]",
+        "x-client-secret": "[REDACTED]",
+        "x-forwarded-credential": "[REDACTED]",
+        "x-note": "[REDACTED]",
+        "openai-organization": "org-123",
+        "x-ratelimit-remaining-tokens": "149984",
+        "content-type": "application/json",
+    }
+
+
+def test_encoded_event_is_exactly_the_spec_shape_and_holds_no_secret() -> None:
+    bus = RecordingBus()
+    Instrumentation(bus, EventSettings())(
+        exchange(
+            query="api-version=1",
+            request_headers={"Authorization": f"Bearer {SECRET_TOKEN}", "Content-Type": "application/json"},
+            response_headers={
+                "Content-Type": "application/json",
+                "Set-Cookie": "__cf=1",
+                "X-Request-ID": "req_up",
+            },
+        )
+    )
+    [event] = bus.events
+    encoded = encode_event(event)
+    assert SECRET_TOKEN.encode() not in encoded and b"__cf" not in encoded
+    assert uuid.UUID(event.id).version == 4
+    answer = json.dumps(ANSWER.decode())
+    chat = json.dumps(CHAT.decode())
+    assert (
+        encoded
+        == (
+            f'{{"id":"{event.id}","request_id":"req-1","project_id":"proj-1","token_id":"tok-1","method":"POST",'
+            '"path":"/v1/chat/completions","query":"api-version=1","status":200,'
+            '"started_at":"2026-11-23T09:01:37.500000Z","duration_ms":812.4,"ttfb_ms":95.1,"stream":false,'
+            '"model":"gpt-4o-mini","usage":{"prompt_tokens":11,"completion_tokens":2,"total_tokens":13},'
+            '"usage_source":"response",'
+            '"request_headers":{"authorization":"[REDACTED]","content-type":"application/json"},'
+            '"response_headers":{"content-type":"application/json","set-cookie":"[REDACTED]","x-request-id":"req_up"},'
+            f'"request_body":{chat},"request_body_truncated":false,'
+            f'"response_body":{answer},"response_body_truncated":false,"body_encoding":"utf-8","error":null}}'
+        ).encode()
+    )
+
+
+def test_every_event_gets_its_own_id() -> None:
+    assert event_of(exchange()).id != event_of(exchange()).id
+
+
+# --- bodies --------------------------------------------------------------------------------------
+
+
+def test_gzip_response_is_decoded_for_the_event() -> None:
+    event = event_of(
+        exchange(response_headers={"Content-Encoding": "gzip"}, response_body=gzip.compress(ANSWER))
+    )
+    assert (event.response_body, event.body_encoding, event.response_body_truncated) == (
+        ANSWER.decode(),
+        "utf-8",
+        False,
+    )
+    assert event.usage == Usage(11, 2, 13)
+
+
+@pytest.mark.parametrize("wrap", [zlib.compress, lambda b: zlib.compress(b)[2:-4]], ids=["zlib", "raw"])
+def test_deflate_response_is_decoded_whether_zlib_wrapped_or_raw(wrap: Any) -> None:
+    event = event_of(exchange(response_headers={"content-encoding": "deflate"}, response_body=wrap(ANSWER)))
+    assert event.response_body == ANSWER.decode()
+
+
+def test_decompression_never_expands_past_the_body_limit() -> None:
+    bomb = gzip.compress(b"a" * 5_000_000)
+    assert len(bomb) < 10_000
+    settings = EventSettings(max_response_body_bytes=1000)
+    event = event_of(exchange(response_headers={"Content-Encoding": "gzip"}, response_body=bomb), settings)
+    assert (event.response_body, event.response_body_truncated) == ("a" * 1000, True)
+
+
+def test_a_body_that_fits_the_limit_exactly_is_not_truncated() -> None:
+    assert decode_body(gzip.compress(b"x" * 64), "gzip", 64, False) == (b"x" * 64, False)
+
+
+def test_a_cut_gzip_body_decodes_as_far_as_it_goes() -> None:
+    packed = gzip.compress(b"0123456789" * 1000, compresslevel=1)
+    plain, truncated = decode_body(packed[: len(packed) // 2], "gzip", 1 << 20, True)
+    assert truncated and plain and (b"0123456789" * 1000).startswith(plain)
+
+
+def test_corrupt_or_stacked_encodings_are_kept_as_captured() -> None:
+    assert decode_body(b"\x1f\x8bnot gzip", "gzip", 100, False) == (b"\x1f\x8bnot gzip", False)
+    assert decode_body(b"abc", "gzip, br", 100, False) == (b"abc", False)
+    assert decode_body(b"abc", "identity", 100, False) == (b"abc", False)
+
+
+def test_binary_bodies_switch_both_bodies_to_base64() -> None:
+    audio = bytes(range(256))
+    event = event_of(
+        exchange(
+            path="/v1/audio/speech", response_headers={"Content-Type": "audio/mpeg"}, response_body=audio
+        )
+    )
+    assert event.body_encoding == "base64"
+    assert base64.b64decode(event.response_body) == audio
+    assert base64.b64decode(event.request_body) == CHAT
+    assert event.usage is None
+
+
+def test_a_character_cut_by_the_capture_bound_keeps_the_body_text() -> None:
+    cut = "Grüße 🚀".encode()[:-2]
+    event = event_of(exchange(response_body=cut, response_body_truncated=True))
+    assert (event.response_body, event.body_encoding, event.response_body_truncated) == (
+        "Grüße ",
+        "utf-8",
+        True,
+    )
+
+
+def test_invalid_utf8_inside_a_whole_body_is_base64() -> None:
+    event = event_of(exchange(response_body=b"caf\xe9 au lait"))
+    assert event.body_encoding == "base64" and base64.b64decode(event.response_body) == b"caf\xe9 au lait"
+
+
+def test_truncation_flags_and_error_are_carried() -> None:
+    event = event_of(
+        exchange(request_body_truncated=True, response_body=b"", status=504, error="upstream_timeout")
+    )
+    assert (event.request_body_truncated, event.response_body_truncated) == (True, False)
+    assert (event.status, event.error, event.usage, event.usage_source) == (
+        504,
+        "upstream_timeout",
+        None,
+        None,
+    )
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def test_model_is_the_requests_top_level_field_even_after_nested_ones() -> None:
+    body = b'{"messages":[],"tools":[{"type":"function","function":{"parameters":{"properties":{"model":{"type":"string"}}}}}],"model":"gpt-4.1"}'
+    assert request_model(body) == "gpt-4.1"
+
+
+def test_model_of_a_truncated_request_is_found_by_its_first_match() -> None:
+    assert request_model(b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hel') == "gpt-4o"
+
+
+def test_model_of_a_multipart_audio_request_is_its_form_field() -> None:
+    body = b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\n\xff\xfb\r\n--b--\r\n'
+    assert request_model(body) == "whisper-1"
+
+
+def test_model_falls_back_to_the_response() -> None:
+    event = event_of(
+        exchange(
+            method="GET",
+            path="/v1/models/gpt-4o",
+            request_body=b"",
+            response_body=b'{"id":"gpt-4o","model":"gpt-4o"}',
+        )
+    )
+    assert event.model == "gpt-4o"
+    assert event_of(exchange(request_body=b"", response_body=b"{}")).model is None
+
+
+# --- usage ---------------------------------------------------------------------------------------
+
+
+def sse(*chunks: object) -> bytes:
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+def delta(text: str) -> dict[str, Any]:
+    return {
+        "object": "chat.completion.chunk",
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": {"content": text}}],
+    }
+
+
+STREAM_REQUEST = b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Hello, world!"}]}'
+FOX_DELTAS = [delta(t) for t in ("The quick", " brown fox", " jumps over the", " lazy dog.")]
+
+
+def stream_exchange(body: bytes) -> Exchange:
+    return exchange(
+        request_body=STREAM_REQUEST,
+        response_body=body,
+        stream=True,
+        response_headers={"Content-Type": "text/event-stream"},
+    )
+
+
+def test_stream_usage_comes_from_the_usage_chunk_and_the_body_is_the_sse_text() -> None:
+    body = sse(
+        *FOX_DELTAS,
+        {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 10, "total_tokens": 21}},
+    )
+    event, estimate = build_event(stream_exchange(body), EventSettings())
+    assert (event.usage, event.usage_source, estimate) == (Usage(11, 10, 21), "response", None)
+    assert (event.stream, event.response_body, event.model) == (True, body.decode(), "gpt-4o")
+
+
+async def test_stream_without_usage_is_published_with_estimated_counts() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings())
+    instrumentation(stream_exchange(sse(*FOX_DELTAS)))
+    await instrumentation.aclose()
+    [event] = bus.events
+    assert (event.usage, event.usage_source) == (Usage(11, 10, 21), "estimated")
+    assert instrumentation.stats() == {"failures": 0, "estimated": 1, "unestimated": 0, "estimating": 0}
+
+
+def test_non_stream_response_without_usage_is_estimated_even_outside_a_loop() -> None:
+    bus = RecordingBus()
+    answer = b'{"choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog."}}]}'
+    Instrumentation(bus, EventSettings())(exchange(request_body=STREAM_REQUEST, response_body=answer))
+    assert (bus.events[0].usage, bus.events[0].usage_source) == (Usage(11, 10, 21), "estimated")
+
+
+async def test_a_full_estimation_backlog_publishes_without_usage() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings(buffer_size=0))
+    instrumentation(stream_exchange(sse(*FOX_DELTAS)))
+    await instrumentation.aclose()
+    assert [(e.usage, e.usage_source) for e in bus.events] == [(None, None)]
+    assert instrumentation.unestimated == 1
+
+
+@pytest.mark.parametrize(
+    "changes", [{"status": 400}, {"error": "client_disconnected"}, {"path": "/v1/models", "method": "GET"}]
+)
+def test_failed_or_non_generating_exchanges_are_not_estimated(changes: dict[str, Any]) -> None:
+    event, estimate = build_event(
+        exchange(response_body=b'{"error":{"message":"nope"}}', **changes), EventSettings()
+    )
+    assert (event.usage, estimate) == (None, None)
+
+
+# --- never raising -------------------------------------------------------------------------------
+
+
+def test_a_bus_failure_is_counted_not_raised() -> None:
+    instrumentation = Instrumentation(BrokenBus(), EventSettings())
+    instrumentation(exchange())
+    assert instrumentation.failures == 1
+
+
+def test_an_exchange_that_cannot_be_built_is_counted_not_raised() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings())
+    instrumentation(exchange(request_headers=None))
+    assert (bus.events, instrumentation.failures) == ([], 1)
