@@ -1,0 +1,164 @@
+"""Redis Streams under faults, with the installed server and its worker processes: nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from tests.e2e.conftest import free_port, poll
+from tests.fakes.upstream import FakeUpstream
+
+UPSTREAM_KEY = "sk-upstream-project-key-0123456789abcdef"
+CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+
+
+def worker_pids(server_pid: int) -> list[int]:
+    """The server's dispatcher worker processes (multiprocessing spawn children)."""
+    pids = []
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in cmdline:
+                pids.append(int(child))
+    return pids
+
+
+async def _token(server) -> str:
+    project = await server.manage("project", "create", "--name", "faults", "--api-key", UPSTREAM_KEY)
+    return (await server.manage("token", "generate", "--project-id", project["id"]))["token"]
+
+
+async def _send(server, token: str, n: int, concurrency: int = 16) -> Counter[int]:
+    statuses: Counter[int] = Counter()
+    queue = iter(range(n))
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    async def client_loop(session: aiohttp.ClientSession) -> None:
+        for _ in queue:
+            async with session.post(f"{server.url}/v1/chat/completions", data=CHAT, headers=headers) as r:
+                await r.read()
+                statuses[r.status] += 1
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client_loop(session) for _ in range(concurrency)))
+    return statuses
+
+
+@pytest.fixture
+async def stream_key():
+    key = f"test-e2e-{uuid.uuid4().hex}"
+    yield key
+    r = aioredis.Redis(host="127.0.0.1", port=6379)
+    await r.delete(key, f"{key}:dead", f"{key}:dispatcher-stats")
+    await r.aclose()
+
+
+async def test_kill_9_of_a_worker_mid_flow_loses_no_event_and_duplicates_none(make_server, stream_key):
+    async with FakeUpstream() as upstream:
+        server = await make_server(
+            UPSTREAM_BASE_URL=upstream.url,
+            LLM_PROXY_EVENT_BUS="redis-streams",
+            REDIS_ADDR="127.0.0.1:6379",
+            REDIS_STREAM_KEY=stream_key,
+            REDIS_STREAM_CLAIM_TIME="1s",
+            REDIS_STREAM_BLOCK_TIME="200ms",
+            DISPATCHER_SERVICES="file",
+            DISPATCHER_WORKERS="2",
+            DISPATCHER_BATCH_SIZE="20",
+        )
+        assert await poll(lambda: len(worker_pids(server.process.pid)) == 2)
+        token = await _token(server)
+
+        flow = asyncio.ensure_future(_send(server, token, 240, concurrency=8))
+        assert await poll(lambda: len(server.events()) >= 40, timeout=30)
+        victim = worker_pids(server.process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        pending = await _pending_of(stream_key, f"{socket.gethostname()}-{victim}")
+        assert await flow == Counter({200: 240})
+        print(f"killed worker {victim} holding {pending} unacked entries")
+
+        # the supervisor restarts the killed worker; its unacked entries are claimed after 1s
+        assert await poll(lambda: len(worker_pids(server.process.pid)) == 2 and victim not in worker_pids(server.process.pid))
+        assert await poll(lambda: len(server.events()) >= 240, timeout=30), server.log()
+        assert await server.stop() == 0
+
+    ids = [e["id"] for e in server.events()]
+    assert len(ids) == 240 and len(set(ids)) == 240
+    assert len({e["request_id"] for e in server.events()}) == 240
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to run a private Redis")
+async def test_a_redis_restart_under_load_keeps_proxying_and_delivers_what_came_after(make_server, stream_key, tmp_path):
+    port = free_port()
+    redis_cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(tmp_path)]  # fmt: skip
+    redis_proc = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
+    try:
+        r = aioredis.Redis(host="127.0.0.1", port=port)
+        assert await poll(lambda: True) and await _wait_ping(r)
+        async with FakeUpstream() as upstream:
+            server = await make_server(
+                UPSTREAM_BASE_URL=upstream.url,
+                LLM_PROXY_EVENT_BUS="redis-streams",
+                REDIS_ADDR=f"127.0.0.1:{port}",
+                REDIS_STREAM_KEY=stream_key,
+                REDIS_STREAM_CLAIM_TIME="1s",
+                REDIS_STREAM_BLOCK_TIME="200ms",
+                DISPATCHER_SERVICES="file",
+                DISPATCHER_WORKERS="1",
+            )
+            token = await _token(server)
+            before = await _send(server, token, 50)
+            assert await poll(lambda: len(server.events()) == 50), server.log()
+
+            redis_proc.kill()
+            redis_proc.wait()
+            during = await _send(server, token, 50)  # Redis is gone: the proxy answers anyway
+
+            redis_proc = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
+            assert await _wait_ping(r)
+            after = await _send(server, token, 50)
+            assert before + during + after == Counter({200: 150})
+
+            # what was spilled during the outage and everything after it reaches the log
+            assert await poll(lambda: len(server.events()) == 150, timeout=40), server.log()
+            assert await server.stop() == 0
+        await r.aclose()
+    finally:
+        redis_proc.kill()
+        redis_proc.wait()
+    assert len({e["id"] for e in server.events()}) == 150
+
+
+async def _wait_ping(r: aioredis.Redis, timeout: float = 10.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            if await r.ping():
+                return True
+        except Exception:
+            await asyncio.sleep(0.1)
+    return False
+
+
+async def _pending_of(stream_key: str, consumer: str) -> int:
+    r = aioredis.Redis(host="127.0.0.1", port=6379)
+    try:
+        for c in await r.xinfo_consumers(stream_key, "llm-proxy-dispatchers-file"):
+            if c["name"].decode() == consumer:
+                return int(c["pending"])
+        return 0
+    finally:
+        await r.aclose()
