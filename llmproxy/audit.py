@@ -22,6 +22,7 @@ import msgspec
 from aiohttp import web
 
 from llmproxy.config import AuditSettings
+from llmproxy.context import REQUEST_ID
 from llmproxy.store.base import AuditRecord, Store
 
 __all__ = ("Auditor", "audit_record", "mask_secrets")
@@ -197,7 +198,7 @@ def audit_record(
         details=details or {},
     )
     if request is not None:
-        record.request_id = request.get("llmproxy.request_id")
+        record.request_id = request.get(REQUEST_ID)
         record.client_ip = request.remote
         record.user_agent = request.headers.get("User-Agent")
         record.method = request.method

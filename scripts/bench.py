@@ -31,7 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/v1/chat/completions"
 REQUEST_BODY = json.dumps(
-    {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello in one word."}], "max_tokens": 5}
+    {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say hello in one word."}],
+        "max_tokens": 5,
+    }
 ).encode()
 UPSTREAM_BODY = json.dumps(
     {
@@ -39,13 +43,18 @@ UPSTREAM_BODY = json.dumps(
         "object": "chat.completion",
         "created": 1700000000,
         "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 13, "completion_tokens": 2, "total_tokens": 15},
     }
 ).encode()
 UPSTREAM_RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-request-id: req_bench\r\n"
-    b"openai-processing-ms: 1\r\nContent-Length: " + str(len(UPSTREAM_BODY)).encode() + b"\r\n\r\n" + UPSTREAM_BODY
+    b"openai-processing-ms: 1\r\nContent-Length: "
+    + str(len(UPSTREAM_BODY)).encode()
+    + b"\r\n\r\n"
+    + UPSTREAM_BODY
 )
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -165,7 +174,16 @@ def run_wrk(url: str, token: str | None, connections: int, duration: float, work
         'wrk.headers["Content-Type"] = "application/json"\n' + auth
     )
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -267,7 +285,9 @@ def main() -> int:
         children.append(proxy)
         base = f"http://127.0.0.1:{proxy_port}"
         wait_http(base + "/health")
-        project = manage(base, mgmt, "/manage/projects", {"name": "bench", "api_key": "sk-bench-upstream-key"})
+        project = manage(
+            base, mgmt, "/manage/projects", {"name": "bench", "api_key": "sk-bench-upstream-key"}
+        )
         token = manage(base, mgmt, "/manage/tokens", {"project_id": project["id"]})["token"]
 
         run_load(base + PATH, token, 8, 2.0, workdir)  # warm-up: pools, caches, JIT-less but still
@@ -289,12 +309,20 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     tool = "wrk" if shutil.which("wrk") else "aiohttp client"
-    print(f"\nnon-streamed chat completion, {args.duration:.0f}s per run, load from {tool}, {os.cpu_count()} CPUs")
-    print(f"{'c':>3} {'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'proxy CPU µs/req':>17}")
+    print(
+        f"\nnon-streamed chat completion, {args.duration:.0f}s per run, load from {tool}, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'c':>3} {'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'proxy CPU µs/req':>17}"
+    )
     for c, direct, proxied, cpu_us in rows:
         for name, r, cpu in (("direct", direct, ""), ("proxy", proxied, f"{cpu_us:.0f}")):
-            print(f"{c:>3} {name:<8} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6} {cpu:>17}")
-        print(f"{'':>3} {'added':<8} {'':>9} {proxied['p50'] - direct['p50']:>8.3f} {proxied['p99'] - direct['p99']:>8.3f}")
+            print(
+                f"{c:>3} {name:<8} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6} {cpu:>17}"
+            )
+        print(
+            f"{'':>3} {'added':<8} {'':>9} {proxied['p50'] - direct['p50']:>8.3f} {proxied['p99'] - direct['p99']:>8.3f}"
+        )
     return 0
 
 

@@ -71,6 +71,11 @@ if ! psql -h 127.0.0.1 -U postgres -d test -Atc 'select 1' >/dev/null 2>&1; then
   psql -h 127.0.0.1 -U postgres -d postgres -c 'CREATE DATABASE test' >/dev/null
 fi
 
+# --- Chromium (the admin UI's browser test drives Debian's build through Playwright) ------
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing chromium"; apt_install chromium
+fi
+
 # --- the suite --------------------------------------------------------------------------
 log "running the test suite"
 exec .venv/bin/python -m pytest "$@"

@@ -265,7 +265,8 @@ def stored_headers(headers: MultiMapping[str]) -> list[tuple[str, str]]:
     if "Connection" in headers:
         named = {t.strip().lower() for v in headers.getall("Connection") for t in v.split(",")}
         drop = drop | named
-    return [(name, value) for name, value in headers.items() if name.lower() not in drop]
+    # str(): aiohttp names are istr, which a msgpack encoder refuses
+    return [(str(name), value) for name, value in headers.items() if name.lower() not in drop]
 
 
 def _opaque(tag: str) -> str:

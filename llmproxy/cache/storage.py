@@ -57,6 +57,10 @@ class Storage(Protocol):
 
     async def get(self, key: str) -> Entry | None: ...
 
+    def available(self) -> bool:
+        """False while the backend is known to be unreachable (what is stored now would be lost)."""
+        ...
+
     def put(self, key: str, entry: Entry) -> None: ...
 
     async def purge(self, prefix: str) -> int: ...
@@ -71,9 +75,7 @@ def _entry_size(entry: Entry) -> int:
 class MemoryStorage:
     """An LRU bounded by entry count and total bytes; expired entries are dropped when met."""
 
-    def __init__(
-        self, *, max_entries: int, max_bytes: int, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, *, max_entries: int, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -93,6 +95,9 @@ class MemoryStorage:
             return None
         self._entries.move_to_end(key)
         return entry
+
+    def available(self) -> bool:
+        return True
 
     def put(self, key: str, entry: Entry) -> None:
         size = _entry_size(entry)
@@ -171,13 +176,16 @@ class RedisStorage:
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return None
-        if raw is None:
+        if not isinstance(raw, bytes):
             return None
         try:
             entry = _decode(raw)
         except msgspec.DecodeError:
             return None  # written by something else (or an older layout): a miss, overwritten on store
         return entry if entry.expires_at > self._clock() else None
+
+    def available(self) -> bool:
+        return not self._resting()
 
     def put(self, key: str, entry: Entry) -> None:
         ttl_ms = int((entry.expires_at - self._clock()) * 1000)

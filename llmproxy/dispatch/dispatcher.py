@@ -82,7 +82,9 @@ class Dispatcher:
             except Exception as exc:  # the source (Redis) is down (BusUnavailable): back off, try again
                 source_failures += 1
                 self.stats.last_error = f"source: {exc!r}"
-                logger.warning("dispatcher %s: source failed: %r", self.backend.name, exc, exc_info=source_failures == 1)
+                logger.warning(
+                    "dispatcher %s: source failed: %r", self.backend.name, exc, exc_info=source_failures == 1
+                )
                 await self._stopped_during(backoff_s(source_failures, base=0.1, cap=2.0), stop)
         s = self.stats
         logger.info(
@@ -128,7 +130,7 @@ class Dispatcher:
                 await self.backend.send([d.event for d in batch if d.event is not None])
             except Exception as exc:
                 error = error_for_exception(self.backend.name, exc)
-                if not isinstance(exc, DeliveryError):
+                if not isinstance(exc, DeliveryError) and not error.transient:  # a bug: show where
                     logger.exception("dispatcher %s: backend raised", self.backend.name)
             else:
                 await self.source.ack([d.entry_id for d in batch])

@@ -69,7 +69,7 @@ def backoff_s(
     A Retry-After (seconds or HTTP-date) is a floor; the result never exceeds `cap`, so a server
     asking for an hour does not park the dispatcher for an hour (it answers 429 again instead).
     """
-    ceiling = min(cap, base * 2 ** min(max(0, attempt - 1), 62))
+    ceiling = min(cap, base * 2.0 ** min(max(0, attempt - 1), 62))
     delay = rng() * ceiling
     floor = parse_retry_after(retry_after, now=now)
     if floor is not None:

@@ -21,9 +21,9 @@ import msgspec
 
 from llmproxy import logs
 from llmproxy.config import Settings
-from llmproxy.errors import ConfigError
 from llmproxy.dispatch.dispatcher import Dispatcher, DispatchStats
 from llmproxy.dispatch.registry import make_backend
+from llmproxy.errors import ConfigError
 from llmproxy.events.bus import EventBus, connect_redis, make_source
 
 __all__ = ("STATS_INTERVAL", "run_dispatcher_command", "run_service", "stats_key", "worker_main")
@@ -54,8 +54,12 @@ async def run_service(
     consumer: str | None = None,
     stats: DispatchStats | None = None,
     on_started: Callable[[], None] | None = None,
+    reopeners: list[Callable[[], None]] | None = None,
 ) -> None:
-    """Run one Dispatcher for ``service`` until ``stop`` is set; close what it opened."""
+    """Run one Dispatcher for ``service`` until ``stop`` is set; close what it opened.
+
+    ``reopeners`` collects the backend's ``reopen`` (file backend) for the owner's SIGHUP handler.
+    """
     backend = make_backend(service, service_endpoint(settings, service), settings.dispatch.api_key)
     source = make_source(settings, service, bus=bus, consumer=consumer)
     dispatcher = Dispatcher(
@@ -64,12 +68,13 @@ async def run_service(
         batch_size=settings.dispatch.batch_size,
         flush_interval=settings.dispatch.flush_interval,
         max_deliveries=settings.dispatch.max_deliveries,
+        # an in-memory source never redelivers: keep retrying rather than leave a batch unacked
+        max_attempts=None if bus is not None else 8,
         stats=stats,
     )
     reopen = getattr(backend, "reopen", None)
-    loop = asyncio.get_running_loop()
-    if reopen is not None and bus is None:  # a worker process: SIGHUP reopens the file (logrotate)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_call(reopen)))
+    if reopen is not None and reopeners is not None:
+        reopeners.append(reopen)
     try:
         await source.start()
         if on_started is not None:
@@ -78,12 +83,6 @@ async def run_service(
     finally:
         await source.aclose()
         await backend.aclose()
-
-
-async def _call(fn: Callable[[], Any]) -> None:
-    result = fn()
-    if asyncio.iscoroutine(result):
-        await result
 
 
 async def _report_stats(settings: Settings, field: str, stats: DispatchStats, stop: asyncio.Event) -> None:
@@ -110,9 +109,19 @@ async def _worker(settings: Settings, service: str, on_started: Callable[[], Non
     loop.add_signal_handler(signal.SIGINT, stop.set)
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     stats = DispatchStats()
+    reopeners: list[Callable[[], None]] = []
+    loop.add_signal_handler(signal.SIGHUP, lambda: [reopen() for reopen in reopeners])  # logrotate
     reporter = loop.create_task(_report_stats(settings, f"{service}:{consumer}", stats, stop))
     try:
-        await run_service(settings, service, stop, consumer=consumer, stats=stats, on_started=on_started)
+        await run_service(
+            settings,
+            service,
+            stop,
+            consumer=consumer,
+            stats=stats,
+            on_started=on_started,
+            reopeners=reopeners,
+        )
     finally:
         stop.set()
         await reporter
@@ -135,10 +144,14 @@ def _run_loop(coro: Any) -> None:
         uvloop.run(coro)
 
 
-def run_dispatcher_command(settings: Settings, service: str, on_ready: Callable[[], None] | None = None) -> int:
+def run_dispatcher_command(
+    settings: Settings, service: str, on_ready: Callable[[], None] | None = None
+) -> int:
     """`llm-proxy dispatcher --service S`: one service read from Redis, in 1..N processes."""
     if settings.events.bus == "in-memory":
-        raise ConfigError("the standalone dispatcher reads Redis: set LLM_PROXY_EVENT_BUS=redis-streams (or redis)")
+        raise ConfigError(
+            "the standalone dispatcher reads Redis: set LLM_PROXY_EVENT_BUS=redis-streams (or redis)"
+        )
     try:
         make_backend(service, service_endpoint(settings, service), settings.dispatch.api_key)
     except ValueError as exc:
@@ -155,7 +168,9 @@ def run_dispatcher_command(settings: Settings, service: str, on_ready: Callable[
 def _run_children(settings: Settings, service: str, ready: Callable[[], None] | None) -> None:
     """--workers N: N worker processes; SIGTERM here is passed on to each. systemd restarts the unit."""
     ctx = multiprocessing.get_context("spawn")
-    children = [ctx.Process(target=worker_main, args=(settings, service, i)) for i in range(settings.dispatch.workers)]
+    children = [
+        ctx.Process(target=worker_main, args=(settings, service, i)) for i in range(settings.dispatch.workers)
+    ]
     for child in children:
         child.start()
     signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children if c.is_alive()])

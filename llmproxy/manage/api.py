@@ -6,9 +6,7 @@ their own auth), every change is audited and invalidated in the Authority so it 
 
 from __future__ import annotations
 
-import hmac
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -22,8 +20,18 @@ from llmproxy.audit import audit_record
 from llmproxy.auth.tokens import generate_token, hash_token, token_hint
 from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
 from llmproxy.manage import openapi
+from llmproxy.manage.edge import (
+    Handler,
+    authenticate,
+    is_uuid,
+    json_response,
+    method_not_allowed,
+    no_content,
+    not_found,
+    path_id,
+    read_body,
+)
 from llmproxy.manage.schemas import (
-    MAX_BODY_BYTES,
     AuditFilter,
     CachePurged,
     CachePurgeQuery,
@@ -53,41 +61,11 @@ __all__ = ("ACTOR", "ManageAPI")
 log = logging.getLogger(__name__)
 
 ACTOR = "management_api"
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PurgeCache = Callable[[str | None], Awaitable[int]]
-
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
-_NO_STORE = {"Cache-Control": "no-store"}
-_encode = msgspec.json.encode
-
-
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_encode(value), status=status, content_type="application/json", headers=_NO_STORE)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _path_id(request: web.Request, what: str) -> str:
-    """The ``{id}`` of the path, canonical (lower case); anything but a UUID is simply not found."""
-    raw = request.match_info.get("id", "")
-    if not _UUID.fullmatch(raw):
-        raise ProxyError(Refusal.NOT_FOUND, f"{what} not found")
-    return raw.lower()
-
-
-async def _read_body(request: web.Request) -> bytes:
-    """The body, refusing with 413 past 1 MiB whatever the application's own limit."""
-    too_large = ProxyError(Refusal.BODY_TOO_LARGE, f"Request body is larger than {MAX_BODY_BYTES} bytes")
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise too_large
-    return bytes(body)
 
 
 def _base_url(url: str | None) -> str | None:
@@ -111,34 +89,36 @@ class ManageAPI:
         self._authority = authority
         self._auditor = auditor
         self._purge_cache = purge_cache
-        self._openapi = _encode(openapi.document())
+        self._openapi = msgspec.json.encode(openapi.document())
 
     def routes(self) -> list[web.RouteDef]:
         g = self._guarded
         return [
             web.get("/manage/openapi.json", self.openapi_document),
-            web.route("*", "/manage/openapi.json", _method_not_allowed("GET, HEAD")),
+            web.route("*", "/manage/openapi.json", method_not_allowed("GET, HEAD")),
             web.get("/manage/projects", g(self.list_projects)),
             web.post("/manage/projects", g(self.create_project, "project.create")),
-            web.route("*", "/manage/projects", g(_method_not_allowed("GET, HEAD, POST"))),
+            web.route("*", "/manage/projects", g(method_not_allowed("GET, HEAD, POST"))),
             web.get("/manage/projects/{id}", g(self.get_project)),
             web.patch("/manage/projects/{id}", g(self.update_project, "project.update")),
             web.delete("/manage/projects/{id}", g(self.delete_project)),
-            web.route("*", "/manage/projects/{id}", g(_method_not_allowed("GET, HEAD, PATCH"))),
-            web.post("/manage/projects/{id}/tokens/revoke", g(self.revoke_project_tokens, "token.revoke_batch")),
-            web.route("*", "/manage/projects/{id}/tokens/revoke", g(_method_not_allowed("POST"))),
+            web.route("*", "/manage/projects/{id}", g(method_not_allowed("GET, HEAD, PATCH"))),
+            web.post(
+                "/manage/projects/{id}/tokens/revoke", g(self.revoke_project_tokens, "token.revoke_batch")
+            ),
+            web.route("*", "/manage/projects/{id}/tokens/revoke", g(method_not_allowed("POST"))),
             web.get("/manage/tokens", g(self.list_tokens)),
             web.post("/manage/tokens", g(self.create_token, "token.create")),
-            web.route("*", "/manage/tokens", g(_method_not_allowed("GET, HEAD, POST"))),
+            web.route("*", "/manage/tokens", g(method_not_allowed("GET, HEAD, POST"))),
             web.get("/manage/tokens/{id}", g(self.get_token)),
             web.patch("/manage/tokens/{id}", g(self.update_token, "token.update")),
             web.delete("/manage/tokens/{id}", g(self.revoke_token, "token.revoke")),
-            web.route("*", "/manage/tokens/{id}", g(_method_not_allowed("GET, HEAD, PATCH, DELETE"))),
+            web.route("*", "/manage/tokens/{id}", g(method_not_allowed("GET, HEAD, PATCH, DELETE"))),
             web.delete("/manage/cache", g(self.purge_cache, "cache.purge")),
-            web.route("*", "/manage/cache", g(_method_not_allowed("DELETE"))),
+            web.route("*", "/manage/cache", g(method_not_allowed("DELETE"))),
             web.get("/manage/audit", g(self.list_audit)),
-            web.route("*", "/manage/audit", g(_method_not_allowed("GET, HEAD"))),
-            web.route("*", "/manage/{tail:.*}", g(_not_found)),
+            web.route("*", "/manage/audit", g(method_not_allowed("GET, HEAD"))),
+            web.route("*", "/manage/{tail:.*}", g(not_found)),
         ]
 
     # -- the guard around every route: auth, store errors, audit of refused changes
@@ -146,11 +126,15 @@ class ManageAPI:
     def _guarded(self, handler: Handler, action: str | None = None) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             try:
-                self._authenticate(request)
+                authenticate(request, self._management_token)
                 return await handler(request)
             except StoreUnavailable as exc:
-                log.warning("management API: store unavailable on %s %s: %s", request.method, request.path, exc)
-                refusal = ProxyError(Refusal.SERVICE_UNAVAILABLE, "The database is unavailable, try again later")
+                log.warning(
+                    "management API: store unavailable on %s %s: %s", request.method, request.path, exc
+                )
+                refusal = ProxyError(
+                    Refusal.SERVICE_UNAVAILABLE, "The database is unavailable, try again later"
+                )
                 self._audit_refusal(action, request, refusal)
                 raise refusal from None
             except ProxyError as exc:
@@ -158,14 +142,6 @@ class ManageAPI:
                 raise
 
         return guarded
-
-    def _authenticate(self, request: web.Request) -> None:
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        presented = given.strip().encode("utf-8", "surrogateescape")
-        # compare_digest always runs, so a wrong scheme costs the same as a wrong token
-        matches = hmac.compare_digest(presented, self._management_token)
-        if not (matches and scheme.lower() == "bearer" and self._management_token):
-            raise ProxyError(Refusal.UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
     def _audit(self, action: str, request: web.Request, result: str = "success", **fields: Any) -> None:
         self._auditor.record(audit_record(action, result, actor=ACTOR, request=request, **fields))
@@ -176,7 +152,7 @@ class ManageAPI:
         status = error.refusal.status
         raw_id = request.match_info.get("id", "")
         ids: dict[str, str] = {}
-        if _UUID.fullmatch(raw_id):
+        if is_uuid(raw_id):
             ids["token_id" if request.path.startswith("/manage/tokens/") else "project_id"] = raw_id.lower()
         details: dict[str, Any] = {"status": status}
         if error.param:
@@ -199,13 +175,13 @@ class ManageAPI:
         return project
 
     async def list_projects(self, request: web.Request) -> web.Response:
-        return _json([project_out(p) for p in await self._store.list_projects()])
+        return json_response([project_out(p) for p in await self._store.list_projects()])
 
     async def get_project(self, request: web.Request) -> web.Response:
-        return _json(project_out(await self._project(_path_id(request, "Project"))))
+        return json_response(project_out(await self._project(path_id(request, "Project"))))
 
     async def create_project(self, request: web.Request) -> web.Response:
-        body = decode_body(await _read_body(request), ProjectCreate)
+        body = decode_body(await read_body(request), ProjectCreate)
         _refuse_obfuscated(body.api_key)
         now = _now()
         project = Project(
@@ -223,13 +199,15 @@ class ManageAPI:
         self._authority.invalidate_project(project.id)
         details = {"name": project.name, "upstream_base_url": project.upstream_base_url}
         self._audit("project.create", request, project_id=project.id, details=details)
-        return _json(project_out(project), status=201)
+        return json_response(project_out(project), status=201)
 
     async def update_project(self, request: web.Request) -> web.Response:
-        project_id = _path_id(request, "Project")
-        body = decode_body(await _read_body(request), ProjectUpdate)
+        project_id = path_id(request, "Project")
+        body = decode_body(await read_body(request), ProjectUpdate)
         if body.revoke_tokens and body.is_active is not False:
-            raise ProxyError(Refusal.INVALID_FIELD, "revoke_tokens requires is_active: false", param="revoke_tokens")
+            raise ProxyError(
+                Refusal.INVALID_FIELD, "revoke_tokens requires is_active: false", param="revoke_tokens"
+            )
         if body.api_key is not UNSET:
             _refuse_obfuscated(body.api_key)
         current = await self._project(project_id)
@@ -261,9 +239,11 @@ class ManageAPI:
                 details["name"] = fields["name"]
             self._audit(action, request, project_id=project_id, details=details)
         if revoked is not None:
-            self._audit("token.revoke_batch", request, project_id=project_id, details=msgspec.to_builtins(revoked))
+            self._audit(
+                "token.revoke_batch", request, project_id=project_id, details=msgspec.to_builtins(revoked)
+            )
         assert project is not None
-        return _json(project_out(project))
+        return json_response(project_out(project))
 
     async def delete_project(self, request: web.Request) -> web.Response:
         raise ProxyError(
@@ -273,11 +253,11 @@ class ManageAPI:
         )
 
     async def revoke_project_tokens(self, request: web.Request) -> web.Response:
-        project_id = _path_id(request, "Project")
+        project_id = path_id(request, "Project")
         await self._project(project_id)
         result = await self._revoke_all(project_id, _now())
         self._audit("token.revoke_batch", request, project_id=project_id, details=msgspec.to_builtins(result))
-        return _json(result)
+        return json_response(result)
 
     async def _revoke_all(self, project_id: str, now: datetime) -> RevokeResult:
         revoked, already, total = await self._store.revoke_project_tokens(project_id, now)
@@ -296,13 +276,13 @@ class ManageAPI:
         query = decode_query(request.query, TokenFilter)
         project_id = query.project_id.lower() if query.project_id else None
         tokens = await self._store.list_tokens(project_id, active_only=query.active_only)
-        return _json([token_out(t) for t in tokens])
+        return json_response([token_out(t) for t in tokens])
 
     async def get_token(self, request: web.Request) -> web.Response:
-        return _json(token_out(await self._token(_path_id(request, "Token"))))
+        return json_response(token_out(await self._token(path_id(request, "Token"))))
 
     async def create_token(self, request: web.Request) -> web.Response:
-        body = decode_body(await _read_body(request), TokenCreate)
+        body = decode_body(await read_body(request), TokenCreate)
         project = await self._store.get_project(body.project_id.lower())
         if project is None:
             raise ProxyError(Refusal.NOT_FOUND, "Project not found", param="project_id")
@@ -327,22 +307,12 @@ class ManageAPI:
         self._authority.invalidate_token(token.id)
         limits = _limits(token)
         self._audit("token.create", request, project_id=project.id, token_id=token.id, details=limits)
-        created = TokenCreated(
-            id=token.id,
-            token=raw,
-            token_hint=token.token_hint,
-            project_id=token.project_id,
-            expires_at=token.expires_at,
-            is_active=token.is_active,
-            max_requests=token.max_requests,
-            rate_limit_per_minute=token.rate_limit_per_minute,
-            created_at=token.created_at,
-        )
-        return _json(created, status=201)
+        shown = {name: getattr(token, name) for name in TokenCreated.__struct_fields__ if name != "token"}
+        return json_response(TokenCreated(token=raw, **shown), status=201)
 
     async def update_token(self, request: web.Request) -> web.Response:
-        token_id = _path_id(request, "Token")
-        body = decode_body(await _read_body(request), TokenUpdate)
+        token_id = path_id(request, "Token")
+        body = decode_body(await read_body(request), TokenUpdate)
         current = await self._token(token_id)
         fields: dict[str, Any] = {}
         if body.is_active is not UNSET and body.is_active != current.is_active:
@@ -353,7 +323,7 @@ class ManageAPI:
             if value is not UNSET:
                 fields[name] = value
         if not fields:
-            return _json(token_out(current))
+            return json_response(token_out(current))
         token = await self._store.update_token(token_id, fields)
         if token is None:
             raise ProxyError(Refusal.NOT_FOUND, "Token not found")
@@ -361,17 +331,19 @@ class ManageAPI:
         action = "token.revoke" if fields.get("is_active") is False else "token.update"
         details = {"fields": sorted(k for k in fields if k != "deactivated_at"), **_limits(token)}
         self._audit(action, request, project_id=token.project_id, token_id=token_id, details=details)
-        return _json(token_out(token))
+        return json_response(token_out(token))
 
     async def revoke_token(self, request: web.Request) -> web.Response:
-        token_id = _path_id(request, "Token")
+        token_id = path_id(request, "Token")
         current = await self._token(token_id)
         if current.is_active:
             await self._store.update_token(token_id, {"is_active": False, "deactivated_at": _now()})
         self._authority.invalidate_token(token_id)
         details = {"already_revoked": not current.is_active}
-        self._audit("token.revoke", request, project_id=current.project_id, token_id=token_id, details=details)
-        return web.Response(status=204, headers=_NO_STORE)
+        self._audit(
+            "token.revoke", request, project_id=current.project_id, token_id=token_id, details=details
+        )
+        return no_content()
 
     # -- cache and audit
 
@@ -379,14 +351,20 @@ class ManageAPI:
         prefix = decode_query(request.query, CachePurgeQuery).prefix
         if self._purge_cache is None:
             raise ProxyError(Refusal.SERVICE_UNAVAILABLE, "The response cache is disabled")
-        deleted = await self._purge_cache(prefix)
+        try:
+            deleted = await self._purge_cache(prefix)
+        except ProxyError:
+            raise
+        except Exception as exc:  # the cache backend (Redis) is down: say so, not a 500
+            log.warning("management API: cache purge failed: %s", exc)
+            raise ProxyError(Refusal.SERVICE_UNAVAILABLE, "The response cache is unavailable") from None
         self._audit("cache.purge", request, details={"prefix": prefix, "deleted": deleted})
-        return _json(CachePurged(deleted=deleted))
+        return json_response(CachePurged(deleted=deleted))
 
     async def list_audit(self, request: web.Request) -> web.Response:
         query = decode_query(request.query, AuditFilter)
         records, total = await self._store.list_audit(AuditQuery(**msgspec.structs.asdict(query)))
-        return _json(audit_page(records, total, query.page, query.page_size))
+        return json_response(audit_page(records, total, query.page, query.page_size))
 
 
 def _limits(token: Token) -> dict[str, Any]:
@@ -410,14 +388,3 @@ def _name_taken(exc: ValueError, name: str) -> Exception:
     if str(exc) == "name":
         return ProxyError(Refusal.CONFLICT, f"A project named {name!r} already exists", param="name")
     return exc
-
-
-def _method_not_allowed(allow: str) -> Handler:
-    async def refuse(request: web.Request) -> web.StreamResponse:
-        raise ProxyError(Refusal.HTTP_METHOD_NOT_ALLOWED, headers={"Allow": allow})
-
-    return refuse
-
-
-async def _not_found(request: web.Request) -> web.StreamResponse:
-    raise ProxyError(Refusal.NOT_FOUND, f"No management route {request.path}")

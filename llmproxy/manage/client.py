@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -64,13 +66,18 @@ class ManageClient:
             raw = await response.read()
             if response.status >= 400:
                 raise _error(response.status, raw)
-            return Answer(response.status, raw, msgspec.json.decode(raw) if raw else None)
+            try:
+                return Answer(response.status, raw, msgspec.json.decode(raw) if raw else None)
+            except msgspec.DecodeError:
+                raise ManageError(response.status, "invalid_response", "the answer is not JSON") from None
 
 
 def _error(status: int, raw: bytes) -> ManageError:
     try:
         err = msgspec.json.decode(raw)["error"]
-        return ManageError(status, str(err.get("code", "error")), str(err.get("message", "")), err.get("param"))
+        return ManageError(
+            status, str(err.get("code", "error")), str(err.get("message", "")), err.get("param")
+        )
     except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
         text = raw.decode("utf-8", "replace").strip().replace("\n", " ")[:200]
         return ManageError(status, "error", text or "no error message")
@@ -79,6 +86,11 @@ def _error(status: int, raw: bytes) -> ManageError:
 # --- commands: (method, path, body, query) from the arguments ------------------------------------
 
 Call = tuple[str, str, Any, dict[str, str] | None]
+
+
+def _segment(value: str) -> str:
+    """An id as one path segment: ``a/b`` or ``?x`` cannot reach another route."""
+    return quote(value, safe="")
 
 
 def _drop_none(**values: Any) -> dict[str, Any]:
@@ -90,7 +102,7 @@ def _project_list(args: argparse.Namespace) -> Call:
 
 
 def _project_get(args: argparse.Namespace) -> Call:
-    return "GET", f"/manage/projects/{args.id}", None, None
+    return "GET", f"/manage/projects/{_segment(args.id)}", None, None
 
 
 def _project_create(args: argparse.Namespace) -> Call:
@@ -105,8 +117,10 @@ def _project_update(args: argparse.Namespace) -> Call:
     if args.revoke_tokens:
         body["revoke_tokens"] = True
     if not body:
-        raise _Usage("nothing to update: give --name, --api-key, --upstream-base-url, --active or --revoke-tokens")
-    return "PATCH", f"/manage/projects/{args.id}", body, None
+        raise _Usage(
+            "nothing to update: give --name, --api-key, --upstream-base-url, --active or --revoke-tokens"
+        )
+    return "PATCH", f"/manage/projects/{_segment(args.id)}", body, None
 
 
 def _token_generate(args: argparse.Namespace) -> Call:
@@ -125,11 +139,11 @@ def _token_list(args: argparse.Namespace) -> Call:
 
 
 def _token_get(args: argparse.Namespace) -> Call:
-    return "GET", f"/manage/tokens/{args.id}", None, None
+    return "GET", f"/manage/tokens/{_segment(args.id)}", None, None
 
 
 def _token_revoke(args: argparse.Namespace) -> Call:
-    return "DELETE", f"/manage/tokens/{args.id}", None, None
+    return "DELETE", f"/manage/tokens/{_segment(args.id)}", None, None
 
 
 class _Usage(Exception):
@@ -206,33 +220,39 @@ def _active(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def _add_connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
-    """The options every manage command takes, before or after the subcommand; on the leaves they
-    default to SUPPRESS so a value given before the subcommand survives."""
+def _add_connection_options(parser: argparse.ArgumentParser, *, leaf: bool) -> None:
+    """The options every manage command takes, before or after the subcommand. On the leaves they
+    default to SUPPRESS, so that a value given before the subcommand survives."""
+    unset: Any = argparse.SUPPRESS if leaf else None
     parser.add_argument(
         "--manage-api-base-url",
         metavar="URL",
-        default=default,
+        default=unset,
         help=f"management API base URL (default {DEFAULT_BASE_URL})",
     )
     parser.add_argument(
-        "--management-token", metavar="TOKEN", default=default, help="management token (default: MANAGEMENT_TOKEN)"
+        "--management-token",
+        metavar="TOKEN",
+        default=unset,
+        help="management token (default: MANAGEMENT_TOKEN)",
     )
     parser.add_argument(
-        "--json", action="store_true", default=default if default is not None else False, help="print raw JSON"
+        "--json", action="store_true", default=argparse.SUPPRESS if leaf else False, help="print raw JSON"
     )
 
 
-def _leaf(verbs: Any, name: str, help_text: str, call: Callable[[argparse.Namespace], Call], show: Show) -> Any:
+def _leaf(
+    verbs: Any, name: str, help_text: str, call: Callable[[argparse.Namespace], Call], show: Show
+) -> Any:
     parser = verbs.add_parser(name, help=help_text)
-    _add_connection_options(parser, argparse.SUPPRESS)
+    _add_connection_options(parser, leaf=True)
     parser.set_defaults(manage_call=call, manage_show=show)
     return parser
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Fill the ``manage`` parser: ``project list|get|create|update`` and ``token generate|list|get|revoke``."""
-    _add_connection_options(parser, None)
+    """Fill the ``manage`` parser: ``project list/get/create/update``, ``token generate/list/get/revoke``."""
+    _add_connection_options(parser, leaf=False)
     nouns = parser.add_subparsers(dest="manage_noun", metavar="{project,token}", required=True)
 
     projects = nouns.add_parser("project", help="projects: an upstream API key and its tokens")
@@ -287,7 +307,11 @@ def _read_secret_from_stdin(args: argparse.Namespace, stdin: TextIO) -> None:
 
 
 async def execute(
-    args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None, stdin: TextIO | None = None
+    args: argparse.Namespace,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    stdin: TextIO | None = None,
 ) -> int:
     """Run one manage command; the exit code: 0 done, 1 refused or unreachable, 2 bad usage."""
     out, err = out or sys.stdout, err or sys.stderr
@@ -297,7 +321,9 @@ async def execute(
         return EXIT_USAGE
     token = _management_token(args)
     if not token:
-        err.write("llm-proxy manage: a management token is required: --management-token or MANAGEMENT_TOKEN\n")
+        err.write(
+            "llm-proxy manage: a management token is required: --management-token or MANAGEMENT_TOKEN\n"
+        )
         return EXIT_USAGE
     _read_secret_from_stdin(args, stdin or sys.stdin)
     try:
@@ -322,8 +348,16 @@ async def execute(
     if args.json:
         raw = answer.raw or _revoked_json(args, answer)
         out.write(raw.decode() + ("" if raw.endswith(b"\n") else "\n"))
-    else:
-        args.manage_show(args, answer, out)
+        return 0
+    shown = io.StringIO()
+    try:
+        args.manage_show(args, answer, shown)
+    except (AttributeError, TypeError, KeyError, ValueError):
+        err.write(
+            f"llm-proxy manage: unexpected answer from {base_url}: is it the llm-proxy management API?\n"
+        )
+        return EXIT_FAILED
+    out.write(shown.getvalue())
     return 0
 
 

@@ -89,7 +89,10 @@ def _query_params(struct: type) -> list[dict[str, Any]]:
     """One ``in: query`` parameter per field of a query Struct, with its JSON Schema."""
     (_,), components = msgspec.json.schema_components([struct], ref_template=_REF)
     properties = components[struct.__name__]["properties"]
-    return [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in properties.items()]
+    return [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in properties.items()
+    ]
 
 
 def _paths() -> dict[str, Any]:
@@ -156,7 +159,9 @@ def _paths() -> dict[str, Any]:
         },
         "/manage/tokens/{id}": {
             "parameters": [token],
-            "get": _op("Get a token", ("200", "The token (hint only)", _ref("TokenOut")), ("401", "404", "503")),
+            "get": _op(
+                "Get a token", ("200", "The token (hint only)", _ref("TokenOut")), ("401", "404", "503")
+            ),
             "patch": _op(
                 "Change a token's limits, expiry or state",
                 ("200", "The token after the change", _ref("TokenOut")),

@@ -55,7 +55,12 @@ Uuid = Annotated[str, Meta(pattern=UUID_PATTERN, description="a UUID")]
 Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NAME_PATTERN, description="not blank")]
 ApiKey = Annotated[
     str,
-    Meta(min_length=1, max_length=4096, pattern=API_KEY_PATTERN, description="the upstream API key (write-only)"),
+    Meta(
+        min_length=1,
+        max_length=4096,
+        pattern=API_KEY_PATTERN,
+        description="the upstream API key (write-only)",
+    ),
 ]
 BaseUrl = Annotated[str, Meta(max_length=2048, pattern=URL_PATTERN, description="an http(s) URL")]
 Positive = Annotated[int, Meta(ge=1, le=2**62)]

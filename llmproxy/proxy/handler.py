@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Protocol
 
@@ -52,6 +52,8 @@ class ResponseCache(Protocol):
     async def lookup(self, request: web.Request, grant: Grant, body: bytes) -> web.StreamResponse | None: ...
 
     def storable(self, request: web.Request, status: int, headers: CIMultiDictProxy[str]) -> bool: ...
+
+    def response_headers(self, request: web.Request) -> Iterable[tuple[str, str]]: ...
 
     async def store(
         self,
@@ -110,6 +112,9 @@ class ProxyHandler:
                 exc.headers.update(self._policy.cors_headers(origin))
             raise
 
+    # Route this (a bound coroutine method): aiohttp wraps a callable object in a deprecated shim.
+    handle = __call__
+
     async def _handle(self, request: web.Request, arrived: float, started_at: float) -> web.StreamResponse:
         policy = self._policy
         headers = request.headers
@@ -140,6 +145,10 @@ class ProxyHandler:
             hit = await self._cache.lookup(request, grant, body or b"")
             if hit is not None:
                 self._authority.count_cache_hit(grant)
+                origin = headers.get("Origin")  # CORS is this request's, never the stored one's
+                if origin is not None:
+                    hit.headers.update(policy.cors_headers(origin))
+                    hit.headers.add("Vary", "Origin")
                 return hit
         await self._counted(request, grant)
         return await self._forward(request, grant, body, path, query, arrived, started_at)
@@ -302,14 +311,15 @@ class ProxyHandler:
         if self._observers:
             flight.response_headers = dict(up_headers)
             flight.response_capture = BodyCapture(self._max_response_capture)
+        own_headers = [("X-Request-ID", request_id), ("Server-Timing", timing)]
         cache = self._cache
-        if cache is not None and cache.storable(request, up.status, up_headers):
-            flight.kept = BodyCapture(cache.max_object_bytes)
+        if cache is not None:
+            if cache.storable(request, up.status, up_headers):
+                flight.kept = BodyCapture(cache.max_object_bytes)
+            own_headers.extend(cache.response_headers(request))  # after storable(): it says "stored"
         origin = request.headers.get("Origin")  # policy.headers() already refused one not allowed
         cors = self._policy.cors_headers(origin) if origin is not None else None
-        resp = await relay(
-            request, up, flight, [("X-Request-ID", request_id), ("Server-Timing", timing)], cors=cors
-        )
+        resp = await relay(request, up, flight, own_headers, cors=cors)
         kept = flight.kept
         if cache is not None and kept is not None and flight.error is None and not kept.truncated:
             try:

@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import ClientSession, web
 
+from llmproxy.context import REQUEST_ID
+
 if TYPE_CHECKING:
     from llmproxy.config import Settings
 
@@ -13,4 +15,3 @@ __all__ = ("REQUEST_ID", "SESSION", "SETTINGS")
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 SESSION: web.AppKey[ClientSession] = web.AppKey("upstream_session", ClientSession)
-REQUEST_ID = "llmproxy.request_id"  # request-scoped string stored in request[...]

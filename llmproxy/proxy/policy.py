@@ -102,7 +102,7 @@ class _Whitelist:
         self._rx = re.compile("|".join(fnmatch.translate(p) for p in patterns) or r"(?!)")
 
     def check(self, value: Any) -> None:
-        values = value if isinstance(value, list) else (value,)
+        values = value if isinstance(value, list) and value else (value,)
         for item in values:
             text = _stringify(item)
             if not self._rx.match(text):
@@ -231,7 +231,10 @@ class Policy:
         return any(body.count(key) > 1 for key in self._param_keys)
 
     def _refuse_repeated_keys(self, body: bytes) -> None:
-        pairs = json.loads(body, object_pairs_hook=lambda kv: kv)
+        try:
+            pairs = json.loads(body, object_pairs_hook=lambda kv: kv)
+        except (ValueError, RecursionError):
+            raise ProxyError(Refusal.BAD_REQUEST, "Request body is not valid JSON") from None
         seen: set[str] = set()
         for key, _ in pairs:
             if key in self._params:

@@ -14,14 +14,17 @@ from typing import Any
 
 from aiohttp import web
 
+from llmproxy.admin.routes import AdminUI
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
+from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
 from llmproxy.proxy.handler import ProxyHandler
 from llmproxy.proxy.keys import SETTINGS
 from llmproxy.server.health import HealthRoutes
 from llmproxy.server.middleware import request_middleware
+from llmproxy.server.observability import Observability
 from llmproxy.server.pipeline import EventPipeline
 from llmproxy.store.base import Store
 from llmproxy.store.factory import make_store
@@ -56,8 +59,11 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     authority = Authority(store, settings.auth)
     auditor = Auditor(settings.audit, store if settings.audit.store_in_db else None)
     pipeline = EventPipeline(settings)
-    proxy = ProxyHandler(settings, authority, auditor, observers=pipeline.observers)
-    manage = ManageAPI(settings, store, authority, auditor)
+    cache: HttpCache | None = make_cache(settings) if settings.cache.enabled else None
+    proxy = ProxyHandler(settings, authority, auditor, cache=cache, observers=pipeline.observers)
+    purge = cache.purge if cache is not None else None
+    admin = AdminUI(settings, auditor)
+    manage = ManageAPI(settings, store, authority, auditor, purge_cache=purge)
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.open()
@@ -76,6 +82,11 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         yield
         await proxy.aclose()
 
+    async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if cache is not None:
+            await cache.aclose()  # after the proxy: its last stores are written, then Redis is closed
+
     app = web.Application(middlewares=[request_middleware], client_max_size=1024 * 1024)
     app[SETTINGS] = settings
     app[STORE] = store
@@ -86,11 +97,15 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
             _owned_task("audit-writer", auditor.run, auditor.flush),
             _owned_task("usage-flusher", authority.run, authority.flush),
             pipeline_ctx,
+            cache_ctx,
             proxy_ctx,
         ]
     )
     health = HealthRoutes({"store": store.ping, **pipeline.probes})
     app.add_routes(health.routes())
+    if settings.metrics_enabled:
+        Observability(settings, pipeline, cache=cache).install(app)
     app.add_routes(manage.routes())
-    app.router.add_route("*", "/{path:.*}", proxy)
+    app.add_routes(admin.routes())
+    app.router.add_route("*", "/{path:.*}", proxy.handle)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 
@@ -44,6 +45,7 @@ class EventPipeline:
         self.supervisor: Supervisor | None = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._reopeners: list[Callable[[], None]] = []
         self.probes: dict[str, Probe] = {} if self.in_process else {"event_bus": self._ping_redis}
 
     async def _ping_redis(self) -> None:
@@ -58,11 +60,25 @@ class EventPipeline:
         loop = asyncio.get_running_loop()
         if self.in_process:
             for service in self.services:
-                run = run_service(self.settings, service, self._stop, bus=self.bus, stats=self.stats[service])
+                run = run_service(
+                    self.settings,
+                    service,
+                    self._stop,
+                    bus=self.bus,
+                    stats=self.stats[service],
+                    reopeners=self._reopeners,
+                )
                 self._tasks.append(loop.create_task(run, name=f"dispatcher-{service}"))
         elif self.services:
             self.supervisor = Supervisor(self.settings, self.services, self.settings.dispatch.workers)
             self._tasks.append(loop.create_task(self.supervisor.run(), name="dispatcher-supervisor"))
+
+    def reopen(self) -> None:
+        """SIGHUP: in-process file dispatchers reopen their file; worker processes get their own SIGHUP."""
+        for reopen in self._reopeners:
+            reopen()
+        if self.supervisor is not None:
+            self.supervisor.signal_all(signal.SIGHUP)
 
     async def aclose(self) -> None:
         """Publish what waits, flush the bus, let dispatchers deliver it, then stop them."""

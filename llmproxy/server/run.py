@@ -14,7 +14,7 @@ from llmproxy import logs
 from llmproxy.config import Settings
 from llmproxy.errors import StartupError, StoreUnavailable
 from llmproxy.events.bus import BusUnavailable
-from llmproxy.server.app import build_app
+from llmproxy.server.app import PIPELINE, build_app
 
 __all__ = ("StartupError", "serve")
 
@@ -45,7 +45,13 @@ async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, logs.reopen_files)
+    pipeline = app[PIPELINE]
+
+    def reopen() -> None:  # SIGHUP: logrotate moved our files
+        logs.reopen_files()
+        pipeline.reopen()
+
+    loop.add_signal_handler(signal.SIGHUP, reopen)
     log.info("llm-proxy listening on %s", settings.server.listen_addr)
     if on_ready is not None:
         on_ready()

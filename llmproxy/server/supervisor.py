@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import time
 from multiprocessing.process import BaseProcess
 
@@ -84,11 +85,17 @@ class Supervisor:
                     continue
                 if process is not None:
                     lived = now - slot.started_at
-                    slot.backoff = _BACKOFF_START if lived >= _HEALTHY_AFTER else min(slot.backoff * 2, _BACKOFF_CAP)
+                    slot.backoff = (
+                        _BACKOFF_START if lived >= _HEALTHY_AFTER else min(slot.backoff * 2, _BACKOFF_CAP)
+                    )
                     slot.restart_at = now + slot.backoff
                     log.warning(
                         "dispatcher worker %s (pid %s) exited with %s after %.1fs; restarting in %.1fs",
-                        slot.name, process.pid, process.exitcode, lived, slot.backoff,
+                        slot.name,
+                        process.pid,
+                        process.exitcode,
+                        lived,
+                        slot.backoff,
                     )
                     process.close()
                     slot.process = None
@@ -96,6 +103,11 @@ class Supervisor:
                     slot.restarts += 1
                     self._spawn(slot)
             await asyncio.sleep(_POLL)
+
+    def signal_all(self, signum: int) -> None:
+        for slot in self._slots:
+            if slot.process is not None and slot.process.is_alive() and slot.process.pid is not None:
+                os.kill(slot.process.pid, signum)
 
     async def stop(self, timeout: float) -> None:
         """SIGTERM every worker (they ack what they delivered and exit), SIGKILL after ``timeout``."""
@@ -108,7 +120,9 @@ class Supervisor:
             await asyncio.sleep(0.05)
         for process in alive:
             if process.is_alive():
-                log.warning("dispatcher worker pid %s did not stop in %.0fs: killing it", process.pid, timeout)
+                log.warning(
+                    "dispatcher worker pid %s did not stop in %.0fs: killing it", process.pid, timeout
+                )
                 process.kill()
         for process in alive:
             await asyncio.to_thread(process.join, 5)

@@ -125,7 +125,10 @@ class FakeLunary:
         return None
 
     def _register(self, event: Any) -> dict[str, Any]:
-        run_id = event.get("runId") if isinstance(event, dict) else None
+        if not isinstance(event, dict):
+            self.violations.append(f"event {event!r} is not an object")
+            return {"id": None, "success": False, "error": "event is not an object"}
+        run_id = str(event.get("runId"))
         problems = self._problems(event) if self.strict else []
         if problems:
             self.violations.extend(f"{run_id}: {p}" for p in problems)

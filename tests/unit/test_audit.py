@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from llmproxy.audit import MAX_QUEUED, Auditor, audit_record, mask_secrets
 from llmproxy.config import AuditSettings
+from llmproxy.context import REQUEST_ID
 from llmproxy.errors import StoreUnavailable
 from llmproxy.store.base import AuditRecord
 
@@ -300,12 +301,11 @@ async def test_a_write_cancelled_midway_is_finished_once_by_flush(auditor, log_f
     assert len(lines(log_file)) == 1
 
 
-@pytest.mark.filterwarnings("ignore:It is recommended to use web.RequestKey")
 async def test_audit_record_takes_who_and_where_from_the_request_but_not_x_forwarded_for() -> None:
     built: list[AuditRecord] = []
 
     async def handler(request: web.Request) -> web.Response:
-        request["llmproxy.request_id"] = "req-123"
+        request[REQUEST_ID] = "req-123"
         built.append(audit_record("proxy_request", "denied", reason="project_inactive", request=request))
         return web.Response()
 

@@ -129,7 +129,10 @@ async def test_a_refused_event_lands_in_the_dead_letter_stream_with_the_error(
 
     await run_until(Dispatcher(source, backend, flush_interval=0.05, backoff=Waits()), dead_lettered)
     await backend.aclose()
-    [(_, fields)] = await redis.xrange(dead_key)
+    entries = await redis.xrange(dead_key)
+    assert entries is not None and len(entries) == 1
+    fields = entries[0][1]
+    assert fields is not None
     assert fields[b"error"] == b"lunary: HTTP 400: bad request"
     assert (await source.lag())["pending"] == 0
     await source.aclose()

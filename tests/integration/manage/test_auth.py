@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
-from llmproxy.manage import api as manage_api
+from llmproxy.manage import edge
 from llmproxy.manage.api import ManageAPI
 from llmproxy.store.sqlite import SqliteStore
 from tests.integration.manage.support import (
@@ -77,7 +77,9 @@ async def test_a_wrong_management_token_is_refused_with_401(manage: Manage, auth
 
 
 async def test_the_bearer_scheme_is_case_insensitive(manage: Manage) -> None:
-    response = await manage.client.get("/manage/projects", headers={"Authorization": f"bearer {MANAGEMENT_TOKEN}"})
+    response = await manage.client.get(
+        "/manage/projects", headers={"Authorization": f"bearer {MANAGEMENT_TOKEN}"}
+    )
     assert response.status == 200
 
 
@@ -85,13 +87,13 @@ async def test_the_management_token_is_compared_in_constant_time(
     manage: Manage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compared: list[tuple[bytes, bytes]] = []
-    real = manage_api.hmac.compare_digest
+    real = edge.hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(manage_api.hmac, "compare_digest", spy)
+    monkeypatch.setattr(edge.hmac, "compare_digest", spy)
     response = await manage.client.get("/manage/projects", headers={"Authorization": "Bearer nope"})
     assert response.status == 401
     assert compared == [(b"nope", MANAGEMENT_TOKEN.encode())]

@@ -10,7 +10,16 @@ from llmproxy.auth.tokens import hash_token
 from llmproxy.errors import ProxyError, Refusal
 from tests.integration.manage.support import AUTH, UNKNOWN_ID, UPSTREAM_KEY, Manage
 
-PROJECT_KEYS = {"id", "name", "api_key", "upstream_base_url", "is_active", "created_at", "updated_at", "deactivated_at"}
+PROJECT_KEYS = {
+    "id",
+    "name",
+    "api_key",
+    "upstream_base_url",
+    "is_active",
+    "created_at",
+    "updated_at",
+    "deactivated_at",
+}
 OBFUSCATED_KEY = "sk-…WXYZ"
 
 
@@ -41,9 +50,13 @@ async def test_no_project_response_contains_the_upstream_key(manage: Manage) -> 
     texts = [
         await (await manage.client.get("/manage/projects", headers=AUTH)).text(),
         await (await manage.client.get(f"/manage/projects/{pid}", headers=AUTH)).text(),
-        await (await manage.client.patch(f"/manage/projects/{pid}", json={"name": "acme2"}, headers=AUTH)).text(),
         await (
-            await manage.client.patch(f"/manage/projects/{pid}", json={"api_key": UPSTREAM_KEY + "2"}, headers=AUTH)
+            await manage.client.patch(f"/manage/projects/{pid}", json={"name": "acme2"}, headers=AUTH)
+        ).text(),
+        await (
+            await manage.client.patch(
+                f"/manage/projects/{pid}", json={"api_key": UPSTREAM_KEY + "2"}, headers=AUTH
+            )
         ).text(),
     ]
     for text in texts:
@@ -80,7 +93,9 @@ async def test_an_unknown_or_malformed_project_id_is_404(manage: Manage, project
 
 async def test_a_taken_project_name_is_409(manage: Manage) -> None:
     await manage.create_project("acme")
-    response = await manage.client.post("/manage/projects", json={"name": "acme", "api_key": "k"}, headers=AUTH)
+    response = await manage.client.post(
+        "/manage/projects", json={"name": "acme", "api_key": "k"}, headers=AUTH
+    )
     assert response.status == 409
     error = (await response.json())["error"]
     assert (error["code"], error["param"]) == ("conflict", "name")
@@ -107,7 +122,9 @@ async def test_invalid_json_is_400(manage: Manage) -> None:
         ({"name": "a", "api_key": "sk-12345678...WXYZ"}, "api_key"),
     ],
 )
-async def test_a_bad_field_on_create_is_422_naming_it(manage: Manage, body: dict[str, object], param: str) -> None:
+async def test_a_bad_field_on_create_is_422_naming_it(
+    manage: Manage, body: dict[str, object], param: str
+) -> None:
     response = await manage.client.post("/manage/projects", json=body, headers=AUTH)
     assert response.status == 422
     error = (await response.json())["error"]
@@ -172,7 +189,9 @@ async def test_deactivating_sets_deactivated_at_and_reactivating_clears_it(manag
         ({"id": UNKNOWN_ID}, "id"),
     ],
 )
-async def test_a_bad_field_on_patch_is_422_naming_it(manage: Manage, body: dict[str, object], param: str) -> None:
+async def test_a_bad_field_on_patch_is_422_naming_it(
+    manage: Manage, body: dict[str, object], param: str
+) -> None:
     project = await manage.create_project()
     response = await manage.client.patch(f"/manage/projects/{project['id']}", json=body, headers=AUTH)
     assert response.status == 422
@@ -211,7 +230,9 @@ async def test_bulk_revoke_counts_revoked_and_already_revoked_tokens(manage: Man
     }
     assert [t.is_active for t in await manage.store.list_tokens(project["id"])] == [False, False, False]
     assert (await manage.store.get_token(survivor["id"])).is_active is True  # type: ignore[union-attr]
-    [first, second] = sorted(await manage.audit(action="token.revoke_batch"), key=lambda r: r.details["revoked_count"])
+    [first, second] = sorted(
+        await manage.audit(action="token.revoke_batch"), key=lambda r: r.details["revoked_count"]
+    )
     assert first.details == {"revoked_count": 0, "already_revoked_count": 3, "total_tokens": 3}
     assert second.project_id == project["id"]
 

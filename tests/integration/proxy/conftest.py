@@ -115,6 +115,7 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         max_request_body_bytes: int = 65536,
         max_response_body_bytes: int = 262144,
         upstream_base_url: str | None = None,
+        cache: Any = None,
         **api_changes: Any,
     ) -> Proxy:
         """A started proxy; ``api_changes`` are ApiConfig fields (``timeouts`` as a dict)."""
@@ -134,7 +135,7 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         authority = AuthorityDouble(generate_token(), grant)
         auditor = AuditorDouble()
         observers: list[Callable[[Exchange], None]] = []
-        handler = ProxyHandler(settings, authority, auditor, observers=observers)  # type: ignore[arg-type]
+        handler = ProxyHandler(settings, authority, auditor, cache=cache, observers=observers)  # type: ignore[arg-type]
 
         async def handler_ctx(app: web.Application) -> AsyncIterator[None]:
             await handler.start()
@@ -143,7 +144,7 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
 
         app = web.Application(middlewares=[request_middleware])
         app.cleanup_ctx.append(handler_ctx)
-        app.router.add_route("*", "/{path:.*}", handler)
+        app.router.add_route("*", "/{path:.*}", handler.handle)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)

@@ -18,7 +18,10 @@ JSON = {"Content-Type": "application/json"}
 async def test_upstream_receives_the_project_key_and_the_exact_body_and_query(make_proxy):
     proxy = await make_proxy()
     resp = await proxy.request(
-        "POST", "/v1/chat/completions?api-version=2024-01-01&x=%20y&x=2", data=CHAT_BODY, headers=proxy.auth(**JSON)
+        "POST",
+        "/v1/chat/completions?api-version=2024-01-01&x=%20y&x=2",
+        data=CHAT_BODY,
+        headers=proxy.auth(**JSON),
     )
     assert resp.status == 200
     [seen] = proxy.upstream.requests
@@ -35,7 +38,9 @@ async def test_upstream_receives_the_project_key_and_the_exact_body_and_query(ma
 async def test_status_headers_and_body_come_back_byte_for_byte(make_proxy):
     proxy = await make_proxy()
     body = b'{"id": "x",   "weird spacing": [1,2 ,3]}'
-    proxy.upstream.script(json_reply(body, status=201, headers={"X-Custom": "kept", "openai-model": "gpt-4o"}))
+    proxy.upstream.script(
+        json_reply(body, status=201, headers={"X-Custom": "kept", "openai-model": "gpt-4o"})
+    )
     resp = await proxy.request("POST", "/v1/chat/completions", data=b"{}", headers=proxy.auth(**JSON))
     assert resp.status == 201
     assert await resp.read() == body
@@ -81,7 +86,12 @@ async def test_an_upstream_error_is_passed_through_verbatim(make_proxy):
     assert resp.status == 429
     assert resp.headers["retry-after"] == "7"
     assert await resp.json() == {
-        "error": {"message": "Rate limit reached", "type": "requests", "param": None, "code": "rate_limit_exceeded"}
+        "error": {
+            "message": "Rate limit reached",
+            "type": "requests",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        }
     }
 
 
@@ -131,7 +141,13 @@ async def test_hop_by_hop_and_client_identifying_headers_do_not_reach_the_upstre
 async def test_upstream_cookies_and_hop_by_hop_headers_do_not_reach_the_client(make_proxy):
     proxy = await make_proxy()
     proxy.upstream.script(
-        json_reply(headers={"Set-Cookie": "__cf_bm=abc; path=/", "Keep-Alive": "timeout=5", "Proxy-Authenticate": "Basic"})
+        json_reply(
+            headers={
+                "Set-Cookie": "__cf_bm=abc; path=/",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Authenticate": "Basic",
+            }
+        )
     )
     resp = await proxy.request("GET", "/v1/models")
     assert resp.status == 200
@@ -201,3 +217,22 @@ async def test_a_browser_origin_gets_cors_headers_on_the_proxied_response(make_p
     assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "X-Request-ID" in resp.headers["Access-Control-Expose-Headers"]
     assert resp.headers["Vary"] == "Accept-Encoding, Origin"
+
+
+async def test_a_head_request_gets_the_upstream_headers_and_no_body(make_proxy):
+    proxy = await make_proxy(allowed_methods=("GET", "HEAD"))
+    resp = await proxy.request("HEAD", "/v1/models")
+    assert resp.status == 200
+    assert resp.headers["Content-Length"] == str(len(json.dumps(CHAT_COMPLETION)))
+    assert await resp.read() == b""
+    assert proxy.upstream.requests[0].method == "HEAD"
+    assert (await proxy.request("GET", "/v1/models")).status == 200  # the connection is still sound
+
+
+async def test_an_empty_upstream_answer_keeps_its_status(make_proxy):
+    proxy = await make_proxy()
+    proxy.upstream.script(json_reply(b"", status=204))
+    resp = await proxy.request("DELETE", "/v1/files/file-abc")
+    assert resp.status == 204
+    assert await resp.read() == b""
+    assert proxy.upstream.requests[0].raw_path == "/v1/files/file-abc"

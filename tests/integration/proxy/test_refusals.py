@@ -73,7 +73,10 @@ async def test_a_whitelisted_param_value_is_forwarded_with_the_body_unchanged(ma
     proxy = await make_proxy(param_whitelist={"model": ("gpt-4o", "gpt-4o-*")})
     body = b'{"model":"gpt-4o-mini","messages":[]}'
     resp = await proxy.request(
-        "POST", "/v1/chat/completions", data=body, headers=proxy.auth(**{"Content-Type": "application/json; charset=utf-8"})
+        "POST",
+        "/v1/chat/completions",
+        data=body,
+        headers=proxy.auth(**{"Content-Type": "application/json; charset=utf-8"}),
     )
     assert resp.status == 200
     assert proxy.upstream.requests[0].body == body
@@ -170,7 +173,8 @@ async def test_a_cors_preflight_is_answered_204_without_a_token(make_proxy):
 async def test_a_preflight_from_an_origin_not_allowed_is_refused(make_proxy):
     proxy = await make_proxy(allowed_origins=("https://app.example",))
     resp = await proxy.client.options(
-        "/v1/chat/completions", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        "/v1/chat/completions",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
     )
     assert resp.status == 403
     assert "Access-Control-Allow-Origin" not in resp.headers

@@ -213,6 +213,9 @@ class RecordingSource:
         acked = set(self.acked)
         return [d.event for d in self.handed if d.entry_id in acked and d.event is not None]
 
+    async def start(self) -> None:
+        return None
+
     async def read(self, max_count: int, block_s: float) -> list[Delivery]:
         self.reads += 1
         if self.fail_reads:

@@ -202,6 +202,7 @@ def test_whitelisted_values_pass(body: bytes) -> None:
         (b'{"model": "GPT-4O"}', "model"),  # globs are case-sensitive
         (b'{"model": "o4-mini", "temperature": 2}', "temperature"),
         (b'{"model": ["gpt-4o", "gpt-5"]}', "model"),
+        (b'{"model": []}', "model"),
         (b'{"model": null}', "model"),
         (b'{"model": "gpt-4o", "model": "gpt-5"}', "model"),  # parsers disagree on which wins
         (b'{"mod\\u0065l": "gpt-5", "model": "gpt-4o"}', "model"),

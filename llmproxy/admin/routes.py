@@ -1,0 +1,255 @@
+"""The admin UI at /admin/: sign-in and sign-out, the page shells, the live event tail, static files.
+
+The pages do their work through the management API itself (validation and audit live there once):
+``AdminUI.authenticate`` is handed to ``ManageAPI`` so a signed-in browser may call /manage/* with its
+session cookie, each change carrying the session's CSRF token in ``X-CSRF-Token``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+from aiohttp import web
+
+from llmproxy.admin.event_tail import EventTail, tail_events
+from llmproxy.admin.login import LoginFormGuard, LoginThrottle
+from llmproxy.admin.pages import NAV, SECURITY_HEADERS, Pages
+from llmproxy.admin.sessions import AdminSession, SessionStore
+from llmproxy.audit import audit_record
+from llmproxy.errors import ProxyError, Refusal
+
+if TYPE_CHECKING:
+    from llmproxy.audit import Auditor
+    from llmproxy.config import Settings
+
+__all__ = ("ACTOR", "COOKIE", "CSRF_HEADER", "AdminUI")
+
+log = logging.getLogger(__name__)
+
+ACTOR = "admin_ui"
+COOKIE = "llmproxy_admin"
+LOGIN_COOKIE = "llmproxy_admin_login"
+CSRF_HEADER = "X-CSRF-Token"
+FAILED_LOGIN_DELAY = 0.3  # seconds: every wrong guess costs the guesser this much
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_HOME = "/admin/projects"
+_LOGIN = "/admin/login"
+
+
+def _secret(value: object) -> bytes:
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else b""
+
+
+def _https(request: web.Request) -> bool:
+    """Over TLS here or at a proxy in front: only then may the cookie be marked Secure."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return request.secure or forwarded == "https"
+
+
+def _html(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers={**SECURITY_HEADERS, **(headers or {})},
+    )
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=303, headers={**SECURITY_HEADERS, "Location": location})
+
+
+class AdminUI:
+    """The admin UI's routes and the session check the management API calls for cookie-bearing requests."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        auditor: Auditor,
+        *,
+        sessions: SessionStore | None = None,
+        throttle: LoginThrottle | None = None,
+        failed_login_delay: float = FAILED_LOGIN_DELAY,
+    ) -> None:
+        self._management_token = settings.server.management_token.encode()
+        self._event_log = settings.events.file_event_log
+        self._metrics_enabled = settings.metrics_enabled
+        self._auditor = auditor
+        self._sessions = sessions or SessionStore()
+        self._throttle = throttle or LoginThrottle()
+        self._failed_login_delay = failed_login_delay
+        self._form = LoginFormGuard()
+        self._pages = Pages()
+
+    def routes(self) -> list[web.RouteDef]:
+        """Every /admin route, ending with a catch-all 404: add them before the proxy's catch-all."""
+        return [
+            web.get("/admin", self.home),
+            web.get("/admin/", self.home),
+            web.get(_LOGIN, self.login_page),
+            web.post(_LOGIN, self.login),
+            web.post("/admin/logout", self.logout),
+            *(web.get(path, self._page(name)) for name, path, _ in NAV),
+            web.get("/admin/api/events", self.events),
+            web.get("/admin/static/{name}", self.static),
+            web.route("*", "/admin/{tail:.*}", self.not_found),
+        ]
+
+    # --- the management API's second way in --------------------------------------------------
+
+    def authenticate(self, request: web.Request) -> str | None:
+        """``ACTOR`` when ``request`` comes from a signed-in admin browser, else None. A change
+        (POST, PATCH, DELETE…) must also carry the session's CSRF token, or it is refused with 403."""
+        session = self._session(request)
+        if session is None:
+            return None
+        if request.method not in _SAFE_METHODS:
+            given = _secret(request.headers.get(CSRF_HEADER))
+            if not hmac.compare_digest(given, session.csrf_token.encode()):
+                raise ProxyError(
+                    Refusal.ORIGIN_NOT_ALLOWED,
+                    f"Missing or invalid {CSRF_HEADER} header: reload the admin page",
+                    headers={"Cache-Control": "no-store"},
+                )
+        return ACTOR
+
+    def _session(self, request: web.Request) -> AdminSession | None:
+        return self._sessions.get(request.cookies.get(COOKIE))
+
+    # --- signing in and out ------------------------------------------------------------------
+
+    async def home(self, request: web.Request) -> web.Response:
+        return _redirect(_HOME if self._session(request) else _LOGIN)
+
+    async def login_page(self, request: web.Request) -> web.Response:
+        if self._session(request) is not None:
+            return _redirect(_HOME)
+        return self._login_form(request)
+
+    async def login(self, request: web.Request) -> web.Response:
+        client = request.remote or "unknown"
+        wait = self._throttle.retry_after(client)
+        if wait is not None:
+            self._audit_login(request, "denied", "rate_limited")
+            message = f"Too many failed sign-ins: try again in {wait} seconds."
+            return self._login_form(request, 429, message, headers={"Retry-After": str(wait)})
+        form = await request.post()
+        if not self._form.valid(request.cookies.get(LOGIN_COOKIE), _text(form.get("csrf_token"))):
+            self._audit_login(request, "denied", "csrf_failed")
+            return self._login_form(request, 403, "The sign-in form had expired: please sign in again.")
+        given = _secret(form.get("management_token"))
+        # compare_digest always runs, so an empty configured token costs the same as a wrong guess
+        if not (hmac.compare_digest(given, self._management_token) and self._management_token):
+            self._throttle.failed(client)
+            self._audit_login(request, "denied", "invalid_token")
+            await asyncio.sleep(self._failed_login_delay)
+            return self._login_form(request, 401, "Wrong management token.")
+        self._throttle.succeeded(client)
+        self._sessions.end(request.cookies.get(COOKIE))
+        session_id, _ = self._sessions.create()
+        self._audit_login(request, "success")
+        response = _redirect(_HOME)
+        # no Max-Age: the cookie goes when the browser closes; the server ends the session anyway
+        response.set_cookie(
+            COOKIE, session_id, path="/", httponly=True, samesite="Strict", secure=_https(request)
+        )
+        response.del_cookie(LOGIN_COOKIE, path=_LOGIN)
+        return response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        session_id = request.cookies.get(COOKIE)
+        session = self._sessions.get(session_id)
+        if session is not None:
+            form = await request.post()
+            given = _secret(form.get("csrf_token") or request.headers.get(CSRF_HEADER))
+            if not hmac.compare_digest(given, session.csrf_token.encode()):
+                return _html(
+                    self._pages.message("Sign-out refused", "Reload the page and sign out again."), 403
+                )
+            self._sessions.end(session_id)
+        response = _redirect(_LOGIN)
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    def _login_form(
+        self,
+        request: web.Request,
+        status: int = 200,
+        error: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        nonce = request.cookies.get(LOGIN_COOKIE)
+        if not nonce or len(nonce) > 64:
+            nonce = self._form.new_nonce()
+        page = self._pages.login(form_token=self._form.form_token(nonce), error=error)
+        response = _html(page, status, headers)
+        response.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            path=_LOGIN,
+            max_age=3600,
+            httponly=True,
+            samesite="Strict",
+            secure=_https(request),
+        )
+        return response
+
+    def _audit_login(self, request: web.Request, result: str, reason: str | None = None) -> None:
+        self._auditor.record(audit_record("admin.login", result, reason=reason, actor=ACTOR, request=request))
+
+    # --- pages and data ----------------------------------------------------------------------
+
+    def _page(self, name: str) -> web.Handler:
+        async def page(request: web.Request) -> web.Response:
+            session = self._session(request)
+            if session is None:
+                return _redirect(_LOGIN)
+            metrics = "enabled" if self._metrics_enabled else "disabled"
+            return _html(self._pages.page(name, csrf_token=session.csrf_token, metrics=metrics))
+
+        return page
+
+    async def events(self, request: web.Request) -> web.Response:
+        """The newest event summaries appended after byte ``?after=`` of the event log."""
+        if self._session(request) is None:
+            raise ProxyError(
+                Refusal.UNAUTHORIZED, "Sign in to the admin UI first", headers={"Cache-Control": "no-store"}
+            )
+        raw = request.query.get("after", "0")
+        if not raw.isdigit() or len(raw) > 18:
+            raise ProxyError(
+                Refusal.INVALID_FIELD, "after must be a byte offset: an integer >= 0", param="after"
+            )
+        if not self._event_log:
+            tail = EventTail(configured=False, events=[], cursor=0)
+        else:
+            try:
+                tail = await tail_events(self._event_log, int(raw))
+            except OSError as exc:
+                log.warning("admin UI: cannot read the event log %s: %s", self._event_log, exc)
+                raise ProxyError(Refusal.SERVICE_UNAVAILABLE, "The event log cannot be read") from None
+        return web.Response(
+            body=msgspec.json.encode(tail), content_type="application/json", headers=SECURITY_HEADERS
+        )
+
+    async def static(self, request: web.Request) -> web.Response:
+        found = self._pages.static(request.match_info["name"])
+        if found is None:
+            return _html(self._pages.message("Not found", "There is no such file."), 404)
+        body, content_type, etag = found
+        headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache", "ETag": etag}
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, headers={**headers, "Content-Type": content_type})
+
+    async def not_found(self, request: web.Request) -> web.Response:
+        return _html(self._pages.message("Not found", "There is no such page in the admin UI."), 404)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
