@@ -27,14 +27,14 @@ __all__ = (
 )
 
 
-class Timeouts(msgspec.Struct, frozen=True):
+class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connect: float = 10.0
     response_header: float = 60.0
     request: float = 600.0  # whole upstream exchange, streams included
     idle_connection: float = 90.0
 
 
-class ApiConfig(msgspec.Struct, frozen=True):
+class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What the proxy lets through (API_CONFIG_PATH YAML)."""
 
     allowed_endpoints: tuple[str, ...] = (

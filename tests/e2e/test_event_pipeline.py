@@ -162,3 +162,41 @@ async def _pending_of(stream_key: str, consumer: str) -> int:
         return 0
     finally:
         await r.aclose()
+
+
+async def test_a_standalone_detached_dispatcher_delivers_what_the_server_publishes(make_server, stream_key, tmp_path):
+    events_file = tmp_path / "standalone.jsonl"
+    pid_file = tmp_path / "dispatcher.pid"
+    async with FakeUpstream() as upstream:
+        server = await make_server(
+            UPSTREAM_BASE_URL=upstream.url,
+            LLM_PROXY_EVENT_BUS="redis-streams",
+            REDIS_ADDR="127.0.0.1:6379",
+            REDIS_STREAM_KEY=stream_key,
+            FILE_EVENT_LOG="",  # the server runs no dispatcher itself
+        )
+        env = {**server.env, "REDIS_STREAM_BLOCK_TIME": "200ms"}
+        dispatcher = ["--service", "file", "--endpoint", str(events_file)]
+        started = await _run(env, "dispatcher", *dispatcher, "--detach", "--pid-file", str(pid_file))
+        assert started.returncode == 0, started.stderr
+        try:
+            assert (await _run(env, "status", "--pid-file", str(pid_file))).returncode == 0
+            token = await _token(server)
+            assert await _send(server, token, 30) == Counter({200: 30})
+            lines = lambda: events_file.read_text().splitlines() if events_file.exists() else []  # noqa: E731
+            assert await poll(lambda: len(lines()) == 30)
+        finally:
+            stopped = await _run(env, "stop", "--pid-file", str(pid_file))
+        assert stopped.returncode == 0, stopped.stderr
+        assert (await _run(env, "status", "--pid-file", str(pid_file))).returncode == 3
+        assert await server.stop() == 0
+
+
+async def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    from tests.e2e.conftest import LLM_PROXY
+
+    proc = await asyncio.create_subprocess_exec(
+        LLM_PROXY, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())

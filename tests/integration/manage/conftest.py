@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -15,8 +18,12 @@ from llmproxy import config
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
 from llmproxy.manage.api import ManageAPI
+from llmproxy.store.base import Store
+from llmproxy.store.postgres import PostgresStore
 from llmproxy.store.sqlite import SqliteStore
 from tests.integration.manage.support import Manage, make_settings, manage_app
+
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture
@@ -24,9 +31,9 @@ def settings(tmp_path: Path) -> config.Settings:
     return make_settings(tmp_path)
 
 
-@pytest.fixture
-async def manage(settings: config.Settings, tmp_path: Path) -> AsyncIterator[Manage]:
-    store = SqliteStore(str(tmp_path / "llm-proxy.db"), None)
+@asynccontextmanager
+async def running(settings: config.Settings, store: Store) -> AsyncIterator[Manage]:
+    """The management API over ``store`` (opened here, closed after), with a purge_cache that counts."""
     await store.open()
     authority = Authority(store, settings.auth)
     auditor = Auditor(settings.audit, store)
@@ -47,3 +54,23 @@ async def manage(settings: config.Settings, tmp_path: Path) -> AsyncIterator[Man
             await writer
         await auditor.flush()
         await store.close()
+
+
+@pytest.fixture
+async def manage(settings: config.Settings, tmp_path: Path) -> AsyncIterator[Manage]:
+    async with running(settings, SqliteStore(str(tmp_path / "llm-proxy.db"), None)) as manage:
+        yield manage
+
+
+@pytest.fixture
+async def pg_manage(settings: config.Settings) -> AsyncIterator[Manage]:
+    """The same over PostgreSQL, in a schema of its own that is dropped afterwards."""
+    schema = f"test_manage_{uuid.uuid4().hex}"
+    admin = await asyncpg.connect(PG_DSN)
+    await admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        async with running(settings, PostgresStore(PG_DSN, None, schema=schema, pool_size=3)) as manage:
+            yield manage
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await admin.close()

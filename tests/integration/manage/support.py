@@ -15,8 +15,7 @@ from llmproxy.auth.authority import Authority
 from llmproxy.errors import ProxyError, Refusal
 from llmproxy.manage.api import ManageAPI
 from llmproxy.server.middleware import request_middleware
-from llmproxy.store.base import AuditQuery, AuditRecord
-from llmproxy.store.sqlite import SqliteStore
+from llmproxy.store.base import AuditQuery, AuditRecord, Store
 
 MANAGEMENT_TOKEN = "test-management-token-0123456789"
 AUTH = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
@@ -39,7 +38,7 @@ class Manage:
     """A running management API and what is behind it."""
 
     client: TestClient
-    store: SqliteStore
+    store: Store
     authority: Authority
     auditor: Auditor
     settings: config.Settings

@@ -1,0 +1,177 @@
+"""The admin UI in a real headless Chromium against the installed `llm-proxy server`: an operator signs
+in, creates a project, hands out a token, sees the proxy honour it, revokes it, and reads the audit log.
+
+Needs Debian's ``chromium`` at /usr/bin/chromium and the ``playwright`` package (scripts/test.sh
+installs both; Playwright's own browser download is never used). Screenshots of each page go to
+``$LLMPROXY_SCREENSHOTS`` when set (docs/screenshots/ was made that way), else to the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.conftest import MANAGEMENT_TOKEN
+from tests.fakes.upstream import FakeUpstream
+
+try:
+    from playwright.async_api import Page, async_playwright, expect
+except ImportError:  # pragma: no cover - depends on the machine
+    async_playwright = None
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+UPSTREAM_KEY = "sk-upstream-browser-project-key-0123456789"
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+WAIT_MS = 15_000
+
+pytestmark = [
+    pytest.mark.skipif(async_playwright is None, reason="playwright is not installed (pip install playwright)"),
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)"),
+]
+
+
+async def shot(page: Page, folder: Path, name: str) -> None:
+    await page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
+
+
+async def chat(url: str, token: str) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as client:
+        async with client.post(f"{url}/v1/chat/completions", json=CHAT, headers=headers) as response:
+            return response.status, await response.json()
+
+
+async def create_project(page: Page, name: str, api_key: str) -> None:
+    await page.click("#new-project")
+    await page.fill("#project-form [name=name]", name)
+    await page.fill("#project-form [name=api_key]", api_key)
+    await page.click("#project-form button[type=submit]")
+    await expect(page.locator("#projects tbody tr", has_text=name)).to_be_visible(timeout=WAIT_MS)
+
+
+async def audit_actions(page: Page, wanted: set[str]) -> list[str]:
+    """The actions listed on the audit page, reloading while the background writer catches up."""
+    deadline = time.monotonic() + 20
+    while True:
+        await page.goto(page.url)
+        await page.wait_for_selector("#page-info:not(:empty)", timeout=WAIT_MS)
+        actions = await page.locator("#audit tbody tr td:nth-child(2)").all_text_contents()
+        if wanted <= set(actions) or time.monotonic() > deadline:
+            return actions
+        await page.wait_for_timeout(200)
+
+
+async def test_an_operator_hands_out_and_revokes_a_token_in_the_browser_and_the_proxy_obeys(
+    make_server: Any, tmp_path: Path
+) -> None:
+    screenshots = Path(os.environ.get("LLMPROXY_SCREENSHOTS") or tmp_path)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    async with FakeUpstream() as upstream:
+        server = await make_server(UPSTREAM_BASE_URL=upstream.url)
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            )
+            try:
+                page = await (await browser.new_context(viewport={"width": 1280, "height": 760})).new_page()
+                problems: list[str] = []  # script errors and CSP violations would show up here
+                page.on("pageerror", lambda error: problems.append(str(error)))
+                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+
+                # sign in: the first visit lands on the sign-in page
+                await page.goto(f"{server.url}/admin/")
+                assert page.url == f"{server.url}/admin/login"
+                await shot(page, screenshots, "login")
+                await page.fill("#management_token", MANAGEMENT_TOKEN)
+                await page.click("button[type=submit]")
+                await page.wait_for_url("**/admin/projects", timeout=WAIT_MS)
+
+                # projects: create two
+                await create_project(page, "Acme chat assistant", UPSTREAM_KEY)
+                await create_project(page, "Internal tools", "sk-upstream-internal-tools-key-987654")
+                row = page.locator("#projects tbody tr", has_text="Acme chat assistant")
+                await expect(row.locator("code").nth(1)).to_have_text("sk-…6789")
+                await shot(page, screenshots, "projects")
+
+                # tokens: generate one and read it from the one-time box
+                await page.click("nav >> text=Tokens")
+                await page.wait_for_url("**/admin/tokens", timeout=WAIT_MS)
+                await page.wait_for_selector("#token-form option >> text=Acme chat assistant", state="attached")
+                await page.select_option("#token-form [name=project_id]", label="Acme chat assistant")
+                await page.fill("#token-form [name=duration_minutes]", "60")
+                await page.click("#token-form button[type=submit]")
+                await expect(page.locator("#created-token")).to_be_visible(timeout=WAIT_MS)
+                token = (await page.text_content("#created-token-value") or "").strip()
+                assert token.startswith("sk-") and len(token) >= 40
+                await expect(page.locator("#tokens tbody tr")).to_have_count(1, timeout=WAIT_MS)
+                await shot(page, screenshots, "tokens")
+
+                # the token works through the proxy, with the project's upstream key
+                status, body = await chat(server.url, token)
+                assert status == 200, body
+                assert upstream.requests[-1].headers["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+                # revoke it in the UI: the proxy refuses it at once
+                await page.click("#dismiss-token")
+                await expect(page.locator("#created-token")).to_be_hidden()
+                assert token not in await page.content()  # gone from the page once dismissed
+                page.once("dialog", lambda dialog: dialog.accept())
+                await page.click("#tokens tbody tr >> text=Revoke")
+                await expect(page.locator("#tokens tbody tr .badge")).to_have_text("revoked", timeout=WAIT_MS)
+                status, body = await chat(server.url, token)
+                assert status == 401
+                assert body["error"]["code"] == "token_revoked"
+                assert len(upstream.requests) == 1
+
+                # the audit log shows what was done, and by whom
+                await page.click("nav >> text=Audit log")
+                await page.wait_for_url("**/admin/audit", timeout=WAIT_MS)
+                wanted = {"admin.login", "project.create", "token.create", "token.revoke"}
+                actions = await audit_actions(page, wanted)
+                assert wanted <= set(actions), actions
+                actors = await page.locator("#audit tbody tr td:nth-child(5)").all_text_contents()
+                assert set(actors) == {"admin_ui"}
+                await shot(page, screenshots, "audit")
+
+                # the live tail shows the proxied request once the file dispatcher wrote it
+                await page.click("nav >> text=Events")
+                await expect(page.locator("#events tbody tr")).to_have_count(1, timeout=WAIT_MS)
+                cells = await page.locator("#events tbody tr td").all_text_contents()
+                assert cells[1:5] == ["200", "POST", "/v1/chat/completions", "gpt-4o-mini"]
+                assert cells[7] == "Acme chat assistant"
+                await shot(page, screenshots, "events")
+
+                await page.click("nav >> text=Dispatchers")
+                await expect(page.locator("#dispatchers tbody tr", has_text="file")).to_be_visible(timeout=WAIT_MS)
+                await shot(page, screenshots, "dispatchers")
+
+                # signing out ends the session: the pages are closed again
+                await page.click("text=Sign out")
+                await page.wait_for_url("**/admin/login", timeout=WAIT_MS)
+                await page.goto(f"{server.url}/admin/tokens")
+                assert page.url == f"{server.url}/admin/login"
+                assert problems == []
+            finally:
+                await browser.close()
+        assert await server.stop() == 0
+
+    on_disk = server.audit_file.read_text() + server.log()
+    assert MANAGEMENT_TOKEN not in on_disk and token not in on_disk
+    logins = [json.loads(line) for line in server.audit_file.read_text().splitlines()]
+    assert [r["result"] for r in logins if r["action"] == "admin.login"] == ["success"]

@@ -1,0 +1,106 @@
+"""Settings: defaults, YAML < environment < flags, durations, and one clear error per bad value."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from llmproxy import config
+from llmproxy.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_ones_of_the_spec() -> None:
+    s = config.load({})
+    assert s.server.listen_addr == "127.0.0.1:8080"
+    assert s.store.database_url == "sqlite:///./data/llm-proxy.db"
+    assert s.events.bus == "in-memory"
+    assert (s.events.max_request_body_bytes, s.events.max_response_body_bytes) == (65536, 262144)
+    assert (s.streams.key, s.streams.consumer_group, s.streams.max_len) == ("llm-proxy-events", "llm-proxy-dispatchers", 10000)
+    assert (s.streams.block_time, s.streams.claim_time) == (5.0, 30.0)
+    assert s.cache.enabled is False and s.cache.key_prefix == "llmproxy:cache:"
+    assert s.dispatch.services == () and s.dispatch.max_deliveries == 10
+    assert s.server.shutdown_timeout == 30.0
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("12", 12.0), ("1.5s", 1.5)]
+)
+def test_durations_accept_the_spec_units(text: str, seconds: float) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "-1s", "soon", "1 day"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        config.parse_duration(text)
+
+
+def test_a_bad_value_names_the_variable_and_where_it_came_from() -> None:
+    with pytest.raises(ConfigError, match=r"^REDIS_STREAM_CLAIM_TIME \(environment\): not a duration"):
+        config.load({"REDIS_STREAM_CLAIM_TIME": "soon"})
+    with pytest.raises(ConfigError, match=r"^LLM_PROXY_EVENT_BUS \(environment\): must be one of"):
+        config.load({"LLM_PROXY_EVENT_BUS": "kafka"})
+    with pytest.raises(ConfigError, match=r"^LISTEN_ADDR \(flag\): not HOST:PORT"):
+        config.load({}, overrides={"LISTEN_ADDR": "localhost"})
+
+
+def test_yaml_is_overridden_by_the_environment_which_is_overridden_by_flags(tmp_path: Path) -> None:
+    f = tmp_path / "llm-proxy.yaml"
+    f.write_text("LISTEN_ADDR: 127.0.0.1:9001\nhttp_cache_enabled: true\nREDIS_STREAM_MAX_LEN: 5\n")
+    s = config.load({"REDIS_STREAM_MAX_LEN": "7"}, config_file=str(f))
+    assert (s.server.listen_addr, s.cache.enabled, s.streams.max_len) == ("127.0.0.1:9001", True, 7)
+    s = config.load({}, config_file=str(f), overrides={"LISTEN_ADDR": "127.0.0.1:9002"})
+    assert s.server.listen_addr == "127.0.0.1:9002"
+
+
+def test_unknown_yaml_settings_and_unreadable_files_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("LISTEN_ADRR: 127.0.0.1:1\n")
+    with pytest.raises(ConfigError, match="unknown setting 'LISTEN_ADRR'"):
+        config.load({}, config_file=str(f))
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load({}, config_file=str(tmp_path / "missing.yaml"))
+    f.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        config.load({}, config_file=str(f))
+
+
+def test_the_file_event_log_enables_the_file_dispatcher_unless_services_are_named() -> None:
+    assert config.load({"FILE_EVENT_LOG": "/tmp/e.jsonl"}).dispatch.services == ("file",)
+    s = config.load({"FILE_EVENT_LOG": "/tmp/e.jsonl", "DISPATCHER_SERVICES": "lunary, Helicone"})
+    assert s.dispatch.services == ("lunary", "helicone")
+
+
+def test_the_encryption_key_must_be_32_bytes_of_base64() -> None:
+    key = base64.b64encode(bytes(range(32))).decode()
+    assert config.load({"ENCRYPTION_KEY": key}).store.encryption_key == bytes(range(32))
+    with pytest.raises(ConfigError, match="32 bytes"):
+        config.load({"ENCRYPTION_KEY": base64.b64encode(b"short").decode()})
+    with pytest.raises(ConfigError, match="not valid base64"):
+        config.load({"ENCRYPTION_KEY": "***"})
+
+
+def test_the_management_token_is_required_and_must_not_be_trivial() -> None:
+    with pytest.raises(ConfigError, match="MANAGEMENT_TOKEN is required"):
+        config.require_management_token(config.load({}))
+    with pytest.raises(ConfigError, match="too short"):
+        config.require_management_token(config.load({"MANAGEMENT_TOKEN": "short"}))
+    config.require_management_token(config.load({"MANAGEMENT_TOKEN": "x" * 16}))
+
+
+def test_the_api_config_yaml_is_read_and_unknown_keys_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "api.yaml"
+    f.write_text(
+        "allowed_endpoints: [/v1/chat/completions]\nallowed_methods: [post]\n"
+        "param_whitelist: {model: [gpt-4o-*]}\ntimeouts: {connect: 2s, request: 5m}\n"
+    )
+    s = config.load({"API_CONFIG_PATH": str(f)})
+    api = s.upstream.api
+    assert api.allowed_endpoints == ("/v1/chat/completions",) and api.allowed_methods == ("POST",)
+    assert api.param_whitelist == {"model": ("gpt-4o-*",)}
+    assert (api.timeouts.connect, api.timeouts.request) == (2.0, 300.0)
+    f.write_text("allowed_endpoint: [/v1/x]\n")
+    with pytest.raises(ConfigError, match="allowed_endpoint"):
+        config.load({"API_CONFIG_PATH": str(f)})
