@@ -30,6 +30,7 @@ class Refusal(enum.Enum):
     PARAM_NOT_ALLOWED = (400, "param_not_allowed", "invalid_request_error", "Parameter value not allowed")
     ORIGIN_NOT_ALLOWED = (403, "origin_not_allowed", "permission_error", "Origin not allowed")
     ORIGIN_REQUIRED = (400, "origin_required", "invalid_request_error", "Origin header required")
+    CSRF_INVALID = (403, "csrf_invalid", "permission_error", "Missing or invalid X-CSRF-Token")
     HEADER_REQUIRED = (400, "header_required", "invalid_request_error", "Required header missing")
     BODY_TOO_LARGE = (413, "request_too_large", "invalid_request_error", "Request body too large")
     BAD_REQUEST = (400, "bad_request", "invalid_request_error", "Bad request")

@@ -2,12 +2,19 @@
 """Throughput, latency and CPU per request of the proxy hot path; never part of the test suite.
 
 Starts, as separate processes: a fast fake upstream (raw uvloop protocol answering a fixed chat
-completion) and the real `llm-proxy server` (temporary SQLite store, a project and a token created
-through the management API). Then drives the same non-streamed chat completion at c=1 and c=32,
-directly against the upstream and through the proxy, with `wrk` (or an aiohttp client if wrk is
-missing), and prints req/s, p50/p99 and the proxy process's CPU µs per request (/proc utime+stime).
+completion, or an SSE stream when the request asks for one) and the real `llm-proxy server`
+(temporary SQLite store, a project and a token created through the management API). Then drives
+the same non-streamed chat completion at c=1 and c=32, directly against the upstream and through
+the proxy, with `wrk` (or an aiohttp client if wrk is missing), and prints req/s, p50/p99 and the
+proxy's CPU µs per request: utime+stime from /proc of the server and every process under it
+(dispatcher workers included), after the event log has caught up with the load.
 
     .venv/bin/python scripts/bench.py [--duration 10] [--connections 1,32] [--events]
+        [--bus in-memory|redis-streams] [--workers 1] [--matrix] [--repeat 3] [--stream] [--json F]
+
+--matrix runs the three event-pipeline configurations of docs/performance.md one after another:
+none (in-memory bus, no dispatcher: no observer), memory+file (file dispatcher in-process),
+streams+worker (redis-streams bus, one file worker process). --repeat N reports medians.
 """
 
 from __future__ import annotations
@@ -21,11 +28,15 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +48,7 @@ REQUEST_BODY = json.dumps(
         "max_tokens": 5,
     }
 ).encode()
+STREAM_BODY = json.dumps({**json.loads(REQUEST_BODY), "stream": True}).encode()
 UPSTREAM_BODY = json.dumps(
     {
         "id": "chatcmpl-bench",
@@ -56,14 +68,38 @@ UPSTREAM_RESPONSE = (
     + b"\r\n\r\n"
     + UPSTREAM_BODY
 )
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nx-request-id: req_bench\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
+STREAM_GAP_S = 0.02  # the fake upstream's pause between SSE events (a model "thinking")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _sse_events() -> list[bytes]:
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
+            "model": "gpt-4o-mini-2024-07-18"}  # fmt: skip
+    deltas = [{"role": "assistant", "content": ""}, {"content": "Hel"}, {"content": "lo"}, {"content": "!"}]
+    events = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    events.append({**base, "choices": [], "usage": {"prompt_tokens": 13, "completion_tokens": 3,
+                                                      "total_tokens": 16}})  # fmt: skip
+    lines = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+    return [f"{len(line):x}\r\n".encode() + line + b"\r\n" for line in lines]
+
+
+SSE_CHUNKS = _sse_events()
 
 
 # --- the fake upstream (runs in its own process: `bench.py --serve-upstream PORT`) ----------------
 
 
 class _UpstreamProtocol(asyncio.Protocol):
-    """Minimal HTTP/1.1 keep-alive server: reads a request (Content-Length bodies), answers at once."""
+    """Minimal HTTP/1.1 keep-alive server: reads a request (Content-Length bodies), answers at once.
+
+    A body asking for `"stream": true` gets an SSE stream: the first event at once, the rest
+    STREAM_GAP_S apart, so a proxy that buffered would show it in the time to the first chunk.
+    """
 
     def __init__(self) -> None:
         self.buf = bytearray()
@@ -85,9 +121,21 @@ class _UpstreamProtocol(asyncio.Protocol):
                 self.need = int(m.group(1)) if m else 0
             if len(self.buf) < self.need:
                 return
+            stream = re.search(rb'"stream"\s*:\s*true', self.buf[: self.need]) is not None
             del self.buf[: self.need]
             self.need = None
-            self.transport.write(UPSTREAM_RESPONSE)  # type: ignore[attr-defined]
+            if stream:
+                self._stream()
+            else:
+                self.transport.write(UPSTREAM_RESPONSE)  # type: ignore[attr-defined]
+
+    def _stream(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport = self.transport
+        transport.write(STREAM_HEAD + SSE_CHUNKS[0])  # type: ignore[attr-defined]
+        rest = [*SSE_CHUNKS[1:], b"0\r\n\r\n"]
+        for i, chunk in enumerate(rest, 1):
+            loop.call_later(i * STREAM_GAP_S, lambda c=chunk: transport.is_closing() or transport.write(c))
 
 
 def serve_upstream(port: int) -> None:
@@ -142,6 +190,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
 
 
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds of ``root`` and every live process below it (workers, multiprocessing helpers)."""
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[1])
+    tree, frontier = {root}, [root]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, parent in parents.items() if parent == pid and p not in tree]
+        tree.update(children)
+        frontier += children
+    result = {}
+    for pid in tree:
+        try:
+            result[pid] = cpu_seconds(pid)
+        except OSError:
+            pass  # exited between the scan and the read
+    return result
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """Seconds used between two snapshots; a process born in between counts whole."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 def manage(base: str, token: str, path: str, body: dict) -> dict:
     req = urllib.request.Request(
         base + path,
@@ -151,6 +229,29 @@ def manage(base: str, token: str, path: str, body: dict) -> dict:
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def settle(path: Path | None, quiet_s: float = 1.5, timeout: float = 60.0) -> None:
+    """Wait until the event log stops growing (the dispatcher caught up with the load), bounded."""
+    if path is None:
+        return
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        size = path.stat().st_size if path.exists() else 0
+        if size != last:
+            last, since = size, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.1)
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -174,16 +275,7 @@ def run_wrk(url: str, token: str | None, connections: int, duration: float, work
         'wrk.headers["Content-Type"] = "application/json"\n' + auth
     )
     out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{max(1, round(duration))}s",
-            "--latency",
-            "-s",
-            str(script),
-            url,
-        ],
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
@@ -241,25 +333,54 @@ def run_load(url: str, token: str | None, connections: int, duration: float, wor
     return asyncio.run(_aiohttp_load(url, token, connections, duration))
 
 
-# --- main ------------------------------------------------------------------------------------
+async def _stream_times(port: int, token: str | None, count: int) -> dict:
+    """Sequential streamed completions on one keep-alive connection: median ms to the first SSE
+    event and to the end of the stream, measured from the moment the request was written."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    request = (
+        f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{auth}"
+        f"Content-Length: {len(STREAM_BODY)}\r\n\r\n"
+    ).encode() + STREAM_BODY
+    first, last = [], []
+    try:
+        for _ in range(count):
+            t0 = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
+                raise RuntimeError(f"unexpected stream response: {head[:200]!r}")
+            t_first = None
+            while True:
+                size = int((await reader.readline()).split(b";")[0], 16)
+                data = await reader.readexactly(size + 2)
+                if t_first is None and b"data:" in data:
+                    t_first = time.perf_counter()
+                if size == 0:
+                    break
+            first.append((t_first - t0) * 1000)  # type: ignore[operator]
+            last.append((time.perf_counter() - t0) * 1000)
+    finally:
+        writer.close()
+    return {"first_ms": statistics.median(first), "last_ms": statistics.median(last), "streams": count}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
-    ap.add_argument("--connections", default="1,32", help="comma list of concurrency levels")
-    ap.add_argument("--events", action="store_true", help="also write the JSONL event log (observers on)")
-    ap.add_argument("--profile", metavar="FILE", help="run the proxy under cProfile, stats written to FILE")
-    ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.serve_upstream:
-        serve_upstream(args.serve_upstream)
-        return 0
+# --- one configuration -----------------------------------------------------------------------
 
-    levels = [int(c) for c in args.connections.split(",")]
+CONFIGS = {  # name -> (bus, file event log on)
+    "none": ("in-memory", False),
+    "memory+file": ("in-memory", True),
+    "streams+worker": ("redis-streams", True),
+}
+
+
+@contextmanager
+def proxy_server(bus: str, events: bool, workers: int, up_port: int, profile: str | None) -> Iterator[dict]:
+    """A running `llm-proxy server` with a project and token; its Redis keys are deleted afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix="llmproxy-bench-"))
-    up_port, proxy_port = free_port(), free_port()
+    proxy_port = free_port()
     mgmt = secrets.token_urlsafe(24)
+    stream_key = f"bench:{uuid.uuid4().hex}:events"
     env = {
         **os.environ,
         "LISTEN_ADDR": f"127.0.0.1:{proxy_port}",
@@ -269,60 +390,168 @@ def main() -> int:
         "AUDIT_LOG_FILE": str(workdir / "audit.log"),
         "LOG_LEVEL": "warning",
         "ENABLE_METRICS": "true",
+        "LLM_PROXY_EVENT_BUS": bus,
     }
-    if args.events:
-        env["FILE_EVENT_LOG"] = str(workdir / "events.jsonl")
-    children: list[subprocess.Popen[bytes]] = []
+    if bus != "in-memory":
+        env |= {"REDIS_STREAM_KEY": stream_key, "REDIS_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
+                "DISPATCHER_WORKERS": str(workers)}  # fmt: skip
+    event_log = workdir / "events.jsonl" if events else None
+    if event_log is not None:
+        env["FILE_EVENT_LOG"] = str(event_log)
+        env["DISPATCHER_SERVICES"] = "file"
+    cli = shutil.which("llm-proxy", path=str(Path(sys.executable).parent)) or "llm-proxy"
+    command = [cli, "server"]
+    if profile:
+        command = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "llmproxy", "server"]
+    proxy = subprocess.Popen(command, env=env, cwd=workdir)
     try:
-        upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(up_port)])
-        children.append(upstream)
-        wait_port(up_port)
-        cli = shutil.which("llm-proxy", path=str(Path(sys.executable).parent)) or "llm-proxy"
-        command = [cli, "server"]
-        if args.profile:
-            command = [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "llmproxy", "server"]
-        proxy = subprocess.Popen(command, env=env, cwd=workdir)
-        children.append(proxy)
         base = f"http://127.0.0.1:{proxy_port}"
         wait_http(base + "/health")
-        project = manage(
-            base, mgmt, "/manage/projects", {"name": "bench", "api_key": "sk-bench-upstream-key"}
-        )
+        project = manage(base, mgmt, "/manage/projects", {"name": "bench", "api_key": "sk-bench-upstream-key"})
         token = manage(base, mgmt, "/manage/tokens", {"project_id": project["id"]})["token"]
-
-        run_load(base + PATH, token, 8, 2.0, workdir)  # warm-up: pools, caches, JIT-less but still
-        rows = []
-        for c in levels:
-            direct = run_load(f"http://127.0.0.1:{up_port}{PATH}", None, c, args.duration, workdir)
-            before = cpu_seconds(proxy.pid)
-            proxied = run_load(base + PATH, token, c, args.duration, workdir)
-            cpu_us = (cpu_seconds(proxy.pid) - before) / max(proxied["requests"], 1) * 1e6
-            rows.append((c, direct, proxied, cpu_us))
+        yield {"pid": proxy.pid, "base": base, "port": proxy_port, "token": token, "event_log": event_log,
+               "workdir": workdir}  # fmt: skip
     finally:
-        for child in reversed(children):  # the proxy drains first, then its upstream goes
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        proxy.send_signal(signal.SIGTERM)  # it stops its workers and drains first
+        try:
+            proxy.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait()
+        if bus != "in-memory":
+            subprocess.run(["redis-cli", "DEL", stream_key, f"{stream_key}:dead", f"{stream_key}:dispatcher-stats"],
+                           capture_output=True, check=False)  # fmt: skip
         shutil.rmtree(workdir, ignore_errors=True)
 
+
+def run_config(name: str, bus: str, events: bool, args: argparse.Namespace, up_port: int) -> dict:
+    levels = [int(c) for c in args.connections.split(",")]
+    result: dict = {"config": name, "bus": bus, "events": events, "levels": {}}
+    with proxy_server(bus, events, args.workers, up_port, args.profile) as px:
+        run_load(px["base"] + PATH, px["token"], 8, 2.0, px["workdir"])  # warm-up: pools, caches
+        settle(px["event_log"])
+        for c in levels:
+            direct = run_load(f"http://127.0.0.1:{up_port}{PATH}", None, c, args.duration, px["workdir"])
+            before = tree_cpu(px["pid"])
+            proxied = run_load(px["base"] + PATH, px["token"], c, args.duration, px["workdir"])
+            settle(px["event_log"])  # the workers' share of these requests is done before we read CPU
+            after = tree_cpu(px["pid"])
+            proxied["cpu_us"] = cpu_spent(before, after) / max(proxied["requests"], 1) * 1e6
+            proxied["processes"] = len(after)
+            result["levels"][c] = {"direct": direct, "proxy": proxied}
+        if args.stream:
+            asyncio.run(_stream_times(px["port"], px["token"], 5))  # warm-up
+            result["stream"] = {
+                "direct": asyncio.run(_stream_times(up_port, None, args.stream_count)),
+                "proxy": asyncio.run(_stream_times(px["port"], px["token"], args.stream_count)),
+            }
+        if px["event_log"] is not None:
+            settle(px["event_log"])
+            result["event_lines"] = count_lines(px["event_log"])
+    return result
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+def _median(runs: list[dict], *keys: str) -> float:
+    values = []
+    for run in runs:
+        for key in keys:
+            run = run[key]
+        values.append(run)
+    return statistics.median(values)
+
+
+def summarize(name: str, runs: list[dict]) -> dict:
+    """Medians over the repetitions of one configuration."""
+    out: dict = {"config": name, "runs": len(runs), "levels": {}}
+    for c in runs[0]["levels"]:
+        lv = [r["levels"][c] for r in runs]
+        row = {t: {k: _median(lv, t, k) for k in ("rps", "p50", "p99")} for t in ("direct", "proxy")}
+        row["proxy"]["cpu_us"] = _median(lv, "proxy", "cpu_us")
+        row["proxy"]["cpu_us_all"] = [round(x["proxy"]["cpu_us"]) for x in lv]
+        row["errors"] = sum(x["proxy"]["errors"] + x["direct"]["errors"] for x in lv)
+        row["added_p50"] = statistics.median(x["proxy"]["p50"] - x["direct"]["p50"] for x in lv)
+        row["added_p99"] = statistics.median(x["proxy"]["p99"] - x["direct"]["p99"] for x in lv)
+        out["levels"][c] = row
+    if "stream" in runs[0]:
+        out["stream"] = {t: {k: _median(runs, "stream", t, k) for k in ("first_ms", "last_ms")}
+                         for t in ("direct", "proxy")}  # fmt: skip
+    return out
+
+
+def print_summary(summary: dict, duration: float) -> None:
     tool = "wrk" if shutil.which("wrk") else "aiohttp client"
-    print(
-        f"\nnon-streamed chat completion, {args.duration:.0f}s per run, load from {tool}, {os.cpu_count()} CPUs"
-    )
-    print(
-        f"{'c':>3} {'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'proxy CPU µs/req':>17}"
-    )
-    for c, direct, proxied, cpu_us in rows:
-        for name, r, cpu in (("direct", direct, ""), ("proxy", proxied, f"{cpu_us:.0f}")):
-            print(
-                f"{c:>3} {name:<8} {r['rps']:>9.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>6} {cpu:>17}"
-            )
-        print(
-            f"{'':>3} {'added':<8} {'':>9} {proxied['p50'] - direct['p50']:>8.3f} {proxied['p99'] - direct['p99']:>8.3f}"
-        )
+    print(f"\n[{summary['config']}] non-streamed chat completion, {duration:.0f}s per run, "
+          f"median of {summary['runs']}, load from {tool}, {os.cpu_count()} CPUs")  # fmt: skip
+    print(f"{'c':>3} {'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'proxy CPU µs/req':>17}")
+    for c, row in summary["levels"].items():
+        d, p = row["direct"], row["proxy"]
+        print(f"{c:>3} {'direct':<8} {d['rps']:>9.0f} {d['p50']:>8.3f} {d['p99']:>8.3f} {'':>6}")
+        print(f"{c:>3} {'proxy':<8} {p['rps']:>9.0f} {p['p50']:>8.3f} {p['p99']:>8.3f} {row['errors']:>6} "
+              f"{p['cpu_us']:>17.0f}  (runs: {p['cpu_us_all']})")  # fmt: skip
+        print(f"{'':>3} {'added':<8} {'':>9} {row['added_p50']:>8.3f} {row['added_p99']:>8.3f}")
+    if "stream" in summary:
+        s = summary["stream"]
+        print(f"    stream: first event {s['direct']['first_ms']:.2f} ms direct, {s['proxy']['first_ms']:.2f} ms "
+              f"proxied; whole stream {s['direct']['last_ms']:.1f} / {s['proxy']['last_ms']:.1f} ms "
+              f"(upstream sends {len(SSE_CHUNKS)} events {STREAM_GAP_S * 1000:.0f} ms apart)")  # fmt: skip
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
+    ap.add_argument("--connections", default="1,32", help="comma list of concurrency levels")
+    ap.add_argument("--events", action="store_true", help="also write the JSONL event log (observers on)")
+    ap.add_argument("--bus", choices=("in-memory", "redis-streams"), default="in-memory",
+                    help="LLM_PROXY_EVENT_BUS (redis-streams with --events: file worker processes)")  # fmt: skip
+    ap.add_argument("--workers", type=int, default=1, help="DISPATCHER_WORKERS with redis-streams (default 1)")
+    ap.add_argument("--matrix", action="store_true", help="run the configurations none, memory+file, streams+worker")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per configuration; medians are reported")
+    ap.add_argument("--stream", action="store_true", help="also time the first SSE event, direct vs proxied")
+    ap.add_argument("--stream-count", type=int, default=50, help="streamed requests per target (default 50)")
+    ap.add_argument("--json", metavar="FILE", help="write every run and the medians to FILE")
+    ap.add_argument("--profile", metavar="FILE", help="run the proxy under cProfile, stats written to FILE")
+    ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_upstream:
+        serve_upstream(args.serve_upstream)
+        return 0
+
+    if args.matrix:
+        configs = list(CONFIGS.items())
+    else:
+        name = {v: k for k, v in CONFIGS.items()}.get((args.bus, args.events), f"{args.bus}, no dispatcher")
+        configs = [(name, (args.bus, args.events))]
+    up_port = free_port()
+    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(up_port)])
+    runs: dict[str, list[dict]] = {name: [] for name, _ in configs}
+    try:
+        wait_port(up_port)
+        for i in range(args.repeat):  # round-robin, so a noisy minute does not hit one config only
+            for name, (bus, events) in configs:
+                print(f"run {i + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
+                runs[name].append(run_config(name, bus, events, args, up_port))
+    finally:
+        upstream.send_signal(signal.SIGTERM)
+        try:
+            upstream.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            upstream.kill()
+            upstream.wait()
+
+    summaries = [summarize(name, r) for name, r in runs.items()]
+    for summary in summaries:
+        print_summary(summary, args.duration)
+    if args.json:
+        loadavg = Path("/proc/loadavg").read_text().split()[:3]
+        doc = {"duration": args.duration, "cpus": os.cpu_count(), "loadavg_after": loadavg,
+               "summaries": summaries, "runs": runs}  # fmt: skip
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
     return 0
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from llmproxy.admin.event_tail import EventTail, tail_events
 from llmproxy.admin.login import LoginFormGuard, LoginThrottle
@@ -112,7 +113,7 @@ class AdminUI:
             given = _secret(request.headers.get(CSRF_HEADER))
             if not hmac.compare_digest(given, session.csrf_token.encode()):
                 raise ProxyError(
-                    Refusal.ORIGIN_NOT_ALLOWED,
+                    Refusal.CSRF_INVALID,
                     f"Missing or invalid {CSRF_HEADER} header: reload the admin page",
                     headers={"Cache-Control": "no-store"},
                 )
@@ -204,7 +205,7 @@ class AdminUI:
 
     # --- pages and data ----------------------------------------------------------------------
 
-    def _page(self, name: str) -> web.Handler:
+    def _page(self, name: str) -> Handler:
         async def page(request: web.Request) -> web.Response:
             session = self._session(request)
             if session is None:

@@ -49,13 +49,14 @@ class _Scoped(Protocol):
 class _Ticket:
     """What the lookup decided for a request that goes upstream, read again by storable/store."""
 
-    __slots__ = ("key", "rule", "status", "ttl")
+    __slots__ = ("key", "rule", "status", "ttl", "sized")
 
     def __init__(self, key: str, rule: RequestRule, status: str) -> None:
         self.key = key
         self.rule = rule
         self.status = status  # "miss" (looked up, not found) or "bypass" (lookup skipped)
         self.ttl = 0.0  # set by storable(): > 0 when the answer is to be stored
+        self.sized = False  # its Content-Length is known (and within the limit): it will be stored
 
 
 _TICKET: web.RequestKey[_Ticket] = web.RequestKey("llmproxy.cache", _Ticket)
@@ -119,6 +120,7 @@ class HttpCache:
         ticket: _Ticket | None = request.get(_TICKET)
         if ticket is None or not self._storage.available():
             return False
+        ticket.sized = "Content-Length" in headers
         ticket.ttl = response_ttl(
             status,
             headers,
@@ -130,12 +132,15 @@ class HttpCache:
         return ticket.ttl > 0
 
     def response_headers(self, request: web.Request) -> tuple[tuple[str, str], ...]:
-        """The cache's headers on a forwarded answer: ``Cache-Status`` miss, bypass, or stored (it is
-        being stored: it will be unless it ends short or outgrows the size limit)."""
+        """The cache's headers on a forwarded answer: ``Cache-Status`` bypass, miss, or stored.
+
+        ``stored`` is said only when it is sure: a cacheable answer of announced size within the limit.
+        A stream (no Content-Length) says ``miss`` and is stored only if it completes within the limit.
+        """
         ticket = request.get(_TICKET)
         if ticket is None:
             return _BYPASS_HEADERS
-        status = "stored" if ticket.ttl > 0 else ticket.status
+        status = "stored" if ticket.ttl > 0 and ticket.sized else ticket.status
         return (("X-PROXY-CACHE", "miss"), ("Cache-Status", status), ("X-PROXY-CACHE-KEY", ticket.key))
 
     async def store(

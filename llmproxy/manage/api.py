@@ -61,6 +61,7 @@ __all__ = ("ACTOR", "ManageAPI")
 log = logging.getLogger(__name__)
 
 ACTOR = "management_api"
+_ACTOR: web.RequestKey[str] = web.RequestKey("manage_actor", str)  # who, when not the bearer token
 PurgeCache = Callable[[str | None], Awaitable[int]]
 
 
@@ -83,8 +84,10 @@ class ManageAPI:
         auditor: Auditor,
         *,
         purge_cache: PurgeCache | None = None,
+        authenticate: Callable[[web.Request], str | None] | None = None,  # another way in: its actor
     ) -> None:
         self._management_token = settings.server.management_token.encode()
+        self._authenticate_other = authenticate
         self._store = store
         self._authority = authority
         self._auditor = auditor
@@ -126,7 +129,12 @@ class ManageAPI:
     def _guarded(self, handler: Handler, action: str | None = None) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             try:
-                authenticate(request, self._management_token)
+                try:
+                    authenticate(request, self._management_token)
+                except ProxyError:  # no valid bearer: the admin UI's session, say, may still let it in
+                    if not (actor := self._authenticate_other and self._authenticate_other(request)):
+                        raise
+                    request[_ACTOR] = actor
                 return await handler(request)
             except StoreUnavailable as exc:
                 log.warning(
@@ -144,7 +152,8 @@ class ManageAPI:
         return guarded
 
     def _audit(self, action: str, request: web.Request, result: str = "success", **fields: Any) -> None:
-        self._auditor.record(audit_record(action, result, actor=ACTOR, request=request, **fields))
+        actor = request.get(_ACTOR, ACTOR)
+        self._auditor.record(audit_record(action, result, actor=actor, request=request, **fields))
 
     def _audit_refusal(self, action: str | None, request: web.Request, error: ProxyError) -> None:
         if action is None:

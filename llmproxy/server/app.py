@@ -63,7 +63,9 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     proxy = ProxyHandler(settings, authority, auditor, cache=cache, observers=pipeline.observers)
     purge = cache.purge if cache is not None else None
     admin = AdminUI(settings, auditor)
-    manage = ManageAPI(settings, store, authority, auditor, purge_cache=purge)
+    manage = ManageAPI(
+        settings, store, authority, auditor, purge_cache=purge, authenticate=admin.authenticate
+    )
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.open()

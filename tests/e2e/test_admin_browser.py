@@ -41,7 +41,9 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say he
 WAIT_MS = 15_000
 
 pytestmark = [
-    pytest.mark.skipif(async_playwright is None, reason="playwright is not installed (pip install playwright)"),
+    pytest.mark.skipif(
+        async_playwright is None, reason="playwright is not installed (pip install playwright)"
+    ),
     pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)"),
 ]
 
@@ -112,7 +114,9 @@ async def test_an_operator_hands_out_and_revokes_a_token_in_the_browser_and_the_
                 # tokens: generate one and read it from the one-time box
                 await page.click("nav >> text=Tokens")
                 await page.wait_for_url("**/admin/tokens", timeout=WAIT_MS)
-                await page.wait_for_selector("#token-form option >> text=Acme chat assistant", state="attached")
+                await page.wait_for_selector(
+                    "#token-form option >> text=Acme chat assistant", state="attached"
+                )
                 await page.select_option("#token-form [name=project_id]", label="Acme chat assistant")
                 await page.fill("#token-form [name=duration_minutes]", "60")
                 await page.click("#token-form button[type=submit]")
@@ -158,7 +162,9 @@ async def test_an_operator_hands_out_and_revokes_a_token_in_the_browser_and_the_
                 await shot(page, screenshots, "events")
 
                 await page.click("nav >> text=Dispatchers")
-                await expect(page.locator("#dispatchers tbody tr", has_text="file")).to_be_visible(timeout=WAIT_MS)
+                await expect(page.locator("#dispatchers tbody tr", has_text="file")).to_be_visible(
+                    timeout=WAIT_MS
+                )
                 await shot(page, screenshots, "dispatchers")
 
                 # signing out ends the session: the pages are closed again

@@ -169,7 +169,9 @@ def test_percentiles_are_nearest_rank(p: float, expected: float) -> None:
 async def test_cache_hit_ratio_comes_from_the_x_proxy_cache_header(tmp_path, upstream):
     async with running_proxy(tmp_path, upstream, HTTP_CACHE_ENABLED="true") as proxy:
         run = await benchmark(
-            *target(proxy, "--json", BODY, "--cache", "--requests", "4", "--concurrency", "1", "--output", "json")
+            *target(
+                proxy, "--json", BODY, "--cache", "--requests", "4", "--concurrency", "1", "--output", "json"
+            )
         )
     assert run.code == 0, run.stderr
     report = run.report()

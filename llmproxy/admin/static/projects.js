@@ -74,12 +74,11 @@
 
   function row(project) {
     const status = project.is_active ? badge("active", "ok") : badge("inactive", "bad");
-    const tokens = el("a", { href: `/admin/tokens?project_id=${encodeURIComponent(project.id)}` }, "Tokens");
+    const tokens = el("a", { className: "small-link", href: `/admin/tokens?project_id=${encodeURIComponent(project.id)}` }, "Tokens");
     const actions = el(
       "td",
       { className: "actions-cell" },
       tokens,
-      " ",
       button("Edit", () => openForm(project)),
       project.is_active
         ? button("Deactivate", () => setActive(project, false), "small danger")

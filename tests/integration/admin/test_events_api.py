@@ -39,7 +39,9 @@ def append(path: Path, *events: Event, tail: bytes = b"") -> None:
         f.write(b"".join(encode_event(e) + b"\n" for e in events) + tail)
 
 
-async def test_the_events_api_answers_summaries_without_headers_or_bodies(signed_in: Admin, tmp_path: Path) -> None:
+async def test_the_events_api_answers_summaries_without_headers_or_bodies(
+    signed_in: Admin, tmp_path: Path
+) -> None:
     append(tmp_path / "events.jsonl", event(1), event(2), event(3))
     response = await signed_in.client.get("/admin/api/events")
     assert response.status == 200
@@ -106,7 +108,9 @@ async def test_a_missing_log_file_is_an_empty_tail(signed_in: Admin) -> None:
     assert tail == {"configured": True, "events": [], "cursor": 0}
 
 
-async def test_the_tail_finds_the_newest_50_even_when_each_line_is_bigger_than_the_window(tmp_path: Path) -> None:
+async def test_the_tail_finds_the_newest_50_even_when_each_line_is_bigger_than_the_window(
+    tmp_path: Path,
+) -> None:
     log = tmp_path / "big.jsonl"
     append(log, *(event(n % 60, body="x" * 35_000) for n in range(60)))
     tail = await tail_events(str(log))

@@ -24,7 +24,12 @@ async def test_the_sign_in_page_is_served_with_a_form_token_and_strict_headers(a
     for name, value in STRICT_HEADERS.items():
         assert response.headers[name] == value
     csp = response.headers["Content-Security-Policy"]
-    for directive in ("default-src 'self'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"):
+    for directive in (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "frame-ancestors 'none'",
+    ):
         assert directive in csp
     nonce = set_cookie(response, "llmproxy_admin_login")
     assert nonce["httponly"] and nonce["samesite"] == "Strict" and nonce["path"] == "/admin/login"

@@ -9,7 +9,9 @@ PROJECT = {"name": "acme", "api_key": "sk-upstream-admin-ui-key-0123456789"}
 
 
 async def _project_names(admin: Admin) -> list[str]:
-    response = await admin.client.get("/manage/projects", headers={"Authorization": f"Bearer {MANAGEMENT_TOKEN}"})
+    response = await admin.client.get(
+        "/manage/projects", headers={"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
+    )
     assert response.status == 200
     return [p["name"] for p in await response.json()]
 
@@ -50,9 +52,12 @@ async def test_a_change_with_the_csrf_header_is_made_and_audited_as_the_admin_ui
 
 async def test_the_csrf_token_of_one_session_does_not_work_for_another(signed_in: Admin) -> None:
     first_token = signed_in.csrf_token
-    await signed_in.sign_in()  # a new session with its own token replaces the first in this browser
+    signed_in.client.session.cookie_jar.clear()  # another browser signs in: a session of its own
+    await signed_in.sign_in()
     assert signed_in.csrf_token != first_token
-    response = await signed_in.client.post("/manage/projects", json=PROJECT, headers={"X-CSRF-Token": first_token})
+    response = await signed_in.client.post(
+        "/manage/projects", json=PROJECT, headers={"X-CSRF-Token": first_token}
+    )
     assert response.status == 403
 
 

@@ -48,7 +48,9 @@ async def test_static_files_are_served_with_their_type_and_revalidated_by_etag(a
     assert script.headers["Content-Type"] == "text/javascript; charset=utf-8"
 
 
-@pytest.mark.parametrize("path", ["/admin/static/nope.js", "/admin/static/..%2Fsessions.py", "/admin/nowhere"])
+@pytest.mark.parametrize(
+    "path", ["/admin/static/nope.js", "/admin/static/..%2Fsessions.py", "/admin/nowhere"]
+)
 async def test_unknown_admin_paths_are_404_pages(admin: Admin, path: str) -> None:
     response = await admin.client.get(path, allow_redirects=False)
     assert response.status == 404

@@ -77,13 +77,14 @@ class Stack:
         headers.setdefault("Content-Type", "application/json")
         return await self.client.post(path, data=body, headers=self.auth(**headers))
 
-    async def read(self, resp: ClientResponse) -> bytes:
-        """The body of ``resp``; when the proxy said it is storing it, also wait until it is stored.
-
-        Redis writes run after the response, on a task of their own: a client may be faster than them.
-        """
+    async def read(self, resp: ClientResponse, *, stored: bool | None = None) -> bytes:
+        """The body of ``resp``; when it is being stored (the proxy says so, or ``stored`` for a stream,
+        which it doesn't announce), also wait until it is: Redis writes run after the response, on a
+        task of their own, so a client may be faster than them."""
         body = await resp.read()
-        if resp.headers.get("Cache-Status") == "stored" and self.settings.cache.backend == "redis":
+        if stored is None:
+            stored = resp.headers.get("Cache-Status") == "stored"
+        if stored and self.settings.cache.backend == "redis":
             key = resp.headers["X-PROXY-CACHE-KEY"]
 
             async def landed() -> bool:

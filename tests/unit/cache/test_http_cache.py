@@ -15,7 +15,15 @@ from llmproxy.config import Settings
 
 BODY = b'{"object":"list","data":[]}'
 UPSTREAM = CIMultiDictProxy(
-    CIMultiDict({"Content-Type": "application/json", "ETag": '"e1"', "X-Request-ID": "req_up", "Date": "x"})
+    CIMultiDict(
+        {
+            "Content-Type": "application/json",
+            "Content-Length": str(len(BODY)),
+            "ETag": '"e1"',
+            "X-Request-ID": "req_up",
+            "Date": "x",
+        }
+    )
 )
 
 
@@ -64,6 +72,7 @@ async def test_a_stored_answer_is_replayed_with_age_and_without_per_exchange_hea
     clock.now += 7
     hit = await cache.lookup(request(), grant(), b"")
     assert hit is not None and hit.status == 200 and hit.body == BODY
+    assert "Content-Length" not in hit.headers  # aiohttp sets it from the body it sends
     assert hit.headers["Age"] == "7" and hit.headers["Cache-Status"] == "hit"
     assert "X-Request-ID" not in hit.headers and "Date" not in hit.headers
     assert cache.stats.hits == 1 and cache.stats.misses == 1 and cache.stats.stores == 1
@@ -91,7 +100,7 @@ async def test_head_is_answered_from_the_get_entry() -> None:
     assert hit is not None and hit.headers["X-PROXY-CACHE"] == "hit"
 
 
-async def test_forwarded_answers_say_miss_bypass_or_stored() -> None:
+async def test_forwarded_answers_say_miss_bypass_or_stored_only_when_sure() -> None:
     cache, _ = make_cache()
     looked_up = request()
     await cache.lookup(looked_up, grant(), b"")
@@ -100,6 +109,11 @@ async def test_forwarded_answers_say_miss_bypass_or_stored() -> None:
     headers = dict(cache.response_headers(looked_up))
     assert headers["Cache-Status"] == "stored" and headers["X-PROXY-CACHE"] == "miss"
     assert headers["X-PROXY-CACHE-KEY"].startswith("llmproxy:cache:p1:GET:/v1/models:")
+
+    stream = request("POST", **{"Cache-Control": "public"})
+    await cache.lookup(stream, grant(), b"{}")
+    assert cache.storable(stream, 200, CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json"})))
+    assert dict(cache.response_headers(stream))["Cache-Status"] == "miss"  # size unknown: no promise
 
     post = request("POST")
     await cache.lookup(post, grant(), b"{}")
@@ -111,9 +125,13 @@ async def test_a_body_over_the_object_limit_is_not_stored_even_if_announced_smal
     cache, _ = make_cache(max_object_bytes=10)
     req = request()
     await cache.lookup(req, grant(), b"")
-    assert cache.storable(req, 200, UPSTREAM)
-    await cache.store(req, grant(), b"", 200, UPSTREAM, BODY)
+    lying = CIMultiDictProxy(CIMultiDict({"Content-Type": "application/json", "Content-Length": "5"}))
+    assert cache.storable(req, 200, lying)
+    await cache.store(req, grant(), b"", 200, lying, BODY)
     assert await cache.lookup(request(), grant(), b"") is None
+    announced = request()
+    assert await cache.lookup(announced, grant(), b"") is None
+    assert not cache.storable(announced, 200, UPSTREAM)  # announced larger: not even captured
 
 
 async def test_purge_is_scoped_below_the_configured_key_prefix() -> None:
