@@ -78,7 +78,9 @@ class HttpCache:
     """SPEC §8 over a Storage: ``lookup`` before forwarding; ``storable``, ``response_headers`` and
     ``store`` around the upstream answer; ``purge`` for ``DELETE /manage/cache``."""
 
-    def __init__(self, settings: Settings, storage: Storage, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, settings: Settings, storage: Storage, *, clock: Callable[[], float] = time.time
+    ) -> None:
         cache = settings.cache
         self.max_object_bytes = cache.max_object_bytes
         self.stats = CacheStats()

@@ -28,7 +28,8 @@ _DEFAULT_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
 _EXPOSE_HEADERS = (
     "X-Request-ID, X-Upstream-Request-ID, Server-Timing, Retry-After, OpenAI-Processing-MS, "
     "X-RateLimit-Limit-Requests, X-RateLimit-Limit-Tokens, X-RateLimit-Remaining-Requests, "
-    "X-RateLimit-Remaining-Tokens, X-RateLimit-Reset-Requests, X-RateLimit-Reset-Tokens"
+    "X-RateLimit-Remaining-Tokens, X-RateLimit-Reset-Requests, X-RateLimit-Reset-Tokens, "
+    "X-PROXY-CACHE, X-PROXY-CACHE-KEY, Cache-Status, Age"
 )
 _MAX_DECODE_ROUNDS = 3
 _decode_json = msgspec.json.Decoder().decode

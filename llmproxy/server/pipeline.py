@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from llmproxy.config import Settings
 from llmproxy.dispatch.dispatcher import DispatchStats
 from llmproxy.dispatch.worker import run_service
-from llmproxy.events.bus import EventBus, connect_redis, make_bus
+from llmproxy.events.bus import EventBus, connect_redis, make_bus, make_source
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.proxy.capture import Exchange
 from llmproxy.proxy.instrument import Instrumentation
@@ -70,8 +70,22 @@ class EventPipeline:
                 )
                 self._tasks.append(loop.create_task(run, name=f"dispatcher-{service}"))
         elif self.services:
+            await self._create_groups()
             self.supervisor = Supervisor(self.settings, self.services, self.settings.dispatch.workers)
             self._tasks.append(loop.create_task(self.supervisor.run(), name="dispatcher-supervisor"))
+
+    async def _create_groups(self) -> None:
+        """Join every service's consumer group now, before the first request is served.
+
+        A group is created at ``$``; were it left to the worker processes, events published while
+        they start would be behind the group's position and never delivered to that service.
+        """
+        for service in self.services:
+            source = make_source(self.settings, service, consumer=f"{service}-setup")
+            try:
+                await source.start()
+            finally:
+                await source.aclose()
 
     def reopen(self) -> None:
         """SIGHUP: in-process file dispatchers reopen their file; worker processes get their own SIGHUP."""

@@ -200,3 +200,22 @@ async def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     return subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())
+
+
+async def test_events_published_before_the_workers_have_started_are_still_delivered(make_server, stream_key):
+    async with FakeUpstream() as upstream:
+        setup = await make_server(UPSTREAM_BASE_URL=upstream.url)  # same database: the token outlives it
+        token = await _token(setup)
+        assert await setup.stop() == 0
+        server = await make_server(
+            UPSTREAM_BASE_URL=upstream.url,
+            LLM_PROXY_EVENT_BUS="redis-streams",
+            REDIS_ADDR="127.0.0.1:6379",
+            REDIS_STREAM_KEY=stream_key,
+            REDIS_STREAM_BLOCK_TIME="200ms",
+            DISPATCHER_SERVICES="file",
+        )
+        # sent the moment the server answers, while its worker process is still starting
+        assert await _send(server, token, 20) == Counter({200: 20})
+        assert await poll(lambda: len(server.events()) == 20, timeout=30), server.log()
+        assert await server.stop() == 0
