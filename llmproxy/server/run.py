@@ -34,7 +34,7 @@ async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> Non
         what = "database" if isinstance(exc, StoreUnavailable) else "event bus"
         raise StartupError(f"{what} unavailable at start: {exc}") from None
     host, _, port = settings.server.listen_addr.rpartition(":")
-    site = web.TCPSite(runner, host or None, int(port), shutdown_timeout=settings.server.shutdown_timeout)
+    site = web.TCPSite(runner, host or None, int(port))
     try:
         await site.start()
     except OSError as exc:
