@@ -436,7 +436,9 @@ def run_config(name: str, bus: str, events: bool, args: argparse.Namespace, up_p
             proxied = run_load(px["base"] + PATH, px["token"], c, args.duration, px["workdir"])
             settle(px["event_log"])  # the workers' share of these requests is done before we read CPU
             after = tree_cpu(px["pid"])
-            proxied["cpu_us"] = cpu_spent(before, after) / max(proxied["requests"], 1) * 1e6
+            n = max(proxied["requests"], 1)
+            proxied["cpu_us"] = cpu_spent(before, after) / n * 1e6
+            proxied["cpu_us_server"] = (after[px["pid"]] - before[px["pid"]]) / n * 1e6
             proxied["processes"] = len(after)
             result["levels"][c] = {"direct": direct, "proxy": proxied}
         if args.stream:
@@ -470,6 +472,7 @@ def summarize(name: str, runs: list[dict]) -> dict:
         lv = [r["levels"][c] for r in runs]
         row = {t: {k: _median(lv, t, k) for k in ("rps", "p50", "p99")} for t in ("direct", "proxy")}
         row["proxy"]["cpu_us"] = _median(lv, "proxy", "cpu_us")
+        row["proxy"]["cpu_us_server"] = _median(lv, "proxy", "cpu_us_server")
         row["proxy"]["cpu_us_all"] = [round(x["proxy"]["cpu_us"]) for x in lv]
         row["errors"] = sum(x["proxy"]["errors"] + x["direct"]["errors"] for x in lv)
         row["added_p50"] = statistics.median(x["proxy"]["p50"] - x["direct"]["p50"] for x in lv)
@@ -490,7 +493,7 @@ def print_summary(summary: dict, duration: float) -> None:
         d, p = row["direct"], row["proxy"]
         print(f"{c:>3} {'direct':<8} {d['rps']:>9.0f} {d['p50']:>8.3f} {d['p99']:>8.3f} {'':>6}")
         print(f"{c:>3} {'proxy':<8} {p['rps']:>9.0f} {p['p50']:>8.3f} {p['p99']:>8.3f} {row['errors']:>6} "
-              f"{p['cpu_us']:>17.0f}  (runs: {p['cpu_us_all']})")  # fmt: skip
+              f"{p['cpu_us']:>17.0f}  (server {p['cpu_us_server']:.0f}; runs: {p['cpu_us_all']})")  # fmt: skip
         print(f"{'':>3} {'added':<8} {'':>9} {row['added_p50']:>8.3f} {row['added_p99']:>8.3f}")
     if "stream" in summary:
         s = summary["stream"]
