@@ -10,11 +10,16 @@ proxy's CPU µs per request: utime+stime from /proc of the server and every proc
 (dispatcher workers included), after the event log has caught up with the load.
 
     .venv/bin/python scripts/bench.py [--duration 10] [--connections 1,32] [--events]
-        [--bus in-memory|redis-streams] [--workers 1] [--matrix] [--repeat 3] [--stream] [--json F]
+        [--bus in-memory|redis-streams] [--workers 1] [--matrix] [--repeat 3] [--stream]
+        [--cache in-memory|redis] [--json F]
 
 --matrix runs the three event-pipeline configurations of docs/performance.md one after another:
 none (in-memory bus, no dispatcher: no observer), memory+file (file dispatcher in-process),
 streams+worker (redis-streams bus, one file worker process). --repeat N reports medians.
+--cache turns the HTTP cache on and adds, per concurrency level, a run where every request is a hit
+and one where every request is a miss (numbered bodies, `Cache-Control: max-age=300`).
+It ends with two machine references: ns per plain Python loop iteration and CPU µs per bare aiohttp
+client request, so figures from different machines can be compared.
 """
 
 from __future__ import annotations
@@ -266,16 +271,39 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNIT[m.group(2)]
 
 
-def run_wrk(url: str, token: str | None, connections: int, duration: float, workdir: Path) -> dict:
+def run_wrk(
+    url: str,
+    token: str | None,
+    connections: int,
+    duration: float,
+    workdir: Path,
+    headers: dict[str, str] | None = None,
+    unique: bool = False,
+) -> dict:
+    """wrk with the benchmark's POST; `unique` numbers each request's body (every one a cache miss)."""
     script = workdir / "post.lua"
-    auth = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
-    script.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = {json.dumps(REQUEST_BODY.decode())}\n"
-        'wrk.headers["Content-Type"] = "application/json"\n' + auth
-    )
+    lines = ['wrk.method = "POST"', f"wrk.body = {json.dumps(REQUEST_BODY.decode())}",
+             'wrk.headers["Content-Type"] = "application/json"']  # fmt: skip
+    if token:
+        lines.append(f'wrk.headers["Authorization"] = "Bearer {token}"')
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()]
+    if unique:
+        head, tail = REQUEST_BODY.decode().split("one word.", 1)
+        lines += ["n = 0", "request = function()", "  n = n + 1",
+                  f"  return wrk.format(nil, nil, nil, {json.dumps(head + 'one word. #')} .. n .. {json.dumps(tail)})",
+                  "end"]  # fmt: skip
+    script.write_text("\n".join(lines) + "\n")
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(script), url],
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -333,6 +361,30 @@ def run_load(url: str, token: str | None, connections: int, duration: float, wor
     return asyncio.run(_aiohttp_load(url, token, connections, duration))
 
 
+def aiohttp_client_reference(port: int, n: int = 3000) -> float:
+    """CPU µs of one bare aiohttp client request to the fake upstream, sequential, keep-alive: the
+    floor under any aiohttp proxy (which also parses the request and writes the answer) on this machine."""
+    import aiohttp
+
+    async def main() -> float:
+        url = f"http://127.0.0.1:{port}{PATH}"
+        headers = {"Content-Type": "application/json"}
+        async with aiohttp.ClientSession() as session:
+            for i in range(n + 200):
+                if i == 200:
+                    cpu0 = time.process_time()
+                async with session.post(url, data=REQUEST_BODY, headers=headers) as resp:
+                    await resp.read()
+        return (time.process_time() - cpu0) / n * 1e6
+
+    try:
+        import uvloop
+
+        return uvloop.run(main())
+    except ImportError:
+        return asyncio.run(main())
+
+
 async def _stream_times(port: int, token: str | None, count: int) -> dict:
     """Sequential streamed completions on one keep-alive connection: median ms to the first SSE
     event and to the end of the stream, measured from the moment the request was written."""
@@ -375,7 +427,9 @@ CONFIGS = {  # name -> (bus, file event log on)
 
 
 @contextmanager
-def proxy_server(bus: str, events: bool, workers: int, up_port: int, profile: str | None) -> Iterator[dict]:
+def proxy_server(
+    bus: str, events: bool, workers: int, up_port: int, profile: str | None, cache: str | None = None
+) -> Iterator[dict]:
     """A running `llm-proxy server` with a project and token; its Redis keys are deleted afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix="llmproxy-bench-"))
     proxy_port = free_port()
@@ -395,6 +449,13 @@ def proxy_server(bus: str, events: bool, workers: int, up_port: int, profile: st
     if bus != "in-memory":
         env |= {"REDIS_STREAM_KEY": stream_key, "REDIS_CONSUMER_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
                 "DISPATCHER_WORKERS": str(workers)}  # fmt: skip
+    cache_prefix = f"bench:{uuid.uuid4().hex}:cache:"
+    if cache:
+        env |= {
+            "HTTP_CACHE_ENABLED": "true",
+            "HTTP_CACHE_BACKEND": cache,
+            "REDIS_CACHE_KEY_PREFIX": cache_prefix,
+        }
     event_log = workdir / "events.jsonl" if events else None
     if event_log is not None:
         env["FILE_EVENT_LOG"] = str(event_log)
@@ -407,7 +468,9 @@ def proxy_server(bus: str, events: bool, workers: int, up_port: int, profile: st
     try:
         base = f"http://127.0.0.1:{proxy_port}"
         wait_http(base + "/health")
-        project = manage(base, mgmt, "/manage/projects", {"name": "bench", "api_key": "sk-bench-upstream-key"})
+        project = manage(
+            base, mgmt, "/manage/projects", {"name": "bench", "api_key": "sk-bench-upstream-key"}
+        )
         token = manage(base, mgmt, "/manage/tokens", {"project_id": project["id"]})["token"]
         yield {"pid": proxy.pid, "base": base, "port": proxy_port, "token": token, "event_log": event_log,
                "workdir": workdir}  # fmt: skip
@@ -421,13 +484,16 @@ def proxy_server(bus: str, events: bool, workers: int, up_port: int, profile: st
         if bus != "in-memory":
             subprocess.run(["redis-cli", "DEL", stream_key, f"{stream_key}:dead", f"{stream_key}:dispatcher-stats"],
                            capture_output=True, check=False)  # fmt: skip
+        if cache == "redis":
+            subprocess.run(["sh", "-c", f"redis-cli --scan --pattern '{cache_prefix}*' | xargs -r redis-cli UNLINK"],
+                           capture_output=True, check=False)  # fmt: skip
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run_config(name: str, bus: str, events: bool, args: argparse.Namespace, up_port: int) -> dict:
     levels = [int(c) for c in args.connections.split(",")]
     result: dict = {"config": name, "bus": bus, "events": events, "levels": {}}
-    with proxy_server(bus, events, args.workers, up_port, args.profile) as px:
+    with proxy_server(bus, events, args.workers, up_port, args.profile, args.cache) as px:
         run_load(px["base"] + PATH, px["token"], 8, 2.0, px["workdir"])  # warm-up: pools, caches
         settle(px["event_log"])
         for c in levels:
@@ -441,6 +507,8 @@ def run_config(name: str, bus: str, events: bool, args: argparse.Namespace, up_p
             proxied["cpu_us_server"] = (after[px["pid"]] - before[px["pid"]]) / n * 1e6
             proxied["processes"] = len(after)
             result["levels"][c] = {"direct": direct, "proxy": proxied}
+        if args.cache:
+            result["cache"] = {c: cache_runs(px, c, args.duration) for c in levels}
         if args.stream:
             asyncio.run(_stream_times(px["port"], px["token"], 5))  # warm-up
             result["stream"] = {
@@ -451,6 +519,20 @@ def run_config(name: str, bus: str, events: bool, args: argparse.Namespace, up_p
             settle(px["event_log"])
             result["event_lines"] = count_lines(px["event_log"])
     return result
+
+
+def cache_runs(px: dict, c: int, duration: float) -> dict:
+    """CPU µs per request when every request is a cache hit, then when every one is a miss (and a store)."""
+    url, cacheable = px["base"] + PATH, {"Cache-Control": "max-age=300"}
+    out = {}
+    run_wrk(url, px["token"], 1, 1, px["workdir"], cacheable)  # stores the one answer the hit run asks for
+    for kind, unique in (("hit", False), ("miss", True)):
+        before = tree_cpu(px["pid"])
+        load = run_wrk(url, px["token"], c, duration, px["workdir"], cacheable, unique=unique)
+        after = tree_cpu(px["pid"])
+        load["cpu_us"] = cpu_spent(before, after) / max(load["requests"], 1) * 1e6
+        out[kind] = load
+    return out
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -478,6 +560,9 @@ def summarize(name: str, runs: list[dict]) -> dict:
         row["added_p50"] = statistics.median(x["proxy"]["p50"] - x["direct"]["p50"] for x in lv)
         row["added_p99"] = statistics.median(x["proxy"]["p99"] - x["direct"]["p99"] for x in lv)
         out["levels"][c] = row
+    if "cache" in runs[0]:
+        out["cache"] = {c: {kind: {k: _median([r["cache"][c] for r in runs], kind, k) for k in ("rps", "p50", "cpu_us")}
+                            for kind in ("hit", "miss")} for c in runs[0]["cache"]}  # fmt: skip
     if "stream" in runs[0]:
         out["stream"] = {t: {k: _median(runs, "stream", t, k) for k in ("first_ms", "last_ms")}
                          for t in ("direct", "proxy")}  # fmt: skip
@@ -488,13 +573,20 @@ def print_summary(summary: dict, duration: float) -> None:
     tool = "wrk" if shutil.which("wrk") else "aiohttp client"
     print(f"\n[{summary['config']}] non-streamed chat completion, {duration:.0f}s per run, "
           f"median of {summary['runs']}, load from {tool}, {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{'c':>3} {'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'proxy CPU µs/req':>17}")
+    print(
+        f"{'c':>3} {'target':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'proxy CPU µs/req':>17}"
+    )
     for c, row in summary["levels"].items():
         d, p = row["direct"], row["proxy"]
         print(f"{c:>3} {'direct':<8} {d['rps']:>9.0f} {d['p50']:>8.3f} {d['p99']:>8.3f} {'':>6}")
         print(f"{c:>3} {'proxy':<8} {p['rps']:>9.0f} {p['p50']:>8.3f} {p['p99']:>8.3f} {row['errors']:>6} "
               f"{p['cpu_us']:>17.0f}  (server {p['cpu_us_server']:.0f}; runs: {p['cpu_us_all']})")  # fmt: skip
         print(f"{'':>3} {'added':<8} {'':>9} {row['added_p50']:>8.3f} {row['added_p99']:>8.3f}")
+    for c, kinds in summary.get("cache", {}).items():
+        for kind, r in kinds.items():
+            print(
+                f"{c:>3} {'cache ' + kind:<10} {r['rps']:>7.0f} {r['p50']:>8.3f} {'':>8} {'':>6} {r['cpu_us']:>17.0f}"
+            )
     if "stream" in summary:
         s = summary["stream"]
         print(f"    stream: first event {s['direct']['first_ms']:.2f} ms direct, {s['proxy']['first_ms']:.2f} ms "
@@ -505,6 +597,19 @@ def print_summary(summary: dict, duration: float) -> None:
 # --- main ------------------------------------------------------------------------------------
 
 
+def interpreter_speed() -> float:
+    """ns per iteration of a plain `s += i` loop: how fast this machine runs Python, so CPU µs per
+    request measured on different machines can be compared (about 45-50 ns on a recent desktop core)."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        s = 0
+        for i in range(2_000_000):
+            s += i
+        best = min(best, time.perf_counter() - t0)
+    return best / 2_000_000 * 1e9
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
@@ -512,9 +617,15 @@ def main() -> int:
     ap.add_argument("--events", action="store_true", help="also write the JSONL event log (observers on)")
     ap.add_argument("--bus", choices=("in-memory", "redis-streams"), default="in-memory",
                     help="LLM_PROXY_EVENT_BUS (redis-streams with --events: file worker processes)")  # fmt: skip
-    ap.add_argument("--workers", type=int, default=1, help="DISPATCHER_WORKERS with redis-streams (default 1)")
-    ap.add_argument("--matrix", action="store_true", help="run the configurations none, memory+file, streams+worker")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="DISPATCHER_WORKERS with redis-streams (default 1)"
+    )
+    ap.add_argument(
+        "--matrix", action="store_true", help="run the configurations none, memory+file, streams+worker"
+    )
     ap.add_argument("--repeat", type=int, default=1, help="runs per configuration; medians are reported")
+    ap.add_argument("--cache", choices=("in-memory", "redis"),
+                    help="HTTP cache on with this backend; adds runs where every request hits, then misses")  # fmt: skip
     ap.add_argument("--stream", action="store_true", help="also time the first SSE event, direct vs proxied")
     ap.add_argument("--stream-count", type=int, default=50, help="streamed requests per target (default 50)")
     ap.add_argument("--json", metavar="FILE", help="write every run and the medians to FILE")
@@ -539,6 +650,8 @@ def main() -> int:
             for name, (bus, events) in configs:
                 print(f"run {i + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
                 runs[name].append(run_config(name, bus, events, args, up_port))
+        summaries = [summarize(name, r) for name, r in runs.items()]
+        speed, client_us = interpreter_speed(), aiohttp_client_reference(up_port)
     finally:
         upstream.send_signal(signal.SIGTERM)
         try:
@@ -547,12 +660,14 @@ def main() -> int:
             upstream.kill()
             upstream.wait()
 
-    summaries = [summarize(name, r) for name, r in runs.items()]
+    print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; reference: {speed:.0f} ns per "
+          f"`s += i` loop iteration, {client_us:.0f} µs CPU per bare aiohttp client request (lower is faster)")  # fmt: skip
     for summary in summaries:
         print_summary(summary, args.duration)
     if args.json:
         loadavg = Path("/proc/loadavg").read_text().split()[:3]
-        doc = {"duration": args.duration, "cpus": os.cpu_count(), "loadavg_after": loadavg,
+        doc = {"duration": args.duration, "cpus": os.cpu_count(), "loadavg_after": loadavg, "loop_ns": speed,
+               "aiohttp_client_us": client_us,
                "summaries": summaries, "runs": runs}  # fmt: skip
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
     return 0

@@ -75,6 +75,10 @@ fi
 if [ ! -x /usr/bin/chromium ]; then
   log "installing chromium"; apt_install chromium
 fi
+# systemd-analyze verifies the unit files in tests/e2e/test_daemon.py
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  log "installing systemd (for systemd-analyze)"; apt_install systemd
+fi
 
 # --- the suite --------------------------------------------------------------------------
 log "running the test suite"

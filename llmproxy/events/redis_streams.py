@@ -60,7 +60,8 @@ SPILL_MAX_BYTES = 64 * 1024 * 1024
 SPILL_MIN_ITEMS = 10_000
 # After a write of fewer than LINGER_BELOW events the drain pauses LINGER_S, so a trickle of requests
 # (c=1) shares one XADD call per few ms instead of paying a Redis round trip (and a worker read) per
-# event: ~100 µs less CPU per request at c=1 (docs/performance.md). Events reach Redis ≤ 5 ms later.
+# event: about a quarter less CPU per request, server and worker together, at c=1 (docs/performance.md).
+# Events reach Redis at most 5 ms later.
 LINGER_S = 0.005
 LINGER_BELOW = 64
 
