@@ -108,7 +108,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="llm-proxy", description="A transparent, secure, fast proxy for OpenAI-compatible APIs")
+    parser = _Parser(
+        prog="llm-proxy", description="A transparent, secure, fast proxy for OpenAI-compatible APIs"
+    )
     parser.add_argument("--version", action="version", version=f"llm-proxy {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -149,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_arguments(p)
     p.set_defaults(func=_cmd_benchmark)
 
-    for name, func, help_text in (("stop", _cmd_stop, "stop a detached process"), ("status", _cmd_status, "is it running?")):
+    for name, func, help_text in (
+        ("stop", _cmd_stop, "stop a detached process"),
+        ("status", _cmd_status, "is it running?"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--pid-file", required=True)
         if name == "stop":

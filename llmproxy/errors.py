@@ -17,7 +17,12 @@ __all__ = ("ConfigError", "ProxyError", "Refusal", "StartupError", "StoreUnavail
 class Refusal(enum.Enum):
     """A reason to refuse a request: (HTTP status, error.code, error.type, default message)."""
 
-    MISSING_TOKEN = (401, "missing_token", "authentication_error", "Missing bearer token in Authorization header")
+    MISSING_TOKEN = (
+        401,
+        "missing_token",
+        "authentication_error",
+        "Missing bearer token in Authorization header",
+    )
     INVALID_TOKEN = (401, "invalid_token", "authentication_error", "Invalid token")
     TOKEN_REVOKED = (401, "token_revoked", "authentication_error", "Token has been revoked")
     TOKEN_EXPIRED = (401, "token_expired", "authentication_error", "Token has expired")

@@ -125,8 +125,12 @@ def sample_events(n: int, body_bytes: int) -> list[Event]:
 
 def settings_for(key: str, group: str) -> config.Settings:
     return config.load(
-        {"LLM_PROXY_EVENT_BUS": "redis-streams", "REDIS_STREAM_KEY": key, "REDIS_CONSUMER_GROUP": group,
-         "REDIS_STREAM_MAX_LEN": "0"}  # fmt: skip
+        {
+            "LLM_PROXY_EVENT_BUS": "redis-streams",
+            "REDIS_STREAM_KEY": key,
+            "REDIS_CONSUMER_GROUP": group,
+            "REDIS_STREAM_MAX_LEN": "0",
+        }  # fmt: skip
     )
 
 
@@ -325,7 +329,11 @@ def cmd_drain(args: argparse.Namespace) -> int:
     runs: dict[str, list[dict]] = {str(s or "default"): [] for s in sizes}
     for i in range(args.repeat):
         for size in sizes:
-            print(f"drain run {i + 1}/{args.repeat}, batch size {size or 'default'}", file=sys.stderr, flush=True)
+            print(
+                f"drain run {i + 1}/{args.repeat}, batch size {size or 'default'}",
+                file=sys.stderr,
+                flush=True,
+            )
             runs[str(size or "default")].append(drain_once(args, size, events))
     print(f"\ndrain of {args.events:,} events (~{runs[next(iter(runs))][0]['bytes_per_line']:.0f} B each) "
           f"by one `llm-proxy dispatcher --service file` process, median of {args.repeat}")  # fmt: skip

@@ -9,9 +9,13 @@ from pathlib import Path
 from tests.e2e.conftest import LLM_PROXY, free_port
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    return subprocess.run([LLM_PROXY, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [LLM_PROXY, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_an_unknown_flag_is_one_line_on_stderr_and_exit_2() -> None:
@@ -66,5 +70,7 @@ def test_migrate_creates_the_sqlite_database_and_is_idempotent(tmp_path: Path) -
 def test_python_dash_m_llmproxy_is_the_same_command() -> None:
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "llmproxy", "--version"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "llmproxy", "--version"], capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 0 and r.stdout.startswith("llm-proxy ")

@@ -89,7 +89,11 @@ async def test_kill_9_of_a_worker_mid_flow_loses_no_event_and_duplicates_none(ma
         print(f"killed worker {victim} holding {pending} unacked entries")
 
         # the supervisor restarts the killed worker; its unacked entries are claimed after 1s
-        assert await poll(lambda: len(worker_pids(server.process.pid)) == 2 and victim not in worker_pids(server.process.pid))
+        assert await poll(
+            lambda: (
+                len(worker_pids(server.process.pid)) == 2 and victim not in worker_pids(server.process.pid)
+            )
+        )
         assert await poll(lambda: len(server.events()) >= 240, timeout=30), server.log()
         assert await server.stop() == 0
 
@@ -99,7 +103,9 @@ async def test_kill_9_of_a_worker_mid_flow_loses_no_event_and_duplicates_none(ma
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to run a private Redis")
-async def test_a_redis_restart_under_load_keeps_proxying_and_delivers_what_came_after(make_server, stream_key, tmp_path):
+async def test_a_redis_restart_under_load_keeps_proxying_and_delivers_what_came_after(
+    make_server, stream_key, tmp_path
+):
     port = free_port()
     redis_cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                  "--dir", str(tmp_path)]  # fmt: skip
@@ -164,7 +170,9 @@ async def _pending_of(stream_key: str, consumer: str) -> int:
         await r.aclose()
 
 
-async def test_a_standalone_detached_dispatcher_delivers_what_the_server_publishes(make_server, stream_key, tmp_path):
+async def test_a_standalone_detached_dispatcher_delivers_what_the_server_publishes(
+    make_server, stream_key, tmp_path
+):
     events_file = tmp_path / "standalone.jsonl"
     pid_file = tmp_path / "dispatcher.pid"
     async with FakeUpstream() as upstream:

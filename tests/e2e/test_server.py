@@ -18,7 +18,9 @@ async def test_a_token_from_the_manage_cli_proxies_and_every_request_lands_in_th
         server = await make_server(UPSTREAM_BASE_URL=upstream.url)
         project = await server.manage("project", "create", "--name", "e2e", "--api-key", UPSTREAM_KEY)
         assert project["api_key"] != UPSTREAM_KEY and project["api_key"].endswith(UPSTREAM_KEY[-4:])
-        created = await server.manage("token", "generate", "--project-id", project["id"], "--duration-minutes", "5")
+        created = await server.manage(
+            "token", "generate", "--project-id", project["id"], "--duration-minutes", "5"
+        )
         token = created["token"]
         assert token.startswith("sk-")
 
@@ -29,7 +31,9 @@ async def test_a_token_from_the_manage_cli_proxies_and_every_request_lands_in_th
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         async with aiohttp.ClientSession() as client:
             async with client.post(
-                f"{server.url}/v1/chat/completions", data=json.dumps({**CHAT, "stream": True}), headers=headers
+                f"{server.url}/v1/chat/completions",
+                data=json.dumps({**CHAT, "stream": True}),
+                headers=headers,
             ) as r:
                 assert r.status == 200
                 streamed = await r.read()
@@ -38,7 +42,9 @@ async def test_a_token_from_the_manage_cli_proxies_and_every_request_lands_in_th
                 assert await r.json() == CHAT_COMPLETION
                 assert r.headers["X-Request-ID"]
                 assert r.headers["Server-Timing"].startswith("proxy;dur=")
-            async with client.get(f"{server.url}/v1/models", headers={"Authorization": "Bearer sk-not-a-real-token-000000"}) as r:
+            async with client.get(
+                f"{server.url}/v1/models", headers={"Authorization": "Bearer sk-not-a-real-token-000000"}
+            ) as r:
                 assert r.status == 401
                 assert (await r.json())["error"]["code"] == "invalid_token"
 

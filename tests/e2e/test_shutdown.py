@@ -23,7 +23,9 @@ async def test_sigterm_lets_a_slow_request_and_a_stream_finish_then_exits_0(make
         token = (await server.manage("token", "generate", "--project-id", project["id"]))["token"]
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         upstream.script(hang(release_slow), sse_reply(frames, gates=[None, release_rest]))
-        body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True})
+        body = json.dumps(
+            {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        )
 
         async with aiohttp.ClientSession() as client:
             slow = asyncio.ensure_future(_post(client, f"{server.url}/v1/chat/completions", headers))
@@ -35,7 +37,7 @@ async def test_sigterm_lets_a_slow_request_and_a_stream_finish_then_exits_0(make
                 await asyncio.sleep(0.5)  # the server is draining now
                 try:
                     async with aiohttp.ClientSession() as fresh:
-                        async with fresh.get(f"{server.url}/health") as r:
+                        async with fresh.get(f"{server.url}/health"):
                             refused = False
                 except aiohttp.ClientConnectionError:
                     refused = True

@@ -72,7 +72,9 @@ async def pg_app(tmp_path: Path) -> AsyncIterator[tuple[TestClient, Forwarder, F
         store = PostgresStore(dsn, None, schema=schema, connect_timeout=2.0, command_timeout=5.0)
         try:
             async with TestClient(TestServer(build_app(settings, store=store), host="127.0.0.1")) as client:
-                r = await client.post("/manage/projects", json={"name": "pg", "api_key": UPSTREAM_KEY}, headers=AUTH)
+                r = await client.post(
+                    "/manage/projects", json={"name": "pg", "api_key": UPSTREAM_KEY}, headers=AUTH
+                )
                 project = await r.json()
                 # a quota makes every proxied request count in the database
                 r = await client.post(
@@ -144,12 +146,19 @@ async def test_a_header_with_a_bare_cr_or_lf_is_refused_before_anything_is_forwa
 
 async def test_unknown_and_malformed_ids_are_404_and_bad_fields_422_naming_the_field(pg_app) -> None:
     client, _, _, ctx = pg_app
-    for path in ("/manage/projects/" + str(uuid.uuid4()), "/manage/projects/not-a-uuid", "/manage/tokens/x' OR 1=1"):
+    for path in (
+        "/manage/projects/" + str(uuid.uuid4()),
+        "/manage/projects/not-a-uuid",
+        "/manage/tokens/x' OR 1=1",
+    ):
         r = await client.get(path, headers=AUTH)
         assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
-    r = await client.post("/manage/tokens", json={"project_id": ctx["project"]["id"], "max_requests": "ten"}, headers=AUTH)
+    r = await client.post(
+        "/manage/tokens", json={"project_id": ctx["project"]["id"], "max_requests": "ten"}, headers=AUTH
+    )
     body = await r.json()
     assert r.status == 422 and "max_requests" in body["error"]["message"]
-    r = await client.post("/manage/projects", data=b"{not json", headers={**AUTH, "Content-Type": "application/json"})
+    r = await client.post(
+        "/manage/projects", data=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
     assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_json"
-

@@ -17,7 +17,11 @@ def test_defaults_are_the_embedded_ones_of_the_spec() -> None:
     assert s.store.database_url == "sqlite:///./data/llm-proxy.db"
     assert s.events.bus == "in-memory"
     assert (s.events.max_request_body_bytes, s.events.max_response_body_bytes) == (65536, 262144)
-    assert (s.streams.key, s.streams.consumer_group, s.streams.max_len) == ("llm-proxy-events", "llm-proxy-dispatchers", 10000)
+    assert (s.streams.key, s.streams.consumer_group, s.streams.max_len) == (
+        "llm-proxy-events",
+        "llm-proxy-dispatchers",
+        10000,
+    )
     assert (s.streams.block_time, s.streams.claim_time) == (5.0, 30.0)
     assert s.cache.enabled is False and s.cache.key_prefix == "llmproxy:cache:"
     assert s.dispatch.services == () and s.dispatch.max_deliveries == 10
@@ -25,7 +29,8 @@ def test_defaults_are_the_embedded_ones_of_the_spec() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("12", 12.0), ("1.5s", 1.5)]
+    ("text", "seconds"),
+    [("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("12", 12.0), ("1.5s", 1.5)],
 )
 def test_durations_accept_the_spec_units(text: str, seconds: float) -> None:
     assert config.parse_duration(text) == seconds
