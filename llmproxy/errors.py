@@ -68,7 +68,11 @@ class Refusal(enum.Enum):
 
 
 class ProxyError(Exception):
-    """A refusal with an optional message, extra fields (``param``) and response headers."""
+    """A refusal with an optional message, extra fields (``param``) and response headers.
+
+    ``project_id``/``token_id`` name whose token was refused, when it is known, for the audit record;
+    they never reach the client.
+    """
 
     def __init__(
         self,
@@ -77,12 +81,16 @@ class ProxyError(Exception):
         *,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        project_id: str | None = None,
+        token_id: str | None = None,
     ) -> None:
         super().__init__(message or refusal.message)
         self.refusal = refusal
         self.message = message or refusal.message
         self.param = param
         self.headers = headers or {}
+        self.project_id = project_id
+        self.token_id = token_id
 
     def body(self) -> bytes:
         return error_body(self.refusal, self.message, param=self.param)

@@ -134,7 +134,7 @@ class Authority:
             raise ProxyError(Refusal.TOKEN_EXPIRED)
         grant = entry.grant
         if grant is None:
-            raise ProxyError(Refusal.PROJECT_INACTIVE)
+            raise ProxyError(Refusal.PROJECT_INACTIVE, project_id=entry.project_id, token_id=entry.token_id)
         if entry.exhausted:
             raise ProxyError(Refusal.QUOTA_EXCEEDED)
         limit = grant.rate_limit_per_minute

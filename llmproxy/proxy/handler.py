@@ -180,8 +180,8 @@ class ProxyHandler:
                 result,
                 reason=exc.refusal.code,
                 request=request,
-                project_id=grant.project_id if grant else None,
-                token_id=grant.token_id if grant else None,
+                project_id=grant.project_id if grant else exc.project_id,
+                token_id=grant.token_id if grant else exc.token_id,
             )
         )
 

@@ -125,6 +125,28 @@ async def test_a_postgresql_outage_answers_503_is_audited_and_recovers_by_itself
     assert [(a["result"], a["reason"]) for a in refused] == [("error", "service_unavailable")]
 
 
+async def test_a_deactivated_project_refuses_its_token_with_403_audited_with_both_ids(pg_app) -> None:
+    client, _, upstream, ctx = pg_app
+    project, token = ctx["project"], ctx["token"]
+    r = await client.patch(f"/manage/projects/{project['id']}", json={"is_active": False}, headers=AUTH)
+    assert r.status == 200
+    status, body = await _chat(client, token["token"])
+    assert (status, body["error"]["code"]) == (403, "project_inactive")
+    assert project["id"] not in json.dumps(body) and token["id"] not in json.dumps(body)
+    assert upstream.requests == []
+    rows: list[dict[str, Any]] = []
+    for _ in range(100):  # the auditor writes in the background: wait for the row, boundedly
+        r = await client.get("/manage/audit", params={"action": "proxy_request"}, headers=AUTH)
+        if rows := (await r.json())["events"]:
+            break
+        await asyncio.sleep(0.05)
+    assert [(row["result"], row["reason"]) for row in rows] == [("denied", "project_inactive")]
+    assert [(row["project_id"], row["token_id"]) for row in rows] == [(project["id"], token["id"])]
+    audit = [json.loads(line) for line in (ctx["dir"] / "audit.log").read_text().splitlines()]
+    [denied] = [a for a in audit if a["action"] == "proxy_request"]
+    assert (denied["project_id"], denied["token_id"]) == (project["id"], token["id"])
+
+
 async def test_a_header_with_a_bare_cr_or_lf_is_refused_before_anything_is_forwarded(pg_app) -> None:
     client, _, upstream, ctx = pg_app
     token = ctx["token"]["token"]
