@@ -111,6 +111,7 @@ async def _worker(settings: Settings, service: str, on_started: Callable[[], Non
     stats = DispatchStats()
     reopeners: list[Callable[[], None]] = []
     loop.add_signal_handler(signal.SIGHUP, lambda: [reopen() for reopen in reopeners])  # logrotate
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the supervisor until now
     reporter = loop.create_task(_report_stats(settings, f"{service}:{consumer}", stats, stop))
     try:
         await run_service(

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 import time
 from multiprocessing.process import BaseProcess
 
@@ -68,7 +69,13 @@ class Supervisor:
         process = self._ctx.Process(
             target=worker_main, args=(self._settings, slot.service, slot.index), name=slot.name, daemon=False
         )
-        process.start()
+        # The child inherits this signal mask through exec: a SIGHUP (logrotate) forwarded while it is
+        # still importing stays pending instead of killing it, until its handler is in place.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         slot.process = process
         slot.started_at = time.monotonic()
         log.info("started dispatcher worker %s (pid %s)", slot.name, process.pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -112,9 +113,13 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Any]:
     for server in servers:
         if server.process is not None and server.process.returncode is None:
             server.process.send_signal(signal.SIGKILL)
-            await server.process.wait()
+        # Workers outliving a killed server hold its stdout/stderr pipes, and on Python 3.11
+        # Process.wait() waits for those pipes too: kill them before waiting, or a failed test hangs.
         for pid in _children_left(server):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if server.process is not None:
+            await asyncio.wait_for(server.process.wait(), 30)
 
 
 def _children_left(server: ServerProcess) -> list[int]:

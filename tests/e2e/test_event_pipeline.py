@@ -227,3 +227,41 @@ async def test_events_published_before_the_workers_have_started_are_still_delive
         assert await _send(server, token, 20) == Counter({200: 20})
         assert await poll(lambda: len(server.events()) == 20, timeout=30), server.log()
         assert await server.stop() == 0
+
+
+async def test_sighup_reopens_the_workers_event_log_and_never_kills_a_starting_worker(make_server, stream_key):
+    """logrotate moves the file away and sends SIGHUP: later events go to a new file at the path.
+
+    The first SIGHUPs arrive while the workers are still starting (importing): they must survive.
+    """
+    async with FakeUpstream() as upstream:
+        server = await make_server(
+            UPSTREAM_BASE_URL=upstream.url,
+            LLM_PROXY_EVENT_BUS="redis-streams",
+            REDIS_ADDR="127.0.0.1:6379",
+            REDIS_STREAM_KEY=stream_key,
+            REDIS_STREAM_BLOCK_TIME="200ms",
+            DISPATCHER_SERVICES="file",
+            DISPATCHER_WORKERS="2",
+        )
+        first_workers: list[int] = []
+        for _ in range(40):  # SIGHUP every 50 ms from the moment the workers exist until they are up
+            first_workers = first_workers or worker_pids(server.process.pid)
+            server.process.send_signal(signal.SIGHUP)
+            await asyncio.sleep(0.05)
+        assert len(first_workers) == 2
+        token = await _token(server)
+        assert await _send(server, token, 10) == Counter({200: 10})
+        assert await poll(lambda: len(server.events()) == 10, timeout=30), server.log()
+
+        rotated = server.events_file.with_name("events.jsonl.1")
+        server.events_file.rename(rotated)
+        server.process.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)  # the workers reopen before their next write
+        assert await _send(server, token, 15) == Counter({200: 15})
+        assert await poll(lambda: server.events_file.exists() and len(server.events()) == 15, timeout=30)
+        assert sorted(worker_pids(server.process.pid)) == sorted(first_workers), "a worker died"
+        assert "exited with" not in server.log()
+        assert await server.stop() == 0
+
+    assert len(rotated.read_text().splitlines()) == 10
