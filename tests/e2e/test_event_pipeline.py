@@ -229,7 +229,9 @@ async def test_events_published_before_the_workers_have_started_are_still_delive
         assert await server.stop() == 0
 
 
-async def test_sighup_reopens_the_workers_event_log_and_never_kills_a_starting_worker(make_server, stream_key):
+async def test_sighup_reopens_the_workers_event_log_and_never_kills_a_starting_worker(
+    make_server, stream_key
+):
     """logrotate moves the file away and sends SIGHUP: later events go to a new file at the path.
 
     The first SIGHUPs arrive while the workers are still starting (importing): they must survive.
