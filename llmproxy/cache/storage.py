@@ -16,12 +16,11 @@ from typing import Protocol
 
 import msgspec
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from llmproxy.config import RedisSettings
 from llmproxy.errors import ProxyError, Refusal
+from llmproxy.events.bus import connect_redis
 
 __all__ = ("Entry", "MemoryStorage", "RedisStorage", "Storage", "connect_cache_redis")
 
@@ -129,18 +128,7 @@ class MemoryStorage:
 
 def connect_cache_redis(settings: RedisSettings, *, timeout: float = 0.25) -> Redis:
     """A Redis client for the cache: short timeouts and no retries, since a miss beats a slow answer."""
-    host, _, port = settings.addr.rpartition(":")
-    if not host or not port.isdigit():
-        host, port = settings.addr or "localhost", "6379"
-    return Redis(
-        host=host.strip("[]"),
-        port=int(port),
-        db=settings.db,
-        password=settings.password or None,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-    )
+    return connect_redis(settings, socket_timeout=timeout, connect_timeout=timeout, retries=0)
 
 
 def _glob_escape(text: str) -> str:

@@ -92,8 +92,15 @@ class RedisFactory(Protocol):
     def __call__(self, settings: RedisSettings, *, socket_timeout: float) -> Redis: ...
 
 
-def connect_redis(settings: RedisSettings, *, socket_timeout: float = 5.0) -> Redis:
-    """A Redis client that fails fast: one immediate retry (a stale pooled connection), no backoff of its own.
+def connect_redis(
+    settings: RedisSettings,
+    *,
+    socket_timeout: float = 5.0,
+    connect_timeout: float | None = None,
+    retries: int = 1,
+) -> Redis:
+    """A Redis client that fails fast: ``retries`` immediate retries (1: a stale pooled connection), no
+    backoff of its own; connecting times out after ``connect_timeout`` (default: socket timeout, ≤ 2 s).
 
     The bus does its own bounded backoff; redis-py's default (10 retries with backoff) would stall shutdown.
     """
@@ -106,8 +113,8 @@ def connect_redis(settings: RedisSettings, *, socket_timeout: float = 5.0) -> Re
         db=settings.db,
         password=settings.password or None,
         socket_timeout=socket_timeout,
-        socket_connect_timeout=min(socket_timeout, 2.0),
-        retry=Retry(NoBackoff(), 1),
+        socket_connect_timeout=min(socket_timeout, 2.0) if connect_timeout is None else connect_timeout,
+        retry=Retry(NoBackoff(), retries),
     )
 
 

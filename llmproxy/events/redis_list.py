@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmproxy.events.bus import BusUnavailable, Delivery
 from llmproxy.events.model import Event, decode_event, encode_event
-from llmproxy.events.spill import Drain, SpillBuffer
+from llmproxy.events.spill import Drain, RedisProducer, SpillBuffer
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -43,7 +42,7 @@ def dead_list_key(stream_key: str) -> str:
     return f"{list_key(stream_key)}:dead"
 
 
-class RedisListBus:
+class RedisListBus(RedisProducer[bytes]):
     """Producer: ``publish`` buffers locally; a drain task LPUSHes many events per command (LTRIM-bounded)."""
 
     def __init__(
@@ -56,43 +55,20 @@ class RedisListBus:
         spill_max_bytes: int = SPILL_MAX_BYTES,
         flush_timeout_s: float = 5.0,
     ) -> None:
-        self._redis = redis
-        self._owns_redis = owns_redis
         self._key = list_key(settings.streams.key)
         self._max_len = settings.streams.max_len
-        self._address = settings.redis.addr
         max_items = spill_max_items or max(settings.events.buffer_size, SPILL_MIN_ITEMS)
-        self._drain = Drain(
+        address = settings.redis.addr
+        drain = Drain(
             SpillBuffer(max_items, spill_max_bytes, len),
             self._write,
-            address=self._address,
+            address=address,
             flush_timeout_s=flush_timeout_s,
         )
+        super().__init__(redis, address, drain, owns_redis=owns_redis)
 
-    def publish(self, event: Event) -> None:
-        try:
-            self._drain.put(encode_event(event))
-        except Exception:  # never let observability break a request
-            log.exception("could not queue event %s", getattr(event, "id", "?"))
-
-    async def start(self) -> None:
-        try:
-            await self._redis.ping()
-        except (RedisError, OSError) as exc:
-            raise BusUnavailable(f"Redis at {self._address} unreachable: {exc}") from exc
-        self._drain.start()
-
-    async def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait until what was published so far is in Redis; False if it could not be written in time."""
-        return await self._drain.flush(timeout_s)
-
-    async def aclose(self, timeout_s: float | None = None) -> None:
-        await self._drain.aclose(timeout_s)
-        if self._owns_redis:
-            await self._redis.aclose()
-
-    def stats(self) -> dict[str, int]:
-        return self._drain.stats()
+    def _entry(self, event: Event) -> bytes:
+        return encode_event(event)
 
     async def _write(self, batch: list[bytes]) -> list[bytes]:
         # LPUSH k a b c leaves c leftmost; BRPOP takes from the right, so readers see a, b, c in order.

@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmproxy.events.bus import BusUnavailable, Delivery
 from llmproxy.events.model import Event, decode_event, encode_event
-from llmproxy.events.spill import Drain, SpillBuffer
+from llmproxy.events.spill import Drain, RedisProducer, SpillBuffer
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -80,7 +80,7 @@ return (#ARGV - 1) / 2
 """
 
 
-class RedisStreamBus:
+class RedisStreamBus(RedisProducer[_Pending]):
     """Producer: ``publish`` encodes into a bounded local buffer; a drain task XADDs it in batches.
 
     The request never waits for Redis. While Redis is unreachable the buffer holds events (dropping and
@@ -98,50 +98,25 @@ class RedisStreamBus:
         flush_timeout_s: float = 5.0,
         linger_s: float = LINGER_S,
     ) -> None:
-        self._redis = redis
         self._linger_s = linger_s
-        self._closing = False
-        self._owns_redis = owns_redis
         self._key = settings.streams.key
         self._max_len = settings.streams.max_len or None
-        self._address = settings.redis.addr
         max_items = spill_max_items or max(settings.events.buffer_size, SPILL_MIN_ITEMS)
         buffer: SpillBuffer[_Pending] = SpillBuffer(max_items, spill_max_bytes, lambda p: len(p[1]))
-        self._drain = Drain(buffer, self._write, address=self._address, flush_timeout_s=flush_timeout_s)
+        address = settings.redis.addr
+        drain = Drain(buffer, self._write, address=address, flush_timeout_s=flush_timeout_s)
+        super().__init__(redis, address, drain, owns_redis=owns_redis)
         self._xadd_many = redis.register_script(_XADD_MANY)
 
-    def publish(self, event: Event) -> None:
-        try:
-            self._drain.put((event.id, encode_event(event)))
-        except Exception:  # never let observability break a request
-            log.exception("could not queue event %s", getattr(event, "id", "?"))
-
-    async def start(self) -> None:
-        try:
-            await self._redis.ping()
-        except (RedisError, OSError) as exc:
-            raise BusUnavailable(f"Redis at {self._address} unreachable: {exc}") from exc
-        self._drain.start()
-
-    async def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait until what was published so far is in Redis; False if it could not be written in time."""
-        return await self._drain.flush(timeout_s)
-
-    async def aclose(self, timeout_s: float | None = None) -> None:
-        self._closing = True  # no more lingering: write what is left at once
-        await self._drain.aclose(timeout_s)
-        if self._owns_redis:
-            await self._redis.aclose()
-
-    def stats(self) -> dict[str, int]:
-        return self._drain.stats()
+    def _entry(self, event: Event) -> _Pending:
+        return (event.id, encode_event(event))
 
     async def _write(self, batch: list[_Pending]) -> list[_Pending]:
         args: list[Any] = [self._max_len or 0]
         for event_id, payload in batch:
             args += (payload, event_id)
         await self._xadd_many(keys=[self._key], args=args)
-        if len(batch) < LINGER_BELOW and self._linger_s > 0 and not self._closing:
+        if len(batch) < LINGER_BELOW and self._linger_s > 0 and not self._drain.closed:  # closing: no wait
             await asyncio.sleep(self._linger_s)  # written: the next write gathers what arrives meanwhile
         return []
 

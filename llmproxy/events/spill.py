@@ -12,9 +12,18 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-__all__ = ("Drain", "SpillBuffer", "WriteBatch")
+from redis.exceptions import RedisError
+
+from llmproxy.events.bus import BusUnavailable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from llmproxy.events.model import Event
+
+__all__ = ("Drain", "RedisProducer", "SpillBuffer", "WriteBatch")
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +176,11 @@ class Drain(Generic[T]):
         self._idle.clear()
         self._wake.set()
 
+    @property
+    def closed(self) -> bool:
+        """``aclose`` has begun: what is held is written at once, nothing more is taken."""
+        return self._closed
+
     def start(self) -> None:
         if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(
@@ -241,3 +255,42 @@ class Drain(Generic[T]):
             self.buffer.outage(self._address, error or f"{len(refused)} of {len(batch)} entries refused")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+
+class RedisProducer(Generic[T]):
+    """What the two Redis buses share: ``publish`` puts the event's entry in a ``Drain``; Redis is
+    pinged at start; flush, close and stats are the drain's. Subclasses say what an entry is."""
+
+    def __init__(self, redis: Redis, address: str, drain: Drain[T], *, owns_redis: bool) -> None:
+        self._redis = redis
+        self._address = address
+        self._drain = drain
+        self._owns_redis = owns_redis
+
+    def _entry(self, event: Event) -> T:
+        raise NotImplementedError
+
+    def publish(self, event: Event) -> None:
+        try:
+            self._drain.put(self._entry(event))
+        except Exception:  # never let observability break a request
+            log.exception("could not queue event %s", getattr(event, "id", "?"))
+
+    async def start(self) -> None:
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"Redis at {self._address} unreachable: {exc}") from exc
+        self._drain.start()
+
+    async def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until what was published so far is in Redis; False if it could not be written in time."""
+        return await self._drain.flush(timeout_s)
+
+    async def aclose(self, timeout_s: float | None = None) -> None:
+        await self._drain.aclose(timeout_s)
+        if self._owns_redis:
+            await self._redis.aclose()
+
+    def stats(self) -> dict[str, int]:
+        return self._drain.stats()

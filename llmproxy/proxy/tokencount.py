@@ -20,7 +20,7 @@ from typing import Any
 import tiktoken
 from tiktoken.model import encoding_name_for_model
 
-__all__ = ("TokenCounter", "encoding_name")
+__all__ = ("TokenCounter", "encoding_name", "spoken_text")
 
 log = logging.getLogger(__name__)
 
@@ -149,23 +149,24 @@ class TokenCounter:
         for message in messages:
             total += per_message
             if not isinstance(message, dict):
-                total += self.count_text(_spoken_text(message), model)
+                total += self.count_text(spoken_text(message), model)
                 continue
             for key, value in message.items():
                 if key in _SILENT_KEYS:  # responses API items: "type": "message", ids
                     continue
-                total += self.count_text(_spoken_text(value), model)
+                total += self.count_text(spoken_text(value), model)
                 if key == "name":
                     total += per_name
         return total
 
 
-def _spoken_text(value: Any) -> str:
-    """The text a message value feeds the model: strings, text parts, tool names and arguments."""
+def spoken_text(value: Any, silent: frozenset[str] = _SILENT_KEYS) -> str:
+    """The text a message value carries: strings, text parts, tool names and arguments, every string
+    found in lists and objects except under the keys in ``silent``."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "".join(_spoken_text(item) for item in value)
+        return "".join(spoken_text(item, silent) for item in value)
     if isinstance(value, dict):
-        return "".join(_spoken_text(v) for k, v in value.items() if k not in _SILENT_KEYS)
+        return "".join(spoken_text(v, silent) for k, v in value.items() if k not in silent)
     return ""

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from llmproxy.events.model import Usage
-from llmproxy.proxy.tokencount import TokenCounter
+from llmproxy.proxy.tokencount import TokenCounter, spoken_text
 
 __all__ = ("endpoint_kind", "estimate_usage", "response_model", "response_usage")
 
@@ -158,13 +158,7 @@ def _json(body: bytes) -> Any:
 
 def _text(value: Any) -> str:
     """Text an output value carries: strings, text parts, tool names and arguments (ids and types skipped)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "".join(_text(item) for item in value)
-    if isinstance(value, dict):
-        return "".join(_text(v) for k, v in value.items() if k not in _SILENT_KEYS)
-    return ""
+    return spoken_text(value, _SILENT_KEYS)
 
 
 def _input_tokens(value: Any, model: str | None, counter: TokenCounter) -> int:
