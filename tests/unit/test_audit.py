@@ -17,23 +17,8 @@ from llmproxy.config import AuditSettings
 from llmproxy.context import REQUEST_ID
 from llmproxy.errors import StoreUnavailable
 from llmproxy.store.base import AuditRecord
+from tests.spec import AUDIT_FIELDS
 
-FIELDS = {
-    "id",
-    "timestamp",
-    "action",
-    "result",
-    "reason",
-    "actor",
-    "request_id",
-    "project_id",
-    "token_id",
-    "client_ip",
-    "user_agent",
-    "method",
-    "path",
-    "details",
-}
 RFC3339_MICROS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 TOKEN = "sk-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-xyz"
 
@@ -92,7 +77,7 @@ async def test_a_record_becomes_one_json_line_with_every_field(auditor, log_file
     auditor.record(sample(max_requests=5))
     await auditor.flush()
     [line] = lines(log_file)
-    assert set(line) == FIELDS
+    assert set(line) == AUDIT_FIELDS
     assert RFC3339_MICROS_UTC.fullmatch(line["timestamp"])
     assert line["action"] == "token.create"
     assert line["result"] == "success"

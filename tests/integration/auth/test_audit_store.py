@@ -10,23 +10,7 @@ from llmproxy.audit import Auditor, audit_record
 from llmproxy.auth.tokens import generate_token
 from llmproxy.config import AuditSettings
 from llmproxy.store.base import AuditQuery
-
-FIELDS = {
-    "id",
-    "timestamp",
-    "action",
-    "result",
-    "reason",
-    "actor",
-    "request_id",
-    "project_id",
-    "token_id",
-    "client_ip",
-    "user_agent",
-    "method",
-    "path",
-    "details",
-}
+from tests.spec import AUDIT_FIELDS
 
 
 async def test_records_become_file_lines_and_store_rows_without_secrets(store, tmp_path: Path) -> None:
@@ -55,7 +39,7 @@ async def test_records_become_file_lines_and_store_rows_without_secrets(store, t
     await auditor.flush()
 
     lines = [json.loads(line) for line in log_file.read_text().splitlines()]
-    assert [set(line) for line in lines] == [FIELDS, FIELDS]
+    assert [set(line) for line in lines] == [AUDIT_FIELDS, AUDIT_FIELDS]
     assert [(line["action"], line["result"]) for line in lines] == [
         ("token.create", "success"),
         ("proxy_request", "denied"),
