@@ -220,6 +220,13 @@ def test_invalid_json_declared_as_json_is_refused_when_params_are_checked() -> N
     assert exc.refusal is Refusal.BAD_REQUEST
 
 
+def test_invalid_utf8_inside_a_json_string_is_invalid_json_not_a_crash() -> None:
+    body = b'{"model": "gpt-5", "user": "\xff"}'
+    exc = refusal_of(policy(param_whitelist=WHITELIST).params, body, "application/json")
+    assert (exc.refusal, exc.message) == (Refusal.BAD_REQUEST, "Request body is not valid JSON")
+    assert policy(param_whitelist=WHITELIST).params(body, "text/plain") is None  # not JSON for anybody
+
+
 @pytest.mark.parametrize(
     ("content_type", "inspected"),
     [
