@@ -31,7 +31,6 @@ __all__ = ("STATS_INTERVAL", "run_dispatcher_command", "run_service", "stats_key
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL = 2.0  # seconds between a worker's counter reports
-_STATS_TTL = 60  # a report of a worker gone for this long stops counting in lag, not in totals
 
 
 def stats_key(settings: Settings) -> str:
@@ -40,9 +39,12 @@ def stats_key(settings: Settings) -> str:
 
 
 def service_endpoint(settings: Settings, service: str) -> str:
-    if service == "file":
-        return settings.dispatch.endpoint or settings.events.file_event_log
-    return settings.dispatch.endpoint
+    """``LLM_PROXY_ENDPOINT`` (``--endpoint``); for ``file`` only when it is a path, not the URL a server
+    running ``file,lunary`` gives its HTTP backend, else ``FILE_EVENT_LOG``."""
+    endpoint = settings.dispatch.endpoint
+    if service == "file" and (not endpoint or endpoint.startswith(("http://", "https://"))):
+        return settings.events.file_event_log
+    return endpoint
 
 
 async def run_service(
