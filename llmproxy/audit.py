@@ -24,6 +24,7 @@ from aiohttp import web
 from llmproxy.config import AuditSettings
 from llmproxy.context import REQUEST_ID
 from llmproxy.store.base import AuditRecord, Store
+from llmproxy.store.rows import utc
 
 __all__ = ("Auditor", "audit_record", "mask_secrets")
 
@@ -240,7 +241,7 @@ def _prepared(record: AuditRecord) -> AuditRecord:
     return msgspec.structs.replace(
         record,
         id=record.id or uuid.uuid4().hex,
-        timestamp=_as_utc(record.timestamp),
+        timestamp=utc(record.timestamp),
         reason=_text(record.reason),
         actor=_text(record.actor) or "system",
         request_id=_text(record.request_id),
@@ -248,10 +249,6 @@ def _prepared(record: AuditRecord) -> AuditRecord:
         path=_text(record.path),
         details=mask_secrets(details) if isinstance(details, dict) else {"details": mask_secrets(details)},
     )
-
-
-def _as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _line(record: AuditRecord) -> _Line:

@@ -22,6 +22,8 @@ from typing import IO, Any
 import aiohttp
 import msgspec
 
+from llmproxy.dispatch.worker import run_loop
+
 __all__ = ("BenchResult", "add_arguments", "percentile", "run")
 
 EXIT_CONNECTION_ERRORS = 1
@@ -302,17 +304,9 @@ def run(args: argparse.Namespace) -> int:
             f"llm-proxy: --base-url must start with http:// or https://, got {args.base_url!r}\n"
         )
         return EXIT_USAGE
-    result = _run_loop(_run(args, body))
+    result = run_loop(_run(args, body))
     if args.output == "json":
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
     else:
         sys.stdout.write(format_report(result) + "\n")
     return EXIT_CONNECTION_ERRORS if result.connection_errors else 0
-
-
-def _run_loop(coro: Any) -> BenchResult:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(coro)  # type: ignore[no-any-return]
-    return uvloop.run(coro)  # type: ignore[no-any-return]

@@ -176,10 +176,8 @@ def _add_tail_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    try:
-        from llmproxy import bench
-    except ImportError:  # the benchmark command lands with its own issue
-        return
+    from llmproxy import bench
+
     bench.add_arguments(p)
 
 

@@ -14,8 +14,8 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -26,7 +26,9 @@ from llmproxy.dispatch.registry import make_backend
 from llmproxy.errors import ConfigError
 from llmproxy.events.bus import EventBus, connect_redis, make_source
 
-__all__ = ("STATS_INTERVAL", "run_dispatcher_command", "run_service", "stats_key", "worker_main")
+__all__ = ("STATS_INTERVAL", "run_dispatcher_command", "run_loop", "run_service", "stats_key", "worker_main")
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +137,16 @@ def worker_main(settings: Settings, service: str, index: int = 0) -> None:
     # The server owns Ctrl-C: it stops workers with SIGTERM once it has drained its requests.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure(settings.log.level, settings.log.format, settings.log.file)
-    _run_loop(_worker(settings, service))
+    run_loop(_worker(settings, service))
 
 
-def _run_loop(coro: Any) -> None:
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end on uvloop (asyncio's own loop where uvloop is missing)."""
     try:
         import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def run_dispatcher_command(
@@ -162,7 +164,7 @@ def run_dispatcher_command(
 
     logs.configure(settings.log.level, settings.log.format, settings.log.file)
     if settings.dispatch.workers <= 1:
-        _run_loop(_worker(settings, service, on_started=on_ready))
+        run_loop(_worker(settings, service, on_started=on_ready))
     else:
         _run_children(settings, service, on_ready)
     return 0

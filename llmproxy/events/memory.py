@@ -29,7 +29,6 @@ class MemorySource:
         self._ready = asyncio.Event()
         self._sequence = 0
         self.dropped = 0
-        self.dead_lettered = 0
 
     @property
     def queued(self) -> int:
@@ -66,7 +65,6 @@ class MemorySource:
         return None
 
     async def dead_letter(self, deliveries: list[Delivery], error: str) -> None:
-        self.dead_lettered += len(deliveries)
         ids = [d.event.id for d in deliveries if d.event is not None]
         log.warning("in-memory bus: %s gave up on %d events (%s): %s", self.name, len(deliveries), error, ids)
 

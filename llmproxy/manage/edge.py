@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from llmproxy.errors import ProxyError, Refusal
-from llmproxy.manage.schemas import MAX_BODY_BYTES
+from llmproxy.manage.schemas import MAX_BODY_BYTES, UUID_PATTERN
 
 __all__ = (
     "Handler",
@@ -30,7 +30,7 @@ __all__ = (
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_UUID = re.compile(UUID_PATTERN)
 # answers carry upstream-key hints and, once, a raw token: no cache may keep them
 _NO_STORE = {"Cache-Control": "no-store"}
 _encode = msgspec.json.encode

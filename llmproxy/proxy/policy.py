@@ -212,7 +212,10 @@ class Policy:
         """Top-level values of whitelisted params must match one of their globs."""
         try:
             doc = _decode_json(body)
-        except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8 in strings
+        except (
+            msgspec.DecodeError,
+            UnicodeDecodeError,
+        ):  # msgspec raises the latter for bad UTF-8 in strings
             if content_type.lower().startswith("application/json") or "+json" in content_type.lower():
                 raise ProxyError(Refusal.BAD_REQUEST, "Request body is not valid JSON") from None
             return  # not JSON for anybody: nothing to whitelist

@@ -57,7 +57,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     """The whole server: proxy, management API, health. ``store`` may be injected by tests."""
     store = store or make_store(settings.store)
     authority = Authority(store, settings.auth)
-    auditor = Auditor(settings.audit, store if settings.audit.store_in_db else None)
+    auditor = Auditor(settings.audit, store)
     pipeline = EventPipeline(settings)
     cache: HttpCache | None = make_cache(settings) if settings.cache.enabled else None
     proxy = ProxyHandler(settings, authority, auditor, cache=cache, observers=pipeline.observers)

@@ -7,7 +7,6 @@ producer here, and DISPATCHER_WORKERS worker processes per service, supervised.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -120,5 +119,4 @@ class EventPipeline:
             if all(t.done() for t in self._tasks):
                 return
             await asyncio.sleep(0.05)
-        with contextlib.suppress(Exception):
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from llmproxy import logs
 from llmproxy.config import Settings
+from llmproxy.dispatch.worker import run_loop
 from llmproxy.errors import StartupError, StoreUnavailable
 from llmproxy.events.bus import BusUnavailable
 from llmproxy.server.app import PIPELINE, build_app
@@ -63,12 +64,7 @@ async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> Non
 
 def serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
     """Run the server in this process until a stop signal. Raises StartupError."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        asyncio.run(_serve(settings, on_ready))
-    else:
-        uvloop.run(_serve(settings, on_ready))
+    run_loop(_serve(settings, on_ready))
 
 
 def run_server_command(settings: Settings, on_ready: Callable[[], None] | None = None) -> int:

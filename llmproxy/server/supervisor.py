@@ -37,7 +37,6 @@ class _Slot:
         self.started_at = 0.0
         self.backoff = _BACKOFF_START
         self.restart_at = 0.0
-        self.restarts = 0
 
     @property
     def name(self) -> str:
@@ -52,18 +51,6 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = [_Slot(s, i) for s in services for i in range(workers)]
         self._stopping = False
-
-    def stats(self) -> list[dict[str, object]]:
-        return [
-            {
-                "service": s.service,
-                "index": s.index,
-                "pid": s.process.pid if s.process else None,
-                "alive": bool(s.process and s.process.is_alive()),
-                "restarts": s.restarts,
-            }
-            for s in self._slots
-        ]
 
     def _spawn(self, slot: _Slot) -> None:
         process = self._ctx.Process(
@@ -107,7 +94,6 @@ class Supervisor:
                     process.close()
                     slot.process = None
                 if now >= slot.restart_at:
-                    slot.restarts += 1
                     self._spawn(slot)
             await asyncio.sleep(_POLL)
 

@@ -20,7 +20,6 @@ __all__ = (
     "Backend",
     "DeliveryError",
     "RecentIds",
-    "Reopenable",
     "error_for_exception",
     "error_for_status",
     "post_json",
@@ -64,12 +63,6 @@ class Backend(Protocol):
     async def send(self, batch: list[Event]) -> None: ...
 
     async def aclose(self) -> None: ...
-
-
-class Reopenable(Protocol):
-    """A backend holding a file that logrotate may move away (the worker calls it on SIGHUP)."""
-
-    def reopen(self) -> None: ...
 
 
 def error_for_status(
