@@ -42,24 +42,26 @@ Observer = Callable[[Exchange], None]
 class BodyCapture:
     """The first ``limit`` bytes of a body fed in chunks; remembers whether more went past."""
 
-    __slots__ = ("_buf", "_limit", "truncated")
+    __slots__ = ("_chunks", "_room", "truncated")
 
     def __init__(self, limit: int) -> None:
-        self._buf = bytearray()
-        self._limit = limit
+        self._chunks: list[bytes] = []  # the chunks themselves (immutable): no copy until value()
+        self._room = limit
         self.truncated = False
 
     def feed(self, chunk: bytes) -> None:
-        room = self._limit - len(self._buf)
-        if len(chunk) <= room:
-            self._buf += chunk
+        if len(chunk) <= self._room:
+            self._chunks.append(chunk)
+            self._room -= len(chunk)
         else:
-            if room > 0:
-                self._buf += chunk[:room]
+            if self._room > 0:
+                self._chunks.append(chunk[: self._room])
+                self._room = 0
             self.truncated = True
 
     def value(self) -> bytes:
-        return bytes(self._buf)
+        chunks = self._chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def bounded(body: bytes, limit: int) -> tuple[bytes, bool]:

@@ -107,8 +107,11 @@ async def relay(
 def _feed(flight: Flight, chunk: bytes) -> None:
     if flight.response_capture is not None:
         flight.response_capture.feed(chunk)
-    if flight.kept is not None:
-        flight.kept.feed(chunk)
+    kept = flight.kept
+    if kept is not None:
+        kept.feed(chunk)
+        if kept.truncated:  # past max_object_bytes: never stored, so hold none of it
+            flight.kept = None
 
 
 async def _stream(
