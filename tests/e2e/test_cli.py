@@ -36,6 +36,12 @@ def test_the_server_refuses_to_start_without_a_management_token() -> None:
     assert r.stderr.startswith("llm-proxy: MANAGEMENT_TOKEN is required")
 
 
+def test_no_command_means_server() -> None:
+    r = run()
+    assert r.returncode == 2
+    assert r.stderr.startswith("llm-proxy: MANAGEMENT_TOKEN is required")
+
+
 def test_an_unreachable_postgresql_at_start_exits_1_naming_the_address(tmp_path: Path) -> None:
     port = free_port()
     r = run("server", env={

@@ -261,8 +261,11 @@ async def test_a_record_that_cannot_be_prepared_is_dropped_without_raising(audit
     assert [line["details"] for line in lines(log_file)] == [{"n": 2}]
 
 
-def test_record_never_blocks_outside_an_event_loop(auditor) -> None:
-    auditor.record(sample())
+def test_record_never_blocks_outside_an_event_loop(auditor, log_file) -> None:
+    auditor.record(sample())  # no running loop: queued, not written
+    assert not log_file.exists()
+    asyncio.run(auditor.flush())
+    assert len(lines(log_file)) == 1
 
 
 async def test_a_write_cancelled_midway_is_finished_once_by_flush(auditor, log_file, store) -> None:

@@ -29,6 +29,33 @@ def test_defaults_are_the_embedded_ones_of_the_spec() -> None:
 
 
 @pytest.mark.parametrize(
+    ("var", "value", "section", "field", "expected"),
+    [
+        ("OBSERVABILITY_BUFFER_SIZE", "7", "events", "buffer_size", 7),
+        ("OBSERVABILITY_MAX_REQUEST_BODY_BYTES", "100", "events", "max_request_body_bytes", 100),
+        ("OBSERVABILITY_MAX_RESPONSE_BODY_BYTES", "200", "events", "max_response_body_bytes", 200),
+        ("REDIS_DB", "3", "redis", "db", 3),
+        ("REDIS_PASSWORD", "pw", "redis", "password", "pw"),
+        ("REDIS_CONSUMER_GROUP", "g", "streams", "consumer_group", "g"),
+        ("REDIS_CONSUMER_NAME", "c1", "streams", "consumer_name", "c1"),
+        ("REDIS_STREAM_BATCH_SIZE", "50", "streams", "batch_size", 50),
+        ("HTTP_CACHE_DEFAULT_TTL", "2m", "cache", "default_ttl", 120.0),
+        ("LLM_PROXY_API_KEY_CACHE_TTL", "10s", "auth", "key_cache_ttl", 10.0),
+        ("LLM_PROXY_API_KEY_CACHE_MAX", "99", "auth", "key_cache_max", 99),
+        ("AUDIT_ENABLED", "false", "audit", "enabled", False),
+        ("AUDIT_STORE_IN_DB", "false", "audit", "store_in_db", False),
+        ("LLM_PROXY_API_KEY", "k", "dispatch", "api_key", "k"),
+        ("LLM_PROXY_ENDPOINT", "https://api.lunary.ai", "dispatch", "endpoint", "https://api.lunary.ai"),
+        ("DISPATCHER_MAX_DELIVERIES", "4", "dispatch", "max_deliveries", 4),
+        ("LOG_FORMAT", "json", "log", "format", "json"),
+        ("LOG_LEVEL", "debug", "log", "level", "debug"),
+    ],
+)
+def test_each_spec_variable_reaches_its_setting(var, value, section, field, expected) -> None:
+    assert getattr(getattr(config.load({var: value}), section), field) == expected
+
+
+@pytest.mark.parametrize(
     ("text", "seconds"),
     [("500ms", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("12", 12.0), ("1.5s", 1.5)],
 )
