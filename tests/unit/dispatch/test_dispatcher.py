@@ -58,6 +58,30 @@ async def test_a_partial_batch_is_flushed_after_the_flush_interval() -> None:
     assert [len(b) for b in backend.sends] == [3]
 
 
+async def test_a_trickle_of_events_is_fetched_in_few_reads_and_sent_as_one_batch() -> None:
+    """After a short read the dispatcher lingers (READ_LINGER_S) instead of reading each event alone."""
+    source, backend = RecordingSource(), ScriptedBackend()
+    dispatcher = Dispatcher(source, backend, batch_size=100, flush_interval=2.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        source.put(*events(1))
+        async with asyncio.timeout(DEADLINE_S):
+            while source.waiting:  # the first event was read
+                await asyncio.sleep(0.001)
+            reads_after_first = source.reads
+            for event in events(9):  # one every millisecond: 9 reads without the linger
+                source.put(event)
+                await asyncio.sleep(0.001)
+            while len(source.handed) < 10:
+                await asyncio.sleep(0.005)
+        assert source.reads - reads_after_first == 1
+        assert backend.sends == []  # still short of batch_size, within flush_interval
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+
+
 async def test_nothing_is_acked_before_the_backend_accepted_the_batch() -> None:
     source = RecordingSource()
     gate, entered = asyncio.Event(), asyncio.Event()
