@@ -385,6 +385,35 @@ def aiohttp_client_reference(port: int, n: int = 3000) -> float:
         return asyncio.run(main())
 
 
+def pool_client_reference(port: int, n: int = 3000) -> float:
+    """CPU µs of one request through the proxy's own upstream pool (llmproxy.proxy.pool), same shape as
+    ``aiohttp_client_reference``: what the proxy pays for its upstream side instead."""
+    from llmproxy.config import ApiConfig
+    from llmproxy.proxy.pool import UpstreamPool
+
+    async def main() -> float:
+        pool = UpstreamPool(ApiConfig())
+        headers = [("Content-Type", "application/json")]
+        try:
+            for i in range(n + 200):
+                if i == 200:
+                    cpu0 = time.process_time()
+                resp = await pool.request("POST", f"http://127.0.0.1:{port}", PATH, headers, REQUEST_BODY)
+                while await resp.readany():
+                    pass
+                resp.release()
+        finally:
+            await pool.aclose()
+        return (time.process_time() - cpu0) / n * 1e6
+
+    try:
+        import uvloop
+
+        return uvloop.run(main())
+    except ImportError:
+        return asyncio.run(main())
+
+
 async def _stream_times(port: int, token: str | None, count: int) -> dict:
     """Sequential streamed completions on one keep-alive connection: median ms to the first SSE
     event and to the end of the stream, measured from the moment the request was written."""
@@ -652,6 +681,7 @@ def main() -> int:
                 runs[name].append(run_config(name, bus, events, args, up_port))
         summaries = [summarize(name, r) for name, r in runs.items()]
         speed, client_us = interpreter_speed(), aiohttp_client_reference(up_port)
+        pool_us = pool_client_reference(up_port)
     finally:
         upstream.send_signal(signal.SIGTERM)
         try:
@@ -661,13 +691,14 @@ def main() -> int:
             upstream.wait()
 
     print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; reference: {speed:.0f} ns per "
-          f"`s += i` loop iteration, {client_us:.0f} µs CPU per bare aiohttp client request (lower is faster)")  # fmt: skip
+          f"`s += i` loop iteration, {client_us:.0f} µs CPU per bare aiohttp client request (lower is faster); "
+          f"the proxy's upstream pool: {pool_us:.0f} µs per request")  # fmt: skip
     for summary in summaries:
         print_summary(summary, args.duration)
     if args.json:
         loadavg = Path("/proc/loadavg").read_text().split()[:3]
         doc = {"duration": args.duration, "cpus": os.cpu_count(), "loadavg_after": loadavg, "loop_ns": speed,
-               "aiohttp_client_us": client_us,
+               "aiohttp_client_us": client_us, "pool_client_us": pool_us,
                "summaries": summaries, "runs": runs}  # fmt: skip
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
     return 0

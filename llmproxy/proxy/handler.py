@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import ClientError, ClientResponse, ClientSession, StreamReader, web
+from aiohttp import ClientError, StreamReader, web
 from multidict import CIMultiDictProxy
-from yarl import URL
 
 from llmproxy.audit import audit_record
 from llmproxy.auth.tokens import parse_bearer
@@ -25,8 +24,9 @@ from llmproxy.errors import ProxyError, Refusal
 from llmproxy.proxy.capture import BodyCapture, Exchange, Observer, bounded
 from llmproxy.proxy.keys import REQUEST_ID
 from llmproxy.proxy.policy import Policy, split_target
+from llmproxy.proxy.pool import UpstreamPool, UpstreamResponse
 from llmproxy.proxy.relay import Flight, relay
-from llmproxy.proxy.upstream import make_session, request_headers
+from llmproxy.proxy.upstream import request_headers
 
 if TYPE_CHECKING:
     from llmproxy.audit import Auditor
@@ -67,7 +67,7 @@ class ResponseCache(Protocol):
 
 
 class ProxyHandler:
-    """The proxy as one aiohttp handler; owns the upstream session between ``start`` and ``aclose``.
+    """The proxy as one aiohttp handler; owns the upstream pool between ``start`` and ``aclose``.
 
     ``observers`` is kept by reference: observers added to that sequence later are called too.
     """
@@ -90,16 +90,16 @@ class ProxyHandler:
         self._base_url = settings.upstream.base_url.rstrip("/")
         self._max_request_capture = settings.events.max_request_body_bytes
         self._max_response_capture = settings.events.max_response_body_bytes
-        self._session: ClientSession | None = None
+        self._pool: UpstreamPool | None = None
 
     async def start(self) -> None:
-        if self._session is None:
-            self._session = make_session(self._settings.upstream.api)
+        if self._pool is None:
+            self._pool = UpstreamPool(self._settings.upstream.api)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.aclose()
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         arrived = perf_counter()
@@ -233,8 +233,8 @@ class ProxyHandler:
         arrived: float,
         started_at: float,
     ) -> web.StreamResponse:
-        session = self._session
-        if session is None:
+        pool = self._pool
+        if pool is None:
             raise RuntimeError("ProxyHandler.start() was not awaited")
         request_id = request.get(REQUEST_ID) or uuid.uuid4().hex
         observing = bool(self._observers)
@@ -251,19 +251,16 @@ class ProxyHandler:
             if request.content_length is not None:
                 up_headers.append(("Content-Length", str(request.content_length)))
         base = grant.upstream_base_url.rstrip("/") if grant.upstream_base_url else self._base_url
-        url = URL(base + request.raw_path, encoded=True)
 
         forwarded_at = perf_counter()
-        up: ClientResponse | None = None
+        up: UpstreamResponse | None = None
         try:
             try:
-                up = await session.request(
-                    request.method, url, headers=up_headers, data=data, allow_redirects=False
-                )
+                up = await pool.request(request.method, base, request.raw_path, up_headers, data)
             except TimeoutError:
                 flight.error = "upstream_timeout"
                 raise ProxyError(Refusal.UPSTREAM_TIMEOUT) from None
-            except (ClientError, OSError) as exc:
+            except OSError as exc:
                 if flight.body_too_large:
                     raise self._policy.too_large() from None
                 if flight.client_gone:
@@ -301,7 +298,7 @@ class ProxyHandler:
         request: web.Request,
         grant: Grant,
         body: bytes | None,
-        up: ClientResponse,
+        up: UpstreamResponse,
         flight: Flight,
         request_id: str,
         timing: str,

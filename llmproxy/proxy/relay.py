@@ -6,10 +6,11 @@ JSON 502/504; a failure later can only cut the response short, which the client 
 
 from __future__ import annotations
 
-from aiohttp import ClientError, ClientResponse, StreamReader, web
+from aiohttp import web
 
 from llmproxy.errors import ProxyError, Refusal
 from llmproxy.proxy.capture import BodyCapture
+from llmproxy.proxy.pool import UpstreamResponse
 from llmproxy.proxy.upstream import response_headers
 
 __all__ = ("Flight", "relay")
@@ -58,7 +59,7 @@ def _vary_origin(resp: web.StreamResponse) -> None:
 
 async def relay(
     request: web.Request,
-    up: ClientResponse,
+    up: UpstreamResponse,
     flight: Flight,
     own_headers: list[tuple[str, str]],
     *,
@@ -69,18 +70,17 @@ async def relay(
     ``flight.response_capture``/``flight.kept``, when set, receive the body bytes as they pass.
     Raises ProxyError only while nothing has been sent yet.
     """
-    content = up.content
     try:
-        chunk = await content.readany()
+        chunk = await up.readany()
     except TimeoutError:
         flight.error = "upstream_timeout"
         raise ProxyError(Refusal.UPSTREAM_TIMEOUT) from None
-    except (ClientError, OSError):
+    except OSError:
         flight.error = "upstream_unavailable"
         raise ProxyError(Refusal.UPSTREAM_UNAVAILABLE) from None
     flight.status = up.status
 
-    whole = content.is_eof()
+    whole = up.is_eof()
     if whole:  # the common small JSON answer: headers and body leave in one write
         resp: web.StreamResponse = web.Response(status=up.status, reason=up.reason, body=chunk)
     else:
@@ -98,7 +98,7 @@ async def relay(
             _feed(flight, chunk)
             await resp.write_eof()
         else:
-            await _stream(request, resp, content, chunk, flight)
+            await _stream(request, resp, up, chunk, flight)
     except ConnectionError:  # the client went away while we were writing to it
         flight.error = "client_disconnected"
     return resp
@@ -115,7 +115,7 @@ def _feed(flight: Flight, chunk: bytes) -> None:
 
 
 async def _stream(
-    request: web.Request, resp: web.StreamResponse, content: StreamReader, chunk: bytes, flight: Flight
+    request: web.Request, resp: web.StreamResponse, up: UpstreamResponse, chunk: bytes, flight: Flight
 ) -> None:
     capturing = flight.response_capture is not None or flight.kept is not None
     while chunk:
@@ -123,11 +123,11 @@ async def _stream(
             _feed(flight, chunk)
         await resp.write(chunk)
         try:
-            chunk = await content.readany()
+            chunk = await up.readany()
         except TimeoutError:
             flight.error = "upstream_timeout"
             break
-        except (ClientError, OSError):
+        except OSError:
             flight.error = "upstream_unavailable"
             break
     if flight.error is None:

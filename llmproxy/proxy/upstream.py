@@ -1,24 +1,16 @@
-"""The one upstream connection pool, and which headers cross the proxy in each direction.
-
-One ``ClientSession`` per process: a request never pays for a new pool, TLS handshake or DNS lookup.
-Bodies pass through as bytes (no decompression), no cookies are kept, no redirect is followed.
-"""
+"""Which headers cross the proxy in each direction (the connections themselves: ``pool``)."""
 
 from __future__ import annotations
 
-from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector
 from multidict import MultiMapping
-
-from llmproxy.config import ApiConfig
 
 __all__ = (
     "HOP_BY_HOP",
-    "make_session",
     "request_headers",
     "response_headers",
 )
 
-# RFC 9110 §7.6.1 connection-specific fields, plus what aiohttp derives from the body it sends.
+# RFC 9110 §7.6.1 connection-specific fields, plus the framing the pool derives from the body it sends.
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -63,36 +55,6 @@ _REQUEST_DROP = HOP_BY_HOP | {
 # cookies belong to the upstream's host, not to the proxy's origin. The upstream's X-Request-ID is
 # kept as X-Upstream-Request-ID since X-Request-ID is the proxy's own.
 _RESPONSE_DROP = HOP_BY_HOP | {"set-cookie", "x-request-id"}
-
-# aiohttp would otherwise invent these; the upstream must see only what the client sent.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-
-
-def make_session(api: ApiConfig) -> ClientSession:
-    """The process-wide upstream session: pooled keep-alive connections, timeouts from ``api``.
-
-    ``sock_read`` bounds the wait for the response headers and then each gap between chunks, so a
-    stream lives as long as chunks keep flowing (up to ``request``, the whole exchange).
-    """
-    t = api.timeouts
-    connector = TCPConnector(
-        limit=api.max_connections,
-        limit_per_host=api.max_connections_per_host,
-        keepalive_timeout=t.idle_connection,
-        ttl_dns_cache=300,
-    )
-    timeout = ClientTimeout(
-        total=t.request, connect=t.connect, sock_connect=t.connect, sock_read=t.response_header
-    )
-    return ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        cookie_jar=DummyCookieJar(),
-        skip_auto_headers=_NO_AUTO_HEADERS,
-        trust_env=False,
-        raise_for_status=False,
-    )
 
 
 def _connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import msgspec
-from aiohttp import DummyCookieJar
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from llmproxy.config import ApiConfig, Timeouts
-from llmproxy.proxy.upstream import make_session, request_headers, response_headers
+from llmproxy.proxy.upstream import request_headers, response_headers
 
 
 def headers(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
@@ -87,22 +84,3 @@ def test_upstream_response_headers_pass_except_hop_by_hop_and_cookies() -> None:
 def test_the_upstream_request_id_is_kept_under_its_own_name() -> None:
     out = response_headers(headers(("x-request-id", "req_abc")))
     assert out == [("X-Upstream-Request-ID", "req_abc")]
-
-
-async def test_the_session_passes_bytes_through_and_keeps_no_cookies() -> None:
-    api = msgspec.structs.replace(
-        ApiConfig(),
-        timeouts=Timeouts(connect=3, response_header=7, request=99),
-        max_connections=17,
-        max_connections_per_host=5,
-    )
-    session = make_session(api)
-    try:
-        assert session.auto_decompress is False
-        assert isinstance(session.cookie_jar, DummyCookieJar)
-        assert (session.timeout.connect, session.timeout.sock_read, session.timeout.total) == (3, 7, 99)
-        assert session.connector is not None
-        assert (session.connector.limit, session.connector.limit_per_host) == (17, 5)
-        assert {"Accept-Encoding", "User-Agent"} <= set(session.skip_auto_headers)
-    finally:
-        await session.close()

@@ -1,0 +1,332 @@
+"""One upstream HTTP/1.1 connection: the request framed out, the response parsed in by llhttp.
+
+The response reaches its reader as it arrives (``UpstreamResponse.readany``), the socket paused while
+more than ``_HIGH_WATER`` bytes wait unread. ``pool`` owns the connections; nothing here is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import cast
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+
+__all__ = ("UpstreamConnection", "UpstreamError", "UpstreamResponse")
+
+_HIGH_WATER = 256 * 1024  # response bytes buffered before the upstream socket stops being read
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class UpstreamError(ConnectionError):
+    """The upstream could not be reached, or broke the exchange (closed early, answered garbage)."""
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class UpstreamResponse:
+    """Status and headers as received; the body read with ``readany`` as it arrives.
+
+    Give the connection back with ``release`` once the body was read to the end, or ``close`` it.
+    """
+
+    __slots__ = (
+        "status",
+        "reason",
+        "headers",
+        "_conn",
+        "_done",
+        "_chunks",
+        "_buffered",
+        "_headers_done",
+        "_complete",
+        "_until_close",
+        "_error",
+        "_waiter",
+        "_read_timeout",
+        "_deadline",
+        "_finished",
+    )
+
+    def __init__(
+        self,
+        conn: UpstreamConnection,
+        done: Callable[[UpstreamConnection, bool], None],
+        read_timeout: float,
+        deadline: float,
+    ) -> None:
+        self.status = 0
+        self.reason = ""
+        self.headers: CIMultiDictProxy[str] = _EMPTY_HEADERS
+        self._conn = conn
+        self._done = done  # (connection, reusable): once, when the exchange is over
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._headers_done = False
+        self._complete = False
+        self._until_close = False  # no Content-Length, not chunked: the body ends when the connection does
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._read_timeout = read_timeout
+        self._deadline = deadline
+        self._finished = False
+
+    async def readany(self) -> bytes:
+        """The body bytes received since the last call; b"" at the end. TimeoutError past the read
+        timeout (or the exchange's deadline), UpstreamError if the upstream broke off."""
+        while True:
+            if self._chunks:
+                chunks, self._chunks = self._chunks, []
+                if self._buffered >= _HIGH_WATER:
+                    self._conn.resume_reading()
+                self._buffered = 0
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if self._complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    def is_eof(self) -> bool:
+        return self._complete and not self._chunks
+
+    def release(self) -> None:
+        """Back to the pool if the whole response was read and the connection may be kept; else closed."""
+        if self._finished:
+            return
+        conn = self._conn
+        if self._complete and not self._chunks and conn.reusable():
+            self._finish(reusable=True)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if not self._finished:
+            self._conn.close()
+            self._finish(reusable=False)
+
+    def _finish(self, *, reusable: bool) -> None:
+        self._finished = True
+        self._conn.response = None
+        self._done(self._conn, reusable)
+
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = min(self._read_timeout, self._deadline - loop.time())
+        if timeout <= 0:
+            raise TimeoutError()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- fed by the connection ---
+    def _on_headers(
+        self, status: int, reason: str, headers: list[tuple[str, str]], until_close: bool
+    ) -> None:
+        self.status, self.reason = status, reason
+        self.headers = CIMultiDictProxy(CIMultiDict(headers))
+        self._until_close = until_close
+        self._headers_done = True
+        self._wake()
+
+    def _on_body(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= _HIGH_WATER:
+            self._conn.pause_reading()
+        self._wake()
+
+    def _on_complete(self) -> None:
+        self._complete = True
+        self._wake()
+
+    def _on_lost(self, exc: BaseException | None) -> None:
+        if self._headers_done and self._until_close and exc is None:
+            self._on_complete()  # the body of an answer without Content-Length ends with the connection
+        else:
+            what = "while sending the body" if self._headers_done else "before answering"
+            self._fail(UpstreamError(f"upstream closed the connection {what}" + (f": {exc}" if exc else "")))
+
+    def _fail(self, error: UpstreamError) -> None:
+        if not self._complete and self._error is None:
+            self._error = error
+        self._wake()
+
+
+_EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection; feeds the response in flight (at most one) from llhttp's callbacks."""
+
+    def __init__(self, origin: object) -> None:
+        self.origin = origin  # the pool's key for it
+        self.transport: asyncio.Transport | None = None
+        self.response: UpstreamResponse | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.body_task: asyncio.Task[None] | None = None  # a streamed request body still being written
+        self.keep_alive = True
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[str, str]] = []
+        self._reason = b""
+        self._stray = False  # a message after the answer (or with no request): ignored, connection closed
+        self._reading_paused = False
+        self._framed = False  # Content-Length or chunked seen
+        self._informational = False
+        self._head = False
+        self._can_write: asyncio.Future[None] | None = None
+        self.used = False  # answered at least once: a failure before any byte may be a stale connection
+        self.received = False
+
+    # --- asyncio.Protocol ---
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not its subclasses
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        if self.response is None:  # bytes nobody asked for: the connection cannot be trusted any more
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self.response is not None:
+                self.response._fail(UpstreamError(f"invalid HTTP response from upstream: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.response is not None:
+            self.response._on_lost(exc)
+        if self._can_write is not None and not self._can_write.done():
+            self._can_write.set_exception(UpstreamError("upstream closed the connection"))
+        if self.body_task is not None:
+            self.body_task.cancel()
+
+    def pause_writing(self) -> None:
+        if self._can_write is None or self._can_write.done():
+            self._can_write = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._can_write is not None and not self._can_write.done():
+            self._can_write.set_result(None)
+
+    # --- llhttp callbacks ---
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+        self._framed = False
+        response = self.response
+        self._stray = response is None or response._headers_done
+        if self._stray:
+            self.keep_alive = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        text = name.decode("utf-8", "surrogateescape")
+        if not self._framed:
+            lower = text.lower()
+            self._framed = lower == "content-length" or (
+                lower == "transfer-encoding" and b"chunked" in value.lower()
+            )
+        self._headers.append((text, value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        self._informational = 100 <= status < 200 and status != 101
+        response = self.response
+        if self._stray or self._informational or response is None:
+            return  # 1xx: the real answer follows
+        self.keep_alive = self.keep_alive and self._parser.should_keep_alive() and status != 101
+        until_close = not self._framed and status not in _NO_BODY_STATUS and not self._head
+        reason = self._reason.decode("utf-8", "surrogateescape")
+        response._on_headers(status, reason, self._headers, until_close)
+        if self._head:  # llhttp cannot be told the body of an answer to HEAD is empty: end it here
+            self.keep_alive = False
+            response._on_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None and not (self._head or self._stray):
+            self.response._on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self.response is not None and not (self._head or self._stray):
+            self.response._on_complete()
+
+    # --- used by the pool ---
+    def reusable(self) -> bool:
+        return self.keep_alive and not self.closed and self.body_task is None
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.close()
+        if self.body_task is not None:
+            self.body_task.cancel()
+
+    def send(
+        self, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None, chunked: bool
+    ) -> None:
+        assert self.transport is not None
+        self._head = method == "HEAD"
+        if body is None:
+            self.transport.write(head)
+        elif isinstance(body, bytes):
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head)
+            self.body_task = asyncio.get_running_loop().create_task(self._send_stream(body, chunked))
+
+    async def _send_stream(self, body: AsyncIterator[bytes], chunked: bool) -> None:
+        """Write a streamed request body, chunk by chunk; if it fails, the exchange fails with it."""
+        transport = self.transport
+        assert transport is not None
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                if chunked:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+                else:
+                    transport.write(chunk)
+                if self._can_write is not None:
+                    await self._can_write
+            if chunked:
+                transport.write(b"0\r\n\r\n")
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if self.response is not None:
+                self.response._fail(UpstreamError(f"request body failed: {exc!r}"))
+            self.close()
+            return
+        self.body_task = None

@@ -1,0 +1,588 @@
+"""The upstream pool against raw loopback servers: bytes on the wire, framing, keep-alive, limits, TLS.
+
+Each server here is a scripted asyncio stream server, so what the pool sends is seen byte for byte
+and every way an upstream can answer (or fail to) can be played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from llmproxy.config import ApiConfig, Timeouts
+from llmproxy.proxy.pool import UpstreamError, UpstreamPool, UpstreamResponse
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
+
+
+class RawServer:
+    """Runs ``script`` per connection; records every request head (and body) it read."""
+
+    def __init__(self, script: Script, tls: ssl.SSLContext | None = None) -> None:
+        self.script = script
+        self.tls = tls
+        self.connections = 0
+        self.open_now = 0
+        self.most_open = 0
+        self.received: list[bytes] = []
+        self.base = ""
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        port = self._server.sockets[0].getsockname()[1]
+        self.base = f"{'https' if self.tls else 'http'}://{'localhost' if self.tls else '127.0.0.1'}:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        self.connections += 1
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        try:
+            await self.script(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open_now -= 1
+            self._writers.discard(writer)
+            writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        """One request: its head, and a Content-Length body if it has one."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        request = head + (await reader.readexactly(length) if length else b"")
+        self.received.append(request)
+        return request
+
+
+def api(**timeouts: float) -> ApiConfig:
+    return msgspec.structs.replace(ApiConfig(), timeouts=Timeouts(**timeouts)) if timeouts else ApiConfig()
+
+
+async def read_all(response: UpstreamResponse) -> bytes:
+    body = b""
+    while chunk := await response.readany():
+        body += chunk
+    return body
+
+
+async def serving(script_for: Callable[[RawServer], Script]) -> RawServer:
+    holder: list[RawServer] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await script_for(holder[0])(reader, writer)
+
+    server = RawServer(script)
+    holder.append(server)
+    return server
+
+
+def keep_answering(body_for: Callable[[bytes], bytes] = lambda request: OK) -> Callable[[RawServer], Script]:
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                request = await server.read_request(reader)
+                writer.write(body_for(request))
+                await writer.drain()
+
+        return script
+
+    return script_for
+
+
+async def test_the_request_goes_out_exactly_as_framed_and_the_answer_comes_back_whole() -> None:
+    async with await serving(keep_answering()) as server:
+        pool = UpstreamPool(api())
+        try:
+            response = await pool.request(
+                "POST",
+                server.base + "/prefix",
+                "/v1/chat/completions?a=1%202",
+                [("Content-Type", "application/json"), ("Authorization", "Bearer sk-x")],
+                b'{"model":"m"}',
+            )
+            assert (response.status, response.reason) == (200, "OK")
+            assert list(response.headers.items()) == [
+                ("Content-Type", "application/json"),
+                ("Content-Length", "11"),
+            ]
+            assert await read_all(response) == b'{"ok":true}' and response.is_eof()
+            response.release()
+        finally:
+            await pool.aclose()
+    port = server.base.rsplit(":", 1)[1]
+    assert server.received == [
+        b"POST /prefix/v1/chat/completions?a=1%202 HTTP/1.1\r\n"
+        b"Host: 127.0.0.1:" + port.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nAuthorization: Bearer sk-x\r\nContent-Length: 13\r\n\r\n"
+        b'{"model":"m"}'
+    ]
+
+
+async def test_a_released_connection_is_reused_and_a_closed_one_is_not() -> None:
+    async with await serving(keep_answering()) as server:
+        pool = UpstreamPool(api())
+        try:
+            for _ in range(3):
+                response = await pool.request("GET", server.base, "/v1/models", [])
+                await read_all(response)
+                response.release()
+            assert server.connections == 1
+            response = await pool.request("GET", server.base, "/v1/models", [])
+            response.close()
+            response = await pool.request("GET", server.base, "/v1/models", [])
+            await read_all(response)
+            response.release()
+            assert server.connections == 2
+        finally:
+            await pool.aclose()
+    assert server.received[0] == f"GET /v1/models HTTP/1.1\r\nHost: {server.base[7:]}\r\n\r\n".encode()
+
+
+async def test_a_post_without_a_body_says_content_length_0() -> None:
+    async with await serving(keep_answering()) as server:
+        pool = UpstreamPool(api())
+        try:
+            response = await pool.request("POST", server.base, "/v1/files", [])
+            await read_all(response)
+            response.release()
+        finally:
+            await pool.aclose()
+    assert server.received[0].endswith(b"\r\nContent-Length: 0\r\n\r\n")
+
+
+async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives() -> None:
+    sent_second = asyncio.Event()
+    release_second = asyncio.Event()
+
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            writer.write(b"6\r\ndata: \r\n")
+            await writer.drain()
+            await release_second.wait()
+            writer.write(b"3\r\n1\n\n\r\n0\r\n\r\n")
+            await writer.drain()
+            sent_second.set()
+            await reader.read()  # keep the connection open: the end is the final chunk, not a close
+
+        return script
+
+    async with await serving(script_for) as server:
+        pool = UpstreamPool(api())
+        try:
+            response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+            assert await response.readany() == b"data: "
+            assert not response.is_eof()
+            release_second.set()
+            assert await response.readany() == b"1\n\n"
+            assert await response.readany() == b""
+            assert response.headers["Transfer-Encoding"] == "chunked"
+            response.release()
+        finally:
+            await pool.aclose()
+
+
+async def test_an_answer_without_length_ends_when_the_upstream_closes_and_is_not_reused() -> None:
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the ")
+            await writer.drain()
+            writer.write(b"end")
+            await writer.drain()
+            writer.close()
+
+        return script
+
+    async with await serving(script_for) as server:
+        pool = UpstreamPool(api())
+        try:
+            for _ in range(2):
+                response = await pool.request("GET", server.base, "/v1/models", [])
+                assert await read_all(response) == b"until the end"
+                response.release()
+            assert server.connections == 2
+        finally:
+            await pool.aclose()
+
+
+async def test_a_cut_short_body_is_an_upstream_error_not_a_short_success() -> None:
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+            await writer.drain()
+            writer.close()
+
+        return script
+
+    async with await serving(script_for) as server:
+        pool = UpstreamPool(api())
+        try:
+            response = await pool.request("GET", server.base, "/v1/models", [])
+            assert await response.readany() == b"only part"
+            with pytest.raises(UpstreamError, match="closed the connection"):
+                await response.readany()
+            response.close()
+        finally:
+            await pool.aclose()
+
+
+async def test_a_streamed_body_goes_chunked_without_a_length_and_raw_with_one() -> None:
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if b"Transfer-Encoding: chunked" in head:
+                    body = await reader.readuntil(b"0\r\n\r\n")
+                else:
+                    body = await reader.readexactly(6)
+                server.received.append(head + body)
+                writer.write(OK)
+                await writer.drain()
+
+        return script
+
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"abc", b"", b"def"):
+            await asyncio.sleep(0)
+            yield part
+
+    async with await serving(script_for) as server:
+        pool = UpstreamPool(api())
+        try:
+            for headers in ([], [("Content-Length", "6")]):
+                response = await pool.request("PUT", server.base, "/v1/files", headers, parts())
+                assert await read_all(response) == b'{"ok":true}'
+                response.release()
+        finally:
+            await pool.aclose()
+    assert server.received[0].endswith(b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
+    assert server.received[1].endswith(b"\r\nContent-Length: 6\r\n\r\nabcdef")
+    assert b"Transfer-Encoding" not in server.received[1]
+
+
+async def test_a_streamed_body_that_fails_fails_the_exchange() -> None:
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()
+
+        return script
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"abc"
+        raise ValueError("request body too large")
+
+    async with await serving(script_for) as server:
+        pool = UpstreamPool(api())
+        try:
+            with pytest.raises(UpstreamError, match="request body too large"):
+                await pool.request("POST", server.base, "/v1/files", [], broken())
+        finally:
+            await pool.aclose()
+
+
+async def test_the_answer_to_head_has_no_body_even_with_a_length() -> None:
+    async with await serving(keep_answering()) as server:
+        pool = UpstreamPool(api())
+        try:
+            response = await pool.request("HEAD", server.base, "/v1/models", [])
+            assert response.headers["Content-Length"] == "11"
+            assert await response.readany() == b"" and response.is_eof()
+            response.release()
+        finally:
+            await pool.aclose()
+
+
+async def test_an_interim_100_continue_is_skipped() -> None:
+    async with await serving(keep_answering(lambda request: b"HTTP/1.1 100 Continue\r\n\r\n" + OK)) as server:
+        pool = UpstreamPool(api())
+        try:
+            response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+            assert response.status == 200
+            assert await read_all(response) == b'{"ok":true}'
+            response.release()
+        finally:
+            await pool.aclose()
+
+
+async def test_garbage_instead_of_http_is_an_upstream_error() -> None:
+    async with await serving(keep_answering(lambda request: b"SSH-2.0-OpenSSH_9.2\r\n\r\n")) as server:
+        pool = UpstreamPool(api())
+        try:
+            with pytest.raises(UpstreamError, match="invalid HTTP response"):
+                await pool.request("GET", server.base, "/v1/models", [])
+        finally:
+            await pool.aclose()
+
+
+async def test_nothing_is_sent_when_a_header_carries_a_line_break() -> None:
+    async with await serving(keep_answering()) as server:
+        pool = UpstreamPool(api())
+        try:
+            with pytest.raises(UpstreamError, match="CR or LF"):
+                await pool.request(
+                    "GET", server.base, "/v1/models", [("Authorization", "Bearer a\r\nX-Evil: 1")]
+                )
+        finally:
+            await pool.aclose()
+    assert server.connections == 0
+
+
+async def test_an_unreachable_upstream_is_an_upstream_error() -> None:
+    async with await serving(keep_answering()) as server:
+        base = server.base
+    pool = UpstreamPool(api())
+    try:
+        with pytest.raises(UpstreamError, match="cannot connect"):
+            await pool.request("GET", base, "/v1/models", [])
+    finally:
+        await pool.aclose()
+
+
+async def test_no_headers_within_the_read_timeout_is_a_timeout() -> None:
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()
+
+        return script
+
+    async with await serving(script_for) as server:
+        pool = UpstreamPool(api(response_header=0.2))
+        try:
+            with pytest.raises(TimeoutError):
+                await pool.request("GET", server.base, "/v1/models", [])
+        finally:
+            await pool.aclose()
+
+
+async def test_a_body_that_keeps_trickling_is_cut_at_the_request_timeout() -> None:
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(100):
+                writer.write(b"1\r\n.\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+
+        return script
+
+    async with await serving(script_for) as server:
+        pool = UpstreamPool(api(response_header=5, request=0.5))
+        try:
+            response = await pool.request("GET", server.base, "/v1/models", [])
+            with pytest.raises(TimeoutError):
+                await read_all(response)
+            response.close()
+        finally:
+            await pool.aclose()
+
+
+async def test_an_idle_connection_the_upstream_closed_is_not_used_again() -> None:
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+            writer.close()  # keep-alive announced, but the upstream closes it right after
+
+        return script
+
+    async with await serving(script_for) as server:
+        pool = UpstreamPool(api())
+        try:
+            for _ in range(3):
+                response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+                assert await read_all(response) == b'{"ok":true}'
+                response.release()
+                await asyncio.sleep(0.05)  # the close reaches the pool
+            assert server.connections == 3
+        finally:
+            await pool.aclose()
+
+
+async def test_a_get_on_a_reused_connection_closed_unanswered_is_retried_once_a_post_is_not() -> None:
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+            await server.read_request(reader)  # the next request on this connection: dropped unanswered
+            writer.transport.abort()
+
+        return script
+
+    async with await serving(script_for) as server:
+        pool = UpstreamPool(api())
+        try:
+            response = await pool.request("GET", server.base, "/v1/models", [])
+            await read_all(response)
+            response.release()
+            response = await pool.request("GET", server.base, "/v1/models", [])  # dropped, then retried
+            assert await read_all(response) == b'{"ok":true}'
+            response.release()
+            assert server.connections == 2
+            with pytest.raises(UpstreamError):
+                await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+            assert server.connections == 2
+        finally:
+            await pool.aclose()
+
+
+async def test_max_connections_bounds_the_exchanges_in_flight() -> None:
+    gate = asyncio.Event()
+
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await server.read_request(reader)
+                await gate.wait()
+                writer.write(OK)
+                await writer.drain()
+
+        return script
+
+    async with await serving(script_for) as server:
+        pool = UpstreamPool(msgspec.structs.replace(ApiConfig(), max_connections=2))
+
+        async def one() -> bytes:
+            response = await pool.request("GET", server.base, "/v1/models", [])
+            body = await read_all(response)
+            response.release()
+            return body
+
+        try:
+            tasks = [asyncio.ensure_future(one()) for _ in range(5)]
+            async with asyncio.timeout(5):
+                while len(server.received) < 2:
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            assert len(server.received) == 2  # the other three wait for a slot
+            gate.set()
+            assert await asyncio.gather(*tasks) == [b'{"ok":true}'] * 5
+            assert server.most_open <= 2
+        finally:
+            await pool.aclose()
+
+
+async def test_a_large_answer_arrives_intact_through_the_read_pause(tmp_path: Path) -> None:
+    payload = bytes(range(256)) * (16 * 1024)  # 4 MiB, well past the pool's read high-water mark
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
+    async with await serving(keep_answering(lambda request: answer)) as server:
+        pool = UpstreamPool(api())
+        try:
+            response = await pool.request("GET", server.base, "/v1/files/f/content", [])
+            await asyncio.sleep(0.2)  # let the socket fill up past the high-water mark before reading
+            assert await read_all(response) == payload
+            response.release()
+        finally:
+            await pool.aclose()
+
+
+def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    client = ssl.create_default_context(cafile=str(cert_file))
+    return server, client
+
+
+async def test_https_upstreams_are_verified_and_kept_alive(tmp_path: Path) -> None:
+    server_tls, client_tls = self_signed(tmp_path)
+    holder: list[RawServer] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await keep_answering()(holder[0])(reader, writer)
+
+    async with RawServer(script, tls=server_tls) as server:
+        holder.append(server)
+        pool = UpstreamPool(api(), ssl_context=client_tls)
+        try:
+            for _ in range(2):
+                response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+                assert await read_all(response) == b'{"ok":true}'
+                response.release()
+            assert server.connections == 1
+        finally:
+            await pool.aclose()
+        untrusting = UpstreamPool(api())  # the system's CAs: the self-signed certificate is refused
+        try:
+            with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.request("GET", server.base, "/v1/models", [])
+        finally:
+            await untrusting.aclose()
+    assert server.received[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost:")
+
+
+async def test_a_connection_idle_past_idle_connection_is_closed_not_reused() -> None:
+    async with await serving(keep_answering()) as server:
+        pool = UpstreamPool(api(idle_connection=0.05))
+        try:
+            for pause in (0.0, 0.2):
+                await asyncio.sleep(pause)
+                response = await pool.request("GET", server.base, "/v1/models", [])
+                await read_all(response)
+                response.release()
+            assert server.connections == 2
+        finally:
+            await pool.aclose()
