@@ -21,8 +21,15 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from llmproxy.dispatch.backends.base import Backend, DeliveryError, error_for_exception
+from llmproxy.dispatch.backends.base import (
+    Backend,
+    DeliveryError,
+    LineBackend,
+    error_for_exception,
+    takes_lines,
+)
 from llmproxy.dispatch.retry import backoff_s
+from llmproxy.events.model import Event, encode_event
 
 if TYPE_CHECKING:
     from llmproxy.events.bus import Delivery, EventSource
@@ -74,24 +81,45 @@ class Dispatcher:
         self.stats = stats if stats is not None else DispatchStats()
         self._backoff = backoff
         self._linger_s = min(READ_LINGER_S, flush_interval / 4)
+        self._lines: LineBackend | None = backend if takes_lines(backend) else None  # type: ignore[assignment]
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Collect and deliver until ``stop``; the next batch is read while the current one is sent, so
+        the source's round trips overlap the backend's (one batch ahead at most, unacked until sent)."""
         logger.info("dispatcher %s starting (batch %d)", self.backend.name, self.batch_size)
         source_failures = 0
-        while not stop.is_set():
-            try:
-                batch = await self._collect(stop)
-                if batch:
-                    self.stats.batches += 1
-                    await self._deliver(batch, stop)
-                source_failures = 0
-            except Exception as exc:  # the source (Redis) is down (BusUnavailable): back off, try again
-                source_failures += 1
-                self.stats.last_error = f"source: {exc!r}"
-                logger.warning(
-                    "dispatcher %s: source failed: %r", self.backend.name, exc, exc_info=source_failures == 1
-                )
-                await self._stopped_during(backoff_s(source_failures, base=0.1, cap=2.0), stop)
+        ahead: asyncio.Task[list[Delivery]] | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while ahead is not None or not stop.is_set():
+                try:
+                    if ahead is not None:
+                        batch, ahead = await ahead, None
+                    else:
+                        batch = await self._collect(stop)
+                    if batch:
+                        self.stats.batches += 1
+                        if not stop.is_set():
+                            ahead = loop.create_task(
+                                self._collect(stop), name=f"{self.backend.name}-read-ahead"
+                            )
+                        await self._deliver(batch, stop)
+                    source_failures = 0
+                except Exception as exc:  # the source (Redis) is down (BusUnavailable): back off, try again
+                    source_failures += 1
+                    self.stats.last_error = f"source: {exc!r}"
+                    logger.warning(
+                        "dispatcher %s: source failed: %r",
+                        self.backend.name,
+                        exc,
+                        exc_info=source_failures == 1,
+                    )
+                    await self._stopped_during(backoff_s(source_failures, base=0.1, cap=2.0), stop)
+        finally:
+            if ahead is not None:  # cancelled: what it read stays pending and is redelivered
+                ahead.cancel()
+                with contextlib.suppress(BaseException):
+                    await ahead
         s = self.stats
         logger.info(
             "dispatcher %s stopped ◆ %d delivered ◆ %d retried ◆ %d failed ◆ %d dead-lettered",
@@ -124,22 +152,25 @@ class Dispatcher:
 
     async def _screen(self, arrived: list[Delivery]) -> list[Delivery]:
         """Dead-letter what must never reach the backend; return the rest."""
-        undecodable = [d for d in arrived if d.event is None]
-        exhausted = [d for d in arrived if d.event is not None and d.deliveries > self.max_deliveries]
+        undecodable = [d for d in arrived if not d.event_id]
+        exhausted = [d for d in arrived if d.event_id and d.deliveries > self.max_deliveries]
         if undecodable:
             await self._dead_letter(undecodable, "undecodable event")
         if exhausted:
             await self._dead_letter(exhausted, f"delivered more than {self.max_deliveries} times")
         if not undecodable and not exhausted:
             return arrived
-        return [d for d in arrived if d.event is not None and d.deliveries <= self.max_deliveries]
+        return [d for d in arrived if d.event_id and d.deliveries <= self.max_deliveries]
 
     async def _deliver(self, batch: list[Delivery], stop: asyncio.Event) -> None:
         """Send until accepted (ack), refused (split / dead-letter) or out of attempts (leave)."""
         attempt = 0
         while True:
             try:
-                await self.backend.send([d.event for d in batch if d.event is not None])
+                if self._lines is not None:
+                    await self._lines.send_lines([(d.event_id, _line(d)) for d in batch])
+                else:
+                    await self.backend.send([_event(d) for d in batch])
             except Exception as exc:
                 error = error_for_exception(self.backend.name, exc)
                 if not isinstance(exc, DeliveryError) and not error.transient:  # a bug: show where
@@ -179,3 +210,17 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), seconds)
         return stop.is_set()
+
+
+def _line(d: Delivery) -> bytes:
+    """The event as one JSON line: the stored bytes, unless they span lines (not written by us)."""
+    if not d.raw:  # the in-memory bus hands out Events
+        assert d.event is not None
+        return encode_event(d.event)
+    return d.raw if b"\n" not in d.raw else msgspec.json.format(d.raw, indent=-1)
+
+
+def _event(d: Delivery) -> Event:
+    """The decoded Event (the source decodes for backends that do not take lines)."""
+    assert d.event is not None
+    return d.event

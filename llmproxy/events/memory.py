@@ -58,7 +58,8 @@ class MemorySource:
         batch: list[Delivery] = []
         while self._queue and len(batch) < max_count:
             self._sequence += 1
-            batch.append(Delivery(str(self._sequence), self._queue.popleft(), b"", 1))
+            event = self._queue.popleft()
+            batch.append(Delivery(str(self._sequence), event, b"", 1, event.id))
         return batch
 
     async def ack(self, entry_ids: list[str]) -> None:

@@ -16,8 +16,8 @@ import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llmproxy.events.bus import BusUnavailable, Delivery
-from llmproxy.events.model import Event, decode_event, encode_event
+from llmproxy.events.bus import BusUnavailable, Delivery, delivery
+from llmproxy.events.model import Event, encode_event
 from llmproxy.events.spill import Drain, RedisProducer, SpillBuffer
 
 if TYPE_CHECKING:
@@ -83,8 +83,11 @@ class RedisListBus(RedisProducer[bytes]):
 class ListSource:
     """Reader: BRPOP for the first event, RPOP for the rest of a batch. ``ack`` is a no-op (at-most-once)."""
 
-    def __init__(self, redis: Redis, settings: Settings, service: str, *, owns_redis: bool = False) -> None:
+    def __init__(
+        self, redis: Redis, settings: Settings, service: str, *, owns_redis: bool = False, lines: bool = False
+    ) -> None:
         self.service = service
+        self._lines = lines
         self._redis = redis
         self._owns_redis = owns_redis
         self._key = list_key(settings.streams.key)
@@ -157,8 +160,4 @@ class ListSource:
 
     def _delivery(self, raw: bytes) -> Delivery:
         self._sequence += 1
-        try:
-            event: Event | None = decode_event(raw)
-        except msgspec.DecodeError:
-            event = None
-        return Delivery(f"{self.service}-{self._sequence}", event, raw, 1)
+        return delivery(f"{self.service}-{self._sequence}", raw, 1, lines=self._lines)

@@ -19,8 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llmproxy.events.bus import BusUnavailable, Delivery
-from llmproxy.events.model import Event, decode_event, encode_event
+from llmproxy.events.bus import BusUnavailable, Delivery, delivery
+from llmproxy.events.model import Event, encode_event
 from llmproxy.events.spill import Drain, RedisProducer, SpillBuffer
 
 if TYPE_CHECKING:
@@ -148,8 +148,10 @@ class StreamSource:
         group: str,
         consumer: str,
         owns_redis: bool = False,
+        lines: bool = False,
     ) -> None:
         streams = settings.streams
+        self._lines = lines
         self.service = service
         self.group = group
         self.consumer = consumer
@@ -325,12 +327,7 @@ class StreamSource:
 
     def _delivery(self, entry_id: bytes | str, fields: dict[bytes, bytes], deliveries: int) -> Delivery:
         raw = fields.get(EVENT_FIELD.encode())
-        event = None
         if raw is None:  # not written by us: keep what there is, for the dead-letter stream
             raw = msgspec.json.encode({_text(k): v.decode(errors="replace") for k, v in fields.items()})
-        else:
-            try:
-                event = decode_event(raw)
-            except msgspec.DecodeError:
-                pass
-        return Delivery(_text(entry_id), event, raw, deliveries)
+            return Delivery(_text(entry_id), None, raw, deliveries)
+        return delivery(_text(entry_id), raw, deliveries, lines=self._lines)

@@ -19,10 +19,12 @@ from llmproxy.logs import redact
 __all__ = (
     "Backend",
     "DeliveryError",
+    "LineBackend",
     "RecentIds",
     "error_for_exception",
     "error_for_status",
     "post_json",
+    "takes_lines",
 )
 
 # Statuses that say "this endpoint or this key is wrong": splitting the batch cannot help.
@@ -63,6 +65,17 @@ class Backend(Protocol):
     async def send(self, batch: list[Event]) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class LineBackend(Backend, Protocol):
+    """A backend that takes events as the JSON bytes the bus stored (the ``file`` log): the dispatcher
+    then calls ``send_lines`` with (event id, one-line JSON) pairs and the source only checks entries."""
+
+    async def send_lines(self, batch: list[tuple[str, bytes]]) -> None: ...
+
+
+def takes_lines(backend: Backend) -> bool:
+    return callable(getattr(backend, "send_lines", None))
 
 
 def error_for_status(

@@ -1,6 +1,8 @@
 """The `file` backend: events appended as JSON lines, each event id at most once, never a partial line.
 
 One write() and one fdatasync per batch, in a worker thread so the event loop never waits on disk.
+Events read from Redis are written as the bytes the proxy stored (``send_lines``: checked, never
+decoded and encoded again); events handed over as ``Event`` objects are encoded here.
 Writers hold an exclusive flock while appending, so several workers can share one file: before a
 write, bytes another process appended since our last write are scanned for ids (dedupe holds
 across processes) and a partial line left by a writer that crashed mid-write is truncated away
@@ -56,6 +58,12 @@ class FileBackend:
 
     async def send(self, batch: list[Event]) -> None:
         if batch:
+            encode = self._encoder.encode
+            await asyncio.to_thread(self._append, [(event.id, encode(event)) for event in batch])
+
+    async def send_lines(self, batch: list[tuple[str, bytes]]) -> None:
+        """(event id, the event as one line of JSON without its newline) pairs, appended in order."""
+        if batch:
             await asyncio.to_thread(self._append, batch)
 
     def reopen(self) -> None:
@@ -65,7 +73,7 @@ class FileBackend:
     async def aclose(self) -> None:
         await asyncio.to_thread(self._close)
 
-    def _append(self, batch: list[Event]) -> None:
+    def _append(self, batch: list[tuple[str, bytes]]) -> None:
         with self._lock:
             try:
                 if self._fd is None or self._reopen_requested:
@@ -77,13 +85,13 @@ class FileBackend:
                 raise DeliveryError(f"file: cannot open {self.path}: {exc}", transient=True) from exc
             try:
                 start = self._catch_up(fd)
-                fresh: dict[str, Event] = {}
-                for event in batch:
-                    if event.id not in self._ids:
-                        fresh.setdefault(event.id, event)
+                fresh: dict[str, bytes] = {}
+                for event_id, line in batch:
+                    if event_id not in self._ids:
+                        fresh.setdefault(event_id, line)
                 if not fresh:
                     return
-                data = self._encoder.encode_lines(list(fresh.values()))
+                data = b"\n".join(fresh.values()) + b"\n"
                 self._write(fd, start, data)
                 for event_id in fresh:
                     self._ids.add(event_id)

@@ -34,6 +34,16 @@ async def test_each_event_is_one_line_exactly_as_encoded(tmp_path: Path) -> None
     assert (path.stat().st_mode & 0o777) == 0o600  # events carry prompts: not world-readable
 
 
+async def test_lines_are_written_as_given_each_id_once(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    a, b = chat_event(), stream_event()
+    backend = FileBackend(path)
+    await backend.send_lines([(a.id, encode_event(a)), (b.id, encode_event(b)), (a.id, encode_event(a))])
+    await backend.send([a, b])  # the same events again, as Event objects: deduped across both ways in
+    await backend.aclose()
+    assert path.read_bytes() == encode_event(a) + b"\n" + encode_event(b) + b"\n"
+
+
 async def test_a_redelivered_event_is_not_written_twice(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     a, b, c = make_event(), make_event(), make_event()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -21,9 +22,13 @@ Poll = Callable[..., Awaitable[None]]
 async def open_source(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[StreamSource]]]:
     opened: list[StreamSource] = []
 
-    async def factory(group: str = "g-file", consumer: str = "c1", service: str = "file") -> StreamSource:
+    async def factory(
+        group: str = "g-file", consumer: str = "c1", service: str = "file", lines: bool = False
+    ) -> StreamSource:
         client = connect_redis(settings.redis)
-        source = StreamSource(client, settings, service, group=group, consumer=consumer, owns_redis=True)
+        source = StreamSource(
+            client, settings, service, group=group, consumer=consumer, owns_redis=True, lines=lines
+        )
         opened.append(source)
         await source.start()
         return source
@@ -161,6 +166,25 @@ async def test_an_undecodable_entry_is_delivered_without_event_for_dead_letterin
 
     assert (bad_json.event, bad_json.raw) == (None, b'{"id": 1}')
     assert (no_event_field.event, no_event_field.raw) == (None, b'{"other":"x"}')
+
+
+async def test_for_a_line_backend_entries_are_checked_and_handed_out_as_stored(
+    bus: RedisStreamBus,
+    settings: Settings,
+    redis: Redis,
+    make_event: MakeEvent,
+    open_source: Callable[..., Awaitable[StreamSource]],
+) -> None:
+    source = await open_source(lines=True)
+    event = make_event(1)
+    await publish_all(bus, [event])
+    wrong = msgspec.json.decode(encode_event(make_event(2))) | {"status": "200"}
+    await redis.xadd(settings.streams.key, {"event": msgspec.json.encode(wrong)})
+
+    good, bad = await source.read(10, 0.1)
+
+    assert (good.event, good.event_id, good.raw) == (None, event.id, encode_event(event))
+    assert (bad.event, bad.event_id) == (None, "")  # not an event: the dispatcher dead-letters it
 
 
 async def test_maxlen_trims_the_stream_approximately(

@@ -17,7 +17,7 @@ from typing import Any
 from llmproxy.dispatch.backends.base import Backend, DeliveryError
 from llmproxy.dispatch.dispatcher import Dispatcher
 from llmproxy.events.bus import Delivery
-from llmproxy.events.model import Event, Usage
+from llmproxy.events.model import Event, Usage, encode_event
 
 DEADLINE_S = 10.0
 STARTED_AT = "2026-01-01T12:00:00.250000Z"
@@ -197,14 +197,21 @@ class RecordingSource:
         added = []
         for event in events:
             self._sequence += 1
-            added.append(Delivery(f"0-{self._sequence}", event, b"{not json", deliveries))
+            if event is None:  # what a source hands out for an entry that is not an event
+                added.append(Delivery(f"0-{self._sequence}", None, b"{not json", deliveries))
+            else:
+                added.append(
+                    Delivery(f"0-{self._sequence}", event, encode_event(event), deliveries, event.id)
+                )
         self.waiting += added
         self._arrived.set()
         return added
 
     def redeliver_unacked(self) -> None:
         """What XAUTOCLAIM does for idle pending entries: hand them out again, counted."""
-        again = [Delivery(d.entry_id, d.event, d.raw, d.deliveries + 1) for d in self.unacked.values()]
+        again = [
+            Delivery(d.entry_id, d.event, d.raw, d.deliveries + 1, d.event_id) for d in self.unacked.values()
+        ]
         self.unacked.clear()
         self.waiting += again
         self._arrived.set()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import msgspec
 import pytest
 
 from llmproxy.dispatch.backends.base import DeliveryError
 from llmproxy.dispatch.dispatcher import Dispatcher
-from llmproxy.events.model import Event
+from llmproxy.events.bus import Delivery
+from llmproxy.events.model import Event, encode_event
 from tests.unit.dispatch.doubles import DEADLINE_S, RecordingSource, ScriptedBackend, Waits, make_event
 
 
@@ -80,6 +82,67 @@ async def test_a_trickle_of_events_is_fetched_in_few_reads_and_sent_as_one_batch
     finally:
         stop.set()
         await asyncio.wait_for(task, DEADLINE_S)
+
+
+async def test_the_next_batch_is_read_while_the_current_one_is_being_sent() -> None:
+    source = RecordingSource()
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    class SlowBackend(ScriptedBackend):
+        async def send(self, batch: list[Event]) -> None:
+            entered.set()
+            await gate.wait()
+            await super().send(batch)
+
+    backend = SlowBackend()
+    source.put(*events(150))
+    stop = asyncio.Event()
+    task = asyncio.create_task(Dispatcher(source, backend, batch_size=100, flush_interval=0.05).run(stop))
+    try:
+        await asyncio.wait_for(entered.wait(), DEADLINE_S)
+        async with asyncio.timeout(DEADLINE_S):
+            while len(source.handed) < 150:  # read ahead: the last 50 are fetched during the first send
+                await asyncio.sleep(0.005)
+        assert source.acked == []
+        gate.set()
+        async with asyncio.timeout(DEADLINE_S):
+            while len(source.acked) < 150:
+                await asyncio.sleep(0.005)
+        assert [len(b) for b in backend.sends] == [100, 50]
+    finally:
+        gate.set()
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+
+
+class LineBackend(ScriptedBackend):
+    """Takes events as stored lines, like the file backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[str, bytes]] = []
+
+    async def send_lines(self, batch: list[tuple[str, bytes]]) -> None:
+        self.lines += batch
+
+
+async def test_a_line_backend_gets_the_stored_bytes_one_line_each() -> None:
+    source, backend = RecordingSource(), LineBackend()
+    a, b = events(2)
+    pretty = msgspec.json.format(encode_event(b), indent=2)  # an entry spanning lines: made one line
+    source.waiting.append(Delivery("9-1", None, pretty, 1, b.id))
+    source.put(a)
+    await run_until(Dispatcher(source, backend, flush_interval=0.01), lambda: len(source.acked) == 2)
+    assert backend.lines == [(b.id, encode_event(b)), (a.id, encode_event(a))]
+    assert backend.sends == []
+
+
+async def test_a_line_backend_fed_by_the_in_memory_bus_gets_the_events_encoded() -> None:
+    source, backend = RecordingSource(), LineBackend()
+    event = make_event()
+    source.waiting.append(Delivery("1", event, b"", 1, event.id))  # what the in-memory bus hands out
+    await run_until(Dispatcher(source, backend, flush_interval=0.01), lambda: bool(source.acked))
+    assert backend.lines == [(event.id, encode_event(event))]
 
 
 async def test_nothing_is_acked_before_the_backend_accepted_the_batch() -> None:
