@@ -10,6 +10,7 @@ import asyncio
 import base64
 import functools
 import logging
+import math
 import re
 import uuid
 import zlib
@@ -67,9 +68,21 @@ class _RequestHead(msgspec.Struct):
 _request_head = msgspec.json.Decoder(_RequestHead)
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted: most events share it
+
+
 def rfc3339(timestamp: float) -> str:
-    """`2026-11-23T09:01:37.123456Z` for a time.time() value."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """`2026-11-23T09:01:37.123456Z` for a time.time() value (microseconds rounded, as datetime does)."""
+    global _second
+    fraction, whole = math.modf(timestamp)  # split first, then round: exactly datetime's arithmetic
+    second, micro = int(whole), round(fraction * 1_000_000)
+    if micro == 1_000_000:
+        second, micro = second + 1, 0
+    cached, prefix = _second
+    if second != cached:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second = (second, prefix)
+    return f"{prefix}.{micro:06d}Z"
 
 
 @functools.lru_cache(maxsize=1024)

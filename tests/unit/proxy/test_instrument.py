@@ -15,7 +15,14 @@ import pytest
 from llmproxy.config import EventSettings
 from llmproxy.events.model import Event, Usage, encode_event
 from llmproxy.proxy.capture import Exchange
-from llmproxy.proxy.instrument import Instrumentation, build_event, decode_body, redact_headers, request_model
+from llmproxy.proxy.instrument import (
+    Instrumentation,
+    build_event,
+    decode_body,
+    redact_headers,
+    request_model,
+    rfc3339,
+)
 
 SECRET_TOKEN = "sk-withering0123456789abcdefghijklmnop"
 SECRET_KEY = "sk-proj-UPSTREAMKEY0123456789abcdefghij"
@@ -346,3 +353,21 @@ def test_an_exchange_that_cannot_be_built_is_counted_not_raised() -> None:
     instrumentation = Instrumentation(bus, EventSettings())
     instrumentation(exchange(request_headers=None))
     assert (bus.events, instrumentation.failures) == ([], 1)
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        1767268800.25,
+        1767268800.0,
+        1767268800.9999996,  # rounds up into the next second
+        1767268800.0000005,  # half a microsecond: rounded as datetime rounds it
+        1767268801.0000015,
+        0.0,
+        1700000008.7486315,
+        2e9 + 0.123456,
+    ],
+)
+def test_started_at_is_formatted_exactly_as_datetime_would(timestamp: float) -> None:
+    for _ in range(2):  # the second is cached after the first call: both must agree
+        assert rfc3339(timestamp) == datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
