@@ -110,6 +110,26 @@ def test_credentials_are_redacted_and_header_names_lowercased() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "BEARER abc",  # any case
+        "x SK-abcdefgh12345",
+        "Basic\tdXNlcjpwYXNz",
+        "Bearer tökén",  # not ASCII: the regex alone decides
+        "\u017fk-abcdefgh12345",  # the long s matches s case-insensitively, as re does
+        "note: sk-abcdefgh1234 ünïcode",
+    ],
+)
+def test_a_secret_value_is_redacted_under_an_innocent_name_whatever_its_case_or_script(value: str) -> None:
+    assert redact_headers({"X-Note": value}) == {"x-note": "[REDACTED]"}
+
+
+@pytest.mark.parametrize("value", ["basically fine", "sk-short", "bearer", "ünïcode text", "Mozilla/5.0"])
+def test_a_value_that_only_resembles_a_secret_is_kept(value: str) -> None:
+    assert redact_headers({"X-Note": value}) == {"x-note": value}
+
+
 def test_encoded_event_is_exactly_the_spec_shape_and_holds_no_secret() -> None:
     bus = RecordingBus()
     Instrumentation(bus, EventSettings())(
