@@ -18,8 +18,9 @@ none (in-memory bus, no dispatcher: no observer), memory+file (file dispatcher i
 streams+worker (redis-streams bus, one file worker process). --repeat N reports medians.
 --cache turns the HTTP cache on and adds, per concurrency level, a run where every request is a hit
 and one where every request is a miss (numbered bodies, `Cache-Control: max-age=300`).
-It ends with two machine references: ns per plain Python loop iteration and CPU µs per bare aiohttp
-client request, so figures from different machines can be compared.
+It ends with three machine references: ns per plain Python loop iteration, CPU µs per bare aiohttp
+client request and CPU µs per request through the proxy's own upstream pool, so figures from
+different machines (or hours) can be compared.
 """
 
 from __future__ import annotations
