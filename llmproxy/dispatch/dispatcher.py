@@ -94,7 +94,8 @@ class Dispatcher:
             while ahead is not None or not stop.is_set():
                 try:
                     if ahead is not None:
-                        batch, ahead = await ahead, None
+                        reading, ahead = ahead, None  # let go of it first: if it failed, read afresh next
+                        batch = await reading
                     else:
                         batch = await self._collect(stop)
                     if batch:

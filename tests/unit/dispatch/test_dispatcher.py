@@ -115,6 +115,36 @@ async def test_the_next_batch_is_read_while_the_current_one_is_being_sent() -> N
         await asyncio.wait_for(task, DEADLINE_S)
 
 
+async def test_a_read_ahead_that_fails_is_not_awaited_again_and_reading_recovers() -> None:
+    source = RecordingSource()
+
+    class FailAheadBackend(ScriptedBackend):
+        async def send(self, batch: list[Event]) -> None:
+            if not self.sends:
+                source.fail_reads = 1  # the read-ahead, started with this send, meets a Redis outage
+                await asyncio.sleep(0.05)
+            await super().send(batch)
+
+    backend = FailAheadBackend()
+    first, second = events(2)
+    source.put(first)
+    dispatcher = Dispatcher(source, backend, batch_size=1, flush_interval=0.01, backoff=Waits())
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            while not source.acked:
+                await asyncio.sleep(0.005)
+            source.put(second)
+            while len(source.acked) < 2:
+                await asyncio.sleep(0.005)
+        assert backend.accepted == [first.id, second.id]
+        assert dispatcher.stats.last_error is not None and "redis is down" in dispatcher.stats.last_error
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+
+
 class LineBackend(ScriptedBackend):
     """Takes events as stored lines, like the file backend."""
 
