@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import cast
+from typing import NamedTuple, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ("UpstreamConnection", "UpstreamError", "UpstreamResponse")
+__all__ = ("Origin", "UpstreamConnection", "UpstreamError", "UpstreamResponse")
 
 _HIGH_WATER = 256 * 1024  # response bytes buffered before the upstream socket stops being read
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -21,6 +21,17 @@ _NO_BODY_STATUS = frozenset({204, 304})
 
 class UpstreamError(ConnectionError):
     """The upstream could not be reached, or broke the exchange (closed early, answered garbage)."""
+
+
+class Origin(NamedTuple):
+    """Where a connection goes; the pool keeps its connections per ``key``."""
+
+    key: tuple[str, str, int]  # (scheme, host, port): connections are pooled per origin
+    host: str  # connect to
+    port: int
+    host_header: str
+    prefix: str  # the base URL's path, before every request target
+    tls: bool
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -114,9 +125,19 @@ class UpstreamResponse:
         self._conn.response = None
         self._done(self._conn, reusable)
 
-    async def _wait(self) -> None:
+    async def wait_headers(self) -> None:
+        """Until the status and headers are in. The read timeout counts from the end of the request
+        body (a slow upload is bounded by the exchange's deadline alone, as with aiohttp)."""
+        while not self._headers_done:
+            if self._error is not None:
+                raise self._error
+            await self._wait(reading=self._conn.body_task is None)
+
+    async def _wait(self, *, reading: bool = True) -> None:
         loop = asyncio.get_running_loop()
-        timeout = min(self._read_timeout, self._deadline - loop.time())
+        timeout = self._deadline - loop.time()
+        if reading:
+            timeout = min(self._read_timeout, timeout)
         if timeout <= 0:
             raise TimeoutError()
         waiter = self._waiter = loop.create_future()
@@ -172,8 +193,8 @@ _EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection; feeds the response in flight (at most one) from llhttp's callbacks."""
 
-    def __init__(self, origin: object) -> None:
-        self.origin = origin  # the pool's key for it
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
         self.transport: asyncio.Transport | None = None
         self.response: UpstreamResponse | None = None
         self.closed = False
@@ -189,8 +210,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._informational = False
         self._head = False
         self._can_write: asyncio.Future[None] | None = None
-        self.used = False  # answered at least once: a failure before any byte may be a stale connection
-        self.received = False
+        self.received = (
+            False  # any byte of the current exchange's answer: a reused one failing before is stale
+        )
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -203,7 +225,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if self.response is not None:
                 self.response._fail(UpstreamError(f"invalid HTTP response from upstream: {exc}"))
             self.close()
@@ -212,8 +234,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if self.response is not None:
             self.response._on_lost(exc)
-        if self._can_write is not None and not self._can_write.done():
-            self._can_write.set_exception(UpstreamError("upstream closed the connection"))
+        if self._can_write is not None:
+            self._can_write.cancel()  # a body writer waiting on it is cancelled below; nobody else awaits it
         if self.body_task is not None:
             self.body_task.cancel()
 
@@ -253,7 +275,11 @@ class UpstreamConnection(asyncio.Protocol):
         response = self.response
         if self._stray or self._informational or response is None:
             return  # 1xx: the real answer follows
-        self.keep_alive = self.keep_alive and self._parser.should_keep_alive() and status != 101
+        if status == 101:  # the client asked for no upgrade (Upgrade is hop-by-hop): nothing to tunnel
+            self.keep_alive = False
+            response._fail(UpstreamError("upstream switched protocols (101): not proxied"))
+            return
+        self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
         until_close = not self._framed and status not in _NO_BODY_STATUS and not self._head
         reason = self._reason.decode("utf-8", "surrogateescape")
         response._on_headers(status, reason, self._headers, until_close)
@@ -322,6 +348,8 @@ class UpstreamConnection(asyncio.Protocol):
                     await self._can_write
             if chunked:
                 transport.write(b"0\r\n\r\n")
+            if self.response is not None:
+                self.response._wake()  # sent: the wait for the answer is now bounded by the read timeout
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

@@ -1,6 +1,6 @@
 """The catch-all proxy route: policy → token → body → cache → count → forward → relay → observers.
 
-The hot path: one shared upstream session, no body re-encoding, response chunks written to the client
+The hot path: one shared upstream pool, no body re-encoding, response chunks written to the client
 as they arrive (``relay``), and capture work only when somebody observes.
 """
 
@@ -318,7 +318,7 @@ class ProxyHandler:
         cors = self._policy.cors_headers(origin) if origin is not None else None
         resp = await relay(request, up, flight, own_headers, cors=cors)
         kept = flight.kept
-        if cache is not None and kept is not None and flight.error is None and not kept.truncated:
+        if cache is not None and kept is not None and flight.error is None:  # relay drops a truncated copy
             try:
                 await cache.store(request, grant, body or b"", up.status, up_headers, kept.value())
             except Exception:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
-from typing import NamedTuple
 
 from yarl import URL
 
 from llmproxy.config import ApiConfig
-from llmproxy.proxy.connection import UpstreamConnection, UpstreamError, UpstreamResponse
+from llmproxy.proxy.connection import Origin, UpstreamConnection, UpstreamError, UpstreamResponse
 
 __all__ = ("UpstreamError", "UpstreamPool", "UpstreamResponse")
 
@@ -25,16 +24,7 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # say Content-Length: 0 when there is no body
 
 
-class _Origin(NamedTuple):
-    key: tuple[str, str, int]  # (scheme, host, port): connections are pooled per origin
-    host: str  # connect to
-    port: int
-    host_header: str
-    prefix: str  # the base URL's path, before every request target
-    tls: bool
-
-
-def _origin(base_url: str) -> _Origin:
+def _origin(base_url: str) -> Origin:
     url = URL(base_url)
     if url.scheme not in ("http", "https") or not url.raw_host or url.port is None:
         raise UpstreamError(f"not an http(s) upstream URL: {base_url!r}")
@@ -42,7 +32,7 @@ def _origin(base_url: str) -> _Origin:
     host_header = f"[{host}]" if ":" in host else host
     if not url.is_default_port():
         host_header += f":{url.port}"
-    return _Origin((url.scheme, host, url.port), host, url.port, host_header, url.raw_path.rstrip("/"),
+    return Origin((url.scheme, host, url.port), host, url.port, host_header, url.raw_path.rstrip("/"),
                    url.scheme == "https")  # fmt: skip
 
 
@@ -62,9 +52,9 @@ class UpstreamPool:
         self._idle_timeout = t.idle_connection
         self._limit = asyncio.Semaphore(api.max_connections) if api.max_connections > 0 else None
         self._per_host = api.max_connections_per_host
-        self._host_limits: dict[tuple[str, str, int], asyncio.Semaphore] = {}
+        self._slots: dict[tuple[str, str, int], tuple[asyncio.Semaphore, ...]] = {}  # per origin
         self._idle: dict[tuple[str, str, int], list[UpstreamConnection]] = {}
-        self._origins: dict[str, _Origin] = {}
+        self._origins: dict[str, Origin] = {}
         self._ssl = ssl_context  # None: the system's CAs, made on the first https request
         self._closed = False
 
@@ -89,7 +79,7 @@ class UpstreamPool:
         head, chunked = self._head(method, origin, target, headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._total
-        await self._acquire(origin)
+        await self._acquire(origin, deadline)
         try:
             return await self._exchange(method, origin, head, body, chunked, deadline, retry=True)
         except BaseException:
@@ -106,7 +96,7 @@ class UpstreamPool:
     def _head(
         self,
         method: str,
-        origin: _Origin,
+        origin: Origin,
         target: str,
         headers: list[tuple[str, str]],
         body: bytes | AsyncIterator[bytes] | None,
@@ -132,7 +122,7 @@ class UpstreamPool:
     async def _exchange(
         self,
         method: str,
-        origin: _Origin,
+        origin: Origin,
         head: bytes,
         body: bytes | AsyncIterator[bytes] | None,
         chunked: bool,
@@ -140,17 +130,16 @@ class UpstreamPool:
         *,
         retry: bool,
     ) -> UpstreamResponse:
-        conn = self._reuse(origin) or await self._connect(origin, deadline)
+        conn = self._reuse(origin)
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect(origin, deadline)
         response = UpstreamResponse(conn, self._done, self._read_timeout, deadline)
         conn.response = response
         conn.received = False
-        reused, conn.used = conn.used, True
         try:
             conn.send(method, head, body, chunked)
-            while not response._headers_done:
-                if response._error is not None:
-                    raise response._error
-                await response._wait()
+            await response.wait_headers()
         except UpstreamError:
             conn.response = None
             conn.close()
@@ -164,7 +153,7 @@ class UpstreamPool:
             raise
         return response
 
-    def _reuse(self, origin: _Origin) -> UpstreamConnection | None:
+    def _reuse(self, origin: Origin) -> UpstreamConnection | None:
         idle = self._idle.get(origin.key)
         if not idle:
             return None
@@ -178,7 +167,7 @@ class UpstreamPool:
             return conn
         return None
 
-    async def _connect(self, origin: _Origin, deadline: float) -> UpstreamConnection:
+    async def _connect(self, origin: Origin, deadline: float) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
         timeout = min(self._connect_timeout, deadline - loop.time())
         tls: ssl.SSLContext | None = None
@@ -204,7 +193,6 @@ class UpstreamPool:
     def _done(self, conn: UpstreamConnection, reusable: bool) -> None:
         """An exchange is over: its slot is free, and its connection idle (or closed)."""
         origin = conn.origin
-        assert isinstance(origin, _Origin)
         self._release(origin)
         if not reusable:
             return
@@ -214,22 +202,32 @@ class UpstreamPool:
         conn.idle_since = asyncio.get_running_loop().time()
         self._idle.setdefault(origin.key, []).append(conn)
 
-    async def _acquire(self, origin: _Origin) -> None:
-        if self._limit is not None:
-            await self._limit.acquire()
-        if self._per_host > 0:
-            limit = self._host_limits.get(origin.key)
-            if limit is None:
-                limit = self._host_limits[origin.key] = asyncio.Semaphore(self._per_host)
-            try:
-                await limit.acquire()
-            except BaseException:
-                if self._limit is not None:
-                    self._limit.release()
-                raise
+    async def _acquire(self, origin: Origin, deadline: float) -> None:
+        """A slot under ``max_connections`` (and per host). Waiting for one counts as connecting, bounded
+        by the connect timeout as aiohttp bounds it; no timer is armed when a slot is free."""
+        slots = self._slots.get(origin.key)
+        if slots is None:
+            per_host = (asyncio.Semaphore(self._per_host),) if self._per_host > 0 else ()
+            slots = self._slots[origin.key] = (self._limit,) + per_host if self._limit else per_host
+        if not any(slot.locked() for slot in slots):
+            await _take(slots)
+            return
+        timeout = min(self._connect_timeout, deadline - asyncio.get_running_loop().time())
+        async with asyncio.timeout(timeout):
+            await _take(slots)
 
-    def _release(self, origin: _Origin) -> None:
-        if self._per_host > 0:
-            self._host_limits[origin.key].release()
-        if self._limit is not None:
-            self._limit.release()
+    def _release(self, origin: Origin) -> None:
+        for slot in self._slots[origin.key]:
+            slot.release()
+
+
+async def _take(slots: tuple[asyncio.Semaphore, ...]) -> None:
+    taken: list[asyncio.Semaphore] = []
+    try:
+        for slot in slots:
+            await slot.acquire()
+            taken.append(slot)
+    except BaseException:
+        for slot in taken:
+            slot.release()
+        raise

@@ -11,6 +11,7 @@ import datetime
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from pathlib import Path
 
 import msgspec
@@ -122,8 +123,7 @@ def keep_answering(body_for: Callable[[bytes], bytes] = lambda request: OK) -> C
 
 async def test_the_request_goes_out_exactly_as_framed_and_the_answer_comes_back_whole() -> None:
     async with await serving(keep_answering()) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request(
                 "POST",
                 server.base + "/prefix",
@@ -138,8 +138,6 @@ async def test_the_request_goes_out_exactly_as_framed_and_the_answer_comes_back_
             ]
             assert await read_all(response) == b'{"ok":true}' and response.is_eof()
             response.release()
-        finally:
-            await pool.aclose()
     port = server.base.rsplit(":", 1)[1]
     assert server.received == [
         b"POST /prefix/v1/chat/completions?a=1%202 HTTP/1.1\r\n"
@@ -151,8 +149,7 @@ async def test_the_request_goes_out_exactly_as_framed_and_the_answer_comes_back_
 
 async def test_a_released_connection_is_reused_and_a_closed_one_is_not() -> None:
     async with await serving(keep_answering()) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             for _ in range(3):
                 response = await pool.request("GET", server.base, "/v1/models", [])
                 await read_all(response)
@@ -164,25 +161,19 @@ async def test_a_released_connection_is_reused_and_a_closed_one_is_not() -> None
             await read_all(response)
             response.release()
             assert server.connections == 2
-        finally:
-            await pool.aclose()
     assert server.received[0] == f"GET /v1/models HTTP/1.1\r\nHost: {server.base[7:]}\r\n\r\n".encode()
 
 
 async def test_a_post_without_a_body_says_content_length_0() -> None:
     async with await serving(keep_answering()) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request("POST", server.base, "/v1/files", [])
             await read_all(response)
             response.release()
-        finally:
-            await pool.aclose()
     assert server.received[0].endswith(b"\r\nContent-Length: 0\r\n\r\n")
 
 
 async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives() -> None:
-    sent_second = asyncio.Event()
     release_second = asyncio.Event()
 
     def script_for(server: RawServer) -> Script:
@@ -196,14 +187,12 @@ async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives() -> None:
             await release_second.wait()
             writer.write(b"3\r\n1\n\n\r\n0\r\n\r\n")
             await writer.drain()
-            sent_second.set()
             await reader.read()  # keep the connection open: the end is the final chunk, not a close
 
         return script
 
     async with await serving(script_for) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
             assert await response.readany() == b"data: "
             assert not response.is_eof()
@@ -212,8 +201,6 @@ async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives() -> None:
             assert await response.readany() == b""
             assert response.headers["Transfer-Encoding"] == "chunked"
             response.release()
-        finally:
-            await pool.aclose()
 
 
 async def test_an_answer_without_length_ends_when_the_upstream_closes_and_is_not_reused() -> None:
@@ -229,15 +216,12 @@ async def test_an_answer_without_length_ends_when_the_upstream_closes_and_is_not
         return script
 
     async with await serving(script_for) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             for _ in range(2):
                 response = await pool.request("GET", server.base, "/v1/models", [])
                 assert await read_all(response) == b"until the end"
                 response.release()
             assert server.connections == 2
-        finally:
-            await pool.aclose()
 
 
 async def test_a_cut_short_body_is_an_upstream_error_not_a_short_success() -> None:
@@ -251,15 +235,12 @@ async def test_a_cut_short_body_is_an_upstream_error_not_a_short_success() -> No
         return script
 
     async with await serving(script_for) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request("GET", server.base, "/v1/models", [])
             assert await response.readany() == b"only part"
             with pytest.raises(UpstreamError, match="closed the connection"):
                 await response.readany()
             response.close()
-        finally:
-            await pool.aclose()
 
 
 async def test_a_streamed_body_goes_chunked_without_a_length_and_raw_with_one() -> None:
@@ -283,14 +264,11 @@ async def test_a_streamed_body_goes_chunked_without_a_length_and_raw_with_one() 
             yield part
 
     async with await serving(script_for) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             for headers in ([], [("Content-Length", "6")]):
                 response = await pool.request("PUT", server.base, "/v1/files", headers, parts())
                 assert await read_all(response) == b'{"ok":true}'
                 response.release()
-        finally:
-            await pool.aclose()
     assert server.received[0].endswith(b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
     assert server.received[1].endswith(b"\r\nContent-Length: 6\r\n\r\nabcdef")
     assert b"Transfer-Encoding" not in server.received[1]
@@ -308,70 +286,52 @@ async def test_a_streamed_body_that_fails_fails_the_exchange() -> None:
         raise ValueError("request body too large")
 
     async with await serving(script_for) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             with pytest.raises(UpstreamError, match="request body too large"):
                 await pool.request("POST", server.base, "/v1/files", [], broken())
-        finally:
-            await pool.aclose()
 
 
 async def test_the_answer_to_head_has_no_body_even_with_a_length() -> None:
     async with await serving(keep_answering()) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request("HEAD", server.base, "/v1/models", [])
             assert response.headers["Content-Length"] == "11"
             assert await response.readany() == b"" and response.is_eof()
             response.release()
-        finally:
-            await pool.aclose()
 
 
 async def test_an_interim_100_continue_is_skipped() -> None:
     async with await serving(keep_answering(lambda request: b"HTTP/1.1 100 Continue\r\n\r\n" + OK)) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
             assert response.status == 200
             assert await read_all(response) == b'{"ok":true}'
             response.release()
-        finally:
-            await pool.aclose()
 
 
 async def test_garbage_instead_of_http_is_an_upstream_error() -> None:
     async with await serving(keep_answering(lambda request: b"SSH-2.0-OpenSSH_9.2\r\n\r\n")) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             with pytest.raises(UpstreamError, match="invalid HTTP response"):
                 await pool.request("GET", server.base, "/v1/models", [])
-        finally:
-            await pool.aclose()
 
 
 async def test_nothing_is_sent_when_a_header_carries_a_line_break() -> None:
     async with await serving(keep_answering()) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             with pytest.raises(UpstreamError, match="CR or LF"):
                 await pool.request(
                     "GET", server.base, "/v1/models", [("Authorization", "Bearer a\r\nX-Evil: 1")]
                 )
-        finally:
-            await pool.aclose()
     assert server.connections == 0
 
 
 async def test_an_unreachable_upstream_is_an_upstream_error() -> None:
     async with await serving(keep_answering()) as server:
         base = server.base
-    pool = UpstreamPool(api())
-    try:
+    async with aclosing(UpstreamPool(api())) as pool:
         with pytest.raises(UpstreamError, match="cannot connect"):
             await pool.request("GET", base, "/v1/models", [])
-    finally:
-        await pool.aclose()
 
 
 async def test_no_headers_within_the_read_timeout_is_a_timeout() -> None:
@@ -382,12 +342,9 @@ async def test_no_headers_within_the_read_timeout_is_a_timeout() -> None:
         return script
 
     async with await serving(script_for) as server:
-        pool = UpstreamPool(api(response_header=0.2))
-        try:
+        async with aclosing(UpstreamPool(api(response_header=0.2))) as pool:
             with pytest.raises(TimeoutError):
                 await pool.request("GET", server.base, "/v1/models", [])
-        finally:
-            await pool.aclose()
 
 
 async def test_a_body_that_keeps_trickling_is_cut_at_the_request_timeout() -> None:
@@ -403,14 +360,11 @@ async def test_a_body_that_keeps_trickling_is_cut_at_the_request_timeout() -> No
         return script
 
     async with await serving(script_for) as server:
-        pool = UpstreamPool(api(response_header=5, request=0.5))
-        try:
+        async with aclosing(UpstreamPool(api(response_header=5, request=0.5))) as pool:
             response = await pool.request("GET", server.base, "/v1/models", [])
             with pytest.raises(TimeoutError):
                 await read_all(response)
             response.close()
-        finally:
-            await pool.aclose()
 
 
 async def test_an_idle_connection_the_upstream_closed_is_not_used_again() -> None:
@@ -424,16 +378,13 @@ async def test_an_idle_connection_the_upstream_closed_is_not_used_again() -> Non
         return script
 
     async with await serving(script_for) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             for _ in range(3):
                 response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
                 assert await read_all(response) == b'{"ok":true}'
                 response.release()
                 await asyncio.sleep(0.05)  # the close reaches the pool
             assert server.connections == 3
-        finally:
-            await pool.aclose()
 
 
 async def test_a_get_on_a_reused_connection_closed_unanswered_is_retried_once_a_post_is_not() -> None:
@@ -448,8 +399,7 @@ async def test_a_get_on_a_reused_connection_closed_unanswered_is_retried_once_a_
         return script
 
     async with await serving(script_for) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request("GET", server.base, "/v1/models", [])
             await read_all(response)
             response.release()
@@ -460,8 +410,6 @@ async def test_a_get_on_a_reused_connection_closed_unanswered_is_retried_once_a_
             with pytest.raises(UpstreamError):
                 await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
             assert server.connections == 2
-        finally:
-            await pool.aclose()
 
 
 async def test_max_connections_bounds_the_exchanges_in_flight() -> None:
@@ -500,18 +448,17 @@ async def test_max_connections_bounds_the_exchanges_in_flight() -> None:
             await pool.aclose()
 
 
-async def test_a_large_answer_arrives_intact_through_the_read_pause(tmp_path: Path) -> None:
+async def test_a_large_answer_arrives_intact_through_the_read_pause() -> None:
     payload = bytes(range(256)) * (16 * 1024)  # 4 MiB, well past the pool's read high-water mark
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
     async with await serving(keep_answering(lambda request: answer)) as server:
-        pool = UpstreamPool(api())
-        try:
+        async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request("GET", server.base, "/v1/files/f/content", [])
-            await asyncio.sleep(0.2)  # let the socket fill up past the high-water mark before reading
+            async with asyncio.timeout(5):  # unread, the answer fills the buffer and the socket is paused
+                while not response._conn._reading_paused:
+                    await asyncio.sleep(0.01)
             assert await read_all(response) == payload
             response.release()
-        finally:
-            await pool.aclose()
 
 
 def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -556,33 +503,123 @@ async def test_https_upstreams_are_verified_and_kept_alive(tmp_path: Path) -> No
 
     async with RawServer(script, tls=server_tls) as server:
         holder.append(server)
-        pool = UpstreamPool(api(), ssl_context=client_tls)
-        try:
+        async with aclosing(UpstreamPool(api(), ssl_context=client_tls)) as pool:
             for _ in range(2):
                 response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
                 assert await read_all(response) == b'{"ok":true}'
                 response.release()
             assert server.connections == 1
-        finally:
-            await pool.aclose()
-        untrusting = UpstreamPool(api())  # the system's CAs: the self-signed certificate is refused
-        try:
+        async with aclosing(
+            UpstreamPool(api())
+        ) as untrusting:  # the system's CAs: the self-signed certificate is refused
             with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
                 await untrusting.request("GET", server.base, "/v1/models", [])
-        finally:
-            await untrusting.aclose()
     assert server.received[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost:")
 
 
 async def test_a_connection_idle_past_idle_connection_is_closed_not_reused() -> None:
     async with await serving(keep_answering()) as server:
-        pool = UpstreamPool(api(idle_connection=0.05))
-        try:
+        async with aclosing(UpstreamPool(api(idle_connection=0.05))) as pool:
             for pause in (0.0, 0.2):
                 await asyncio.sleep(pause)
                 response = await pool.request("GET", server.base, "/v1/models", [])
                 await read_all(response)
                 response.release()
             assert server.connections == 2
-        finally:
-            await pool.aclose()
+
+
+def silent(server: RawServer) -> Script:
+    """Reads the request and never answers."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        await reader.read()
+
+    return script
+
+
+async def test_a_slow_upload_is_bounded_by_the_request_timeout_not_the_read_timeout() -> None:
+    async def slowly() -> AsyncIterator[bytes]:
+        for part in (b"ab", b"cd", b"ef"):
+            await asyncio.sleep(0.2)  # 0.6 s in all, past the 0.3 s read timeout
+            yield part
+
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)  # the whole body first (Content-Length: 6), then the answer
+            writer.write(OK)
+            await writer.drain()
+            await reader.read()
+
+        return script
+
+    async with await serving(script_for) as server:
+        async with aclosing(UpstreamPool(api(response_header=0.3, request=5))) as pool:
+            response = await pool.request(
+                "PUT", server.base, "/v1/files", [("Content-Length", "6")], slowly()
+            )
+            assert await read_all(response) == b'{"ok":true}'
+            response.release()
+    assert server.received[0].endswith(b"\r\n\r\nabcdef")
+
+
+async def test_waiting_for_a_free_slot_is_bounded_by_the_connect_timeout() -> None:
+    async with await serving(silent) as server:
+        limited = msgspec.structs.replace(api(connect=0.2, request=30), max_connections=1)
+        async with aclosing(UpstreamPool(limited)) as pool:
+            holder = asyncio.ensure_future(pool.request("GET", server.base, "/v1/models", []))
+            async with asyncio.timeout(5):
+                while not server.received:
+                    await asyncio.sleep(0.01)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(TimeoutError):
+                await pool.request("GET", server.base, "/v1/models", [])
+            assert asyncio.get_running_loop().time() - started < 5  # the connect timeout, not the request's
+            holder.cancel()
+
+
+async def test_a_failed_exchange_gives_its_slot_back() -> None:
+    answers = iter([b"SSH-2.0-OpenSSH_9.2\r\n\r\n", OK])
+    async with await serving(keep_answering(lambda request: next(answers))) as server:
+        limited = msgspec.structs.replace(api(connect=0.5), max_connections=1)
+        async with aclosing(UpstreamPool(limited)) as pool:
+            with pytest.raises(UpstreamError):
+                await pool.request("GET", server.base, "/v1/models", [])
+            response = await pool.request("GET", server.base, "/v1/models", [])  # would wait 0.5 s, then fail
+            assert await read_all(response) == b'{"ok":true}'
+            response.release()
+
+
+async def test_max_connections_per_host_holds_each_origin_apart() -> None:
+    async with await serving(silent) as busy, await serving(keep_answering()) as other:
+        limited = msgspec.structs.replace(api(connect=0.2), max_connections_per_host=1)
+        async with aclosing(UpstreamPool(limited)) as pool:
+            holder = asyncio.ensure_future(pool.request("GET", busy.base, "/v1/models", []))
+            async with asyncio.timeout(5):
+                while not busy.received:
+                    await asyncio.sleep(0.01)
+            with pytest.raises(TimeoutError):
+                await pool.request("GET", busy.base, "/v1/models", [])
+            response = await pool.request("GET", other.base, "/v1/models", [])  # another origin: a free slot
+            assert await read_all(response) == b'{"ok":true}'
+            response.release()
+            holder.cancel()
+
+
+async def test_an_answer_saying_connection_close_is_not_reused() -> None:
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    async with await serving(keep_answering(lambda request: closing)) as server:  # keeps the socket open
+        async with aclosing(UpstreamPool(api())) as pool:
+            for _ in range(2):
+                response = await pool.request("GET", server.base, "/v1/models", [])
+                assert await read_all(response) == b"ok"
+                response.release()
+    assert server.connections == 2
+
+
+async def test_switching_protocols_is_an_upstream_error() -> None:
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    async with await serving(keep_answering(lambda request: upgrade)) as server:
+        async with aclosing(UpstreamPool(api())) as pool:
+            with pytest.raises(UpstreamError, match="101"):
+                await pool.request("GET", server.base, "/v1/models", [])
