@@ -81,27 +81,30 @@ class Dispatcher:
         self.stats = stats if stats is not None else DispatchStats()
         self._backoff = backoff
         self._linger_s = min(READ_LINGER_S, flush_interval / 4)
-        self._lines: LineBackend | None = backend if takes_lines(backend) else None  # type: ignore[assignment]
+        self._lines: LineBackend | None = backend if takes_lines(backend) else None
+        self._ahead: asyncio.Task[list[Delivery]] | None = None  # the next batch, read while one is sent
 
     async def run(self, stop: asyncio.Event) -> None:
         """Collect and deliver until ``stop``; the next batch is read while the current one is sent, so
         the source's round trips overlap the backend's (one batch ahead at most, unacked until sent)."""
         logger.info("dispatcher %s starting (batch %d)", self.backend.name, self.batch_size)
         source_failures = 0
-        ahead: asyncio.Task[list[Delivery]] | None = None
+        sent: set[str] = set()
         loop = asyncio.get_running_loop()
         try:
-            while ahead is not None or not stop.is_set():
+            while self._ahead is not None or not stop.is_set():
                 try:
-                    if ahead is not None:
-                        reading, ahead = ahead, None  # let go of it first: if it failed, read afresh next
-                        batch = await reading
+                    if self._ahead is not None:
+                        reading, self._ahead = self._ahead, None  # let go first: if it failed, read afresh
+                        # a slow send may outlast the claim time: the read-ahead then claimed its entries too
+                        batch = [d for d in await reading if d.entry_id not in sent]
                     else:
                         batch = await self._collect(stop)
                     if batch:
                         self.stats.batches += 1
+                        sent = {d.entry_id for d in batch}
                         if not stop.is_set():
-                            ahead = loop.create_task(
+                            self._ahead = loop.create_task(
                                 self._collect(stop), name=f"{self.backend.name}-read-ahead"
                             )
                         await self._deliver(batch, stop)
@@ -117,6 +120,7 @@ class Dispatcher:
                     )
                     await self._stopped_during(backoff_s(source_failures, base=0.1, cap=2.0), stop)
         finally:
+            ahead, self._ahead = self._ahead, None
             if ahead is not None:  # cancelled: what it read stays pending and is redelivered
                 ahead.cancel()
                 with contextlib.suppress(BaseException):
@@ -136,7 +140,7 @@ class Dispatcher:
         batch: list[Delivery] = []
         deadline: float | None = None
         while len(batch) < self.batch_size and not stop.is_set():
-            wait = self.flush_interval if deadline is None else deadline - loop.time()
+            wait = (self.flush_interval or MAX_BLOCK_S) if deadline is None else deadline - loop.time()
             if wait <= 0:
                 break
             arrived = await self.source.read(self.batch_size - len(batch), min(wait, MAX_BLOCK_S))
@@ -189,6 +193,7 @@ class Dispatcher:
                 else:
                     await self._dead_letter(batch, error.message)
                 return
+            self._abandon_read_ahead()
             attempt += 1
             out_of_attempts = self.max_attempts is not None and attempt >= self.max_attempts
             if out_of_attempts or await self._stopped_during(self._backoff(attempt, error.retry_after), stop):
@@ -197,6 +202,17 @@ class Dispatcher:
                                self.backend.name, len(batch), error.message)  # fmt: skip
                 return
             self.stats.retried += len(batch)
+
+    def _abandon_read_ahead(self) -> None:
+        """The backend is failing: a batch read ahead would sit unacked through the retries, long enough
+        for another consumer to claim and send it too. Leave it to the source's redelivery instead; a
+        source that never redelivers (``max_attempts=None``, the in-memory bus) keeps it."""
+        ahead = self._ahead
+        if ahead is None or self.max_attempts is None:
+            return
+        self._ahead = None
+        ahead.cancel()
+        ahead.add_done_callback(_retrieved)
 
     async def _dead_letter(self, deliveries: list[Delivery], error: str) -> None:
         await self.source.dead_letter(deliveries, error)
@@ -225,3 +241,9 @@ def _event(d: Delivery) -> Event:
     """The decoded Event (the source decodes for backends that do not take lines)."""
     assert d.event is not None
     return d.event
+
+
+def _retrieved(task: asyncio.Task[list[Delivery]]) -> None:
+    """An abandoned read-ahead's failure is expected (and logged by the next read): not an unhandled error."""
+    if not task.cancelled():
+        task.exception()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import aiohttp
 
@@ -74,7 +74,7 @@ class LineBackend(Backend, Protocol):
     async def send_lines(self, batch: list[tuple[str, bytes]]) -> None: ...
 
 
-def takes_lines(backend: Backend) -> bool:
+def takes_lines(backend: Backend) -> TypeGuard[LineBackend]:
     return callable(getattr(backend, "send_lines", None))
 
 

@@ -283,6 +283,19 @@ class ScriptedBackend:
         self.closed = True
 
 
+class GatedBackend(ScriptedBackend):
+    """Holds every send at ``gate`` (``entered`` is set once a send is waiting there)."""
+
+    def __init__(self, *script: BaseException | None) -> None:
+        super().__init__(*script)
+        self.gate, self.entered = asyncio.Event(), asyncio.Event()
+
+    async def send(self, batch: list[Event]) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        await super().send(batch)
+
+
 class Waits:
     """A backoff double for the Dispatcher: records (attempt, retry_after), waits `seconds`."""
 

@@ -12,7 +12,14 @@ from llmproxy.dispatch.backends.base import DeliveryError
 from llmproxy.dispatch.dispatcher import Dispatcher
 from llmproxy.events.bus import Delivery
 from llmproxy.events.model import Event, encode_event
-from tests.unit.dispatch.doubles import DEADLINE_S, RecordingSource, ScriptedBackend, Waits, make_event
+from tests.unit.dispatch.doubles import (
+    DEADLINE_S,
+    GatedBackend,
+    RecordingSource,
+    ScriptedBackend,
+    Waits,
+    make_event,
+)
 
 
 def transient(retry_after: float | None = None) -> DeliveryError:
@@ -85,16 +92,8 @@ async def test_a_trickle_of_events_is_fetched_in_few_reads_and_sent_as_one_batch
 
 
 async def test_the_next_batch_is_read_while_the_current_one_is_being_sent() -> None:
-    source = RecordingSource()
-    gate, entered = asyncio.Event(), asyncio.Event()
-
-    class SlowBackend(ScriptedBackend):
-        async def send(self, batch: list[Event]) -> None:
-            entered.set()
-            await gate.wait()
-            await super().send(batch)
-
-    backend = SlowBackend()
+    source, backend = RecordingSource(), GatedBackend()
+    gate, entered = backend.gate, backend.entered
     source.put(*events(150))
     stop = asyncio.Event()
     task = asyncio.create_task(Dispatcher(source, backend, batch_size=100, flush_interval=0.05).run(stop))
@@ -145,6 +144,66 @@ async def test_a_read_ahead_that_fails_is_not_awaited_again_and_reading_recovers
         await asyncio.wait_for(task, DEADLINE_S)
 
 
+async def test_entries_the_read_ahead_claimed_back_from_the_batch_being_sent_are_not_sent_twice() -> None:
+    source = RecordingSource()
+
+    class SlowBackend(ScriptedBackend):
+        async def send(self, batch: list[Event]) -> None:
+            if not self.sends:
+                source.redeliver_unacked()  # this send outlasts the claim time: XAUTOCLAIM hands it out again
+                await asyncio.sleep(0.05)  # ... to the read-ahead
+            await super().send(batch)
+
+    backend = SlowBackend()
+    event = make_event()
+    source.put(event)
+    await run_until(
+        Dispatcher(source, backend, batch_size=1, flush_interval=0.01), lambda: len(source.handed) == 2
+    )
+    assert backend.sends == [[event.id]]
+    assert [d.deliveries for d in source.handed] == [1, 2]
+
+
+async def test_a_failing_backend_leaves_the_read_ahead_batch_to_redelivery() -> None:
+    """Held unacked through the retries, it could be claimed and sent by another consumer as well."""
+    source = RecordingSource()
+
+    class FailingOnce(ScriptedBackend):
+        async def send(self, batch: list[Event]) -> None:
+            await asyncio.sleep(0.02)  # the read-ahead takes the second event meanwhile
+            await super().send(batch)
+
+    backend = FailingOnce(transient())
+    first, second = events(2)
+    source.put(first, second)
+    dispatcher = Dispatcher(source, backend, batch_size=1, flush_interval=0.01, backoff=Waits())
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            while not source.acked:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.1)
+            assert backend.accepted == [first.id]  # the second was read ahead, then let go, not sent
+            source.redeliver_unacked()
+            while len(source.acked) < 2:
+                await asyncio.sleep(0.005)
+        assert backend.accepted == [first.id, second.id]
+        assert [d.deliveries for d in source.handed if d.event_id == second.id] == [1, 2]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, DEADLINE_S)
+
+
+async def test_a_flush_interval_of_0_sends_each_read_at_once_and_still_stops() -> None:
+    source, backend = RecordingSource(), ScriptedBackend()
+    source.put(*events(3))
+    await run_until(
+        Dispatcher(source, backend, batch_size=100, flush_interval=0), lambda: len(source.acked) == 3
+    )
+    assert [len(b) for b in backend.sends] == [3]
+
+
 class LineBackend(ScriptedBackend):
     """Takes events as stored lines, like the file backend."""
 
@@ -176,16 +235,8 @@ async def test_a_line_backend_fed_by_the_in_memory_bus_gets_the_events_encoded()
 
 
 async def test_nothing_is_acked_before_the_backend_accepted_the_batch() -> None:
-    source = RecordingSource()
-    gate, entered = asyncio.Event(), asyncio.Event()
-
-    class SlowBackend(ScriptedBackend):
-        async def send(self, batch: list[Event]) -> None:
-            entered.set()
-            await gate.wait()
-            await super().send(batch)
-
-    backend = SlowBackend()
+    source, backend = RecordingSource(), GatedBackend()
+    gate, entered = backend.gate, backend.entered
     source.put(*events(2))
     stop = asyncio.Event()
     task = asyncio.create_task(Dispatcher(source, backend, flush_interval=0.01).run(stop))
