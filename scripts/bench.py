@@ -41,9 +41,11 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
+
+from llmproxy.dispatch.worker import run_loop  # uvloop where installed
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/v1/chat/completions"
@@ -145,8 +147,6 @@ class _UpstreamProtocol(asyncio.Protocol):
 
 
 def serve_upstream(port: int) -> None:
-    import uvloop
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(_UpstreamProtocol, "127.0.0.1", port, backlog=1024)
@@ -155,7 +155,7 @@ def serve_upstream(port: int) -> None:
         async with server:
             await stop.wait()
 
-    uvloop.run(main())
+    run_loop(main())
 
 
 # --- process plumbing ------------------------------------------------------------------------
@@ -290,8 +290,9 @@ def run_wrk(
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()]
     if unique:
         head, tail = REQUEST_BODY.decode().split("one word.", 1)
+        run = uuid.uuid4().hex[:8]  # per run: a later run must not hit what an earlier one stored
         lines += ["n = 0", "request = function()", "  n = n + 1",
-                  f"  return wrk.format(nil, nil, nil, {json.dumps(head + 'one word. #')} .. n .. {json.dumps(tail)})",
+                  f"  return wrk.format(nil, nil, nil, {json.dumps(head + f'one word. {run}-#')} .. n .. {json.dumps(tail)})",
                   "end"]  # fmt: skip
     script.write_text("\n".join(lines) + "\n")
     out = subprocess.run(
@@ -362,28 +363,42 @@ def run_load(url: str, token: str | None, connections: int, duration: float, wor
     return asyncio.run(_aiohttp_load(url, token, connections, duration))
 
 
-def aiohttp_client_reference(port: int, n: int = 3000) -> float:
-    """CPU µs of one bare aiohttp client request to the fake upstream, sequential, keep-alive: the
-    floor under any aiohttp proxy (which also parses the request and writes the answer) on this machine."""
-    import aiohttp
+One = Callable[[], Awaitable[None]]
+
+
+def _cpu_per_request(client: Callable[[], AbstractAsyncContextManager[One]], n: int) -> float:
+    """CPU µs per request made by the ``one`` that ``client()`` yields: sequential, after 200 warm-up
+    requests, on the loop the proxy itself runs on."""
 
     async def main() -> float:
-        url = f"http://127.0.0.1:{port}{PATH}"
-        headers = {"Content-Type": "application/json"}
+        async with client() as one:
+            for _ in range(200):
+                await one()
+            cpu0 = time.process_time()
+            for _ in range(n):
+                await one()
+            return (time.process_time() - cpu0) / n * 1e6
+
+    return run_loop(main())
+
+
+def aiohttp_client_reference(port: int, n: int = 3000) -> float:
+    """CPU µs of one bare aiohttp client request to the fake upstream, sequential, keep-alive: the
+    floor under any aiohttp proxy (which also parses the request and write the answer) on this machine."""
+    import aiohttp
+
+    @asynccontextmanager
+    async def client() -> AsyncIterator[One]:
         async with aiohttp.ClientSession() as session:
-            for i in range(n + 200):
-                if i == 200:
-                    cpu0 = time.process_time()
-                async with session.post(url, data=REQUEST_BODY, headers=headers) as resp:
+
+            async def one() -> None:
+                async with session.post(f"http://127.0.0.1:{port}{PATH}", data=REQUEST_BODY,
+                                        headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
                     await resp.read()
-        return (time.process_time() - cpu0) / n * 1e6
 
-    try:
-        import uvloop
+            yield one
 
-        return uvloop.run(main())
-    except ImportError:
-        return asyncio.run(main())
+    return _cpu_per_request(client, n)
 
 
 def pool_client_reference(port: int, n: int = 3000) -> float:
@@ -392,27 +407,20 @@ def pool_client_reference(port: int, n: int = 3000) -> float:
     from llmproxy.config import ApiConfig
     from llmproxy.proxy.pool import UpstreamPool
 
-    async def main() -> float:
-        pool = UpstreamPool(ApiConfig())
-        headers = [("Content-Type", "application/json")]
-        try:
-            for i in range(n + 200):
-                if i == 200:
-                    cpu0 = time.process_time()
-                resp = await pool.request("POST", f"http://127.0.0.1:{port}", PATH, headers, REQUEST_BODY)
+    @asynccontextmanager
+    async def client() -> AsyncIterator[One]:
+        async with aclosing(UpstreamPool(ApiConfig())) as pool:
+
+            async def one() -> None:
+                resp = await pool.request("POST", f"http://127.0.0.1:{port}", PATH,
+                                          [("Content-Type", "application/json")], REQUEST_BODY)  # fmt: skip
                 while await resp.readany():
                     pass
                 resp.release()
-        finally:
-            await pool.aclose()
-        return (time.process_time() - cpu0) / n * 1e6
 
-    try:
-        import uvloop
+            yield one
 
-        return uvloop.run(main())
-    except ImportError:
-        return asyncio.run(main())
+    return _cpu_per_request(client, n)
 
 
 async def _stream_times(port: int, token: str | None, count: int) -> dict:
