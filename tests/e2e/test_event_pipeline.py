@@ -64,18 +64,29 @@ async def stream_key():
     await r.aclose()
 
 
+def streams_env(upstream: FakeUpstream, stream_key: str, **overrides: str) -> dict[str, str]:
+    """A server on Redis Streams with `file` workers, reading in short blocks; ``overrides`` win."""
+    return {
+        "UPSTREAM_BASE_URL": upstream.url,
+        "LLM_PROXY_EVENT_BUS": "redis-streams",
+        "REDIS_ADDR": "127.0.0.1:6379",
+        "REDIS_STREAM_KEY": stream_key,
+        "REDIS_STREAM_BLOCK_TIME": "200ms",
+        "DISPATCHER_SERVICES": "file",
+        **overrides,
+    }
+
+
 async def test_kill_9_of_a_worker_mid_flow_loses_no_event_and_duplicates_none(make_server, stream_key):
     async with FakeUpstream() as upstream:
         server = await make_server(
-            UPSTREAM_BASE_URL=upstream.url,
-            LLM_PROXY_EVENT_BUS="redis-streams",
-            REDIS_ADDR="127.0.0.1:6379",
-            REDIS_STREAM_KEY=stream_key,
-            REDIS_STREAM_CLAIM_TIME="1s",
-            REDIS_STREAM_BLOCK_TIME="200ms",
-            DISPATCHER_SERVICES="file",
-            DISPATCHER_WORKERS="2",
-            DISPATCHER_BATCH_SIZE="20",
+            **streams_env(
+                upstream,
+                stream_key,
+                REDIS_STREAM_CLAIM_TIME="1s",
+                DISPATCHER_WORKERS="2",
+                DISPATCHER_BATCH_SIZE="20",
+            )
         )
         assert await poll(lambda: len(worker_pids(server.process.pid)) == 2)
         token = await _token(server)
@@ -115,14 +126,13 @@ async def test_a_redis_restart_under_load_keeps_proxying_and_delivers_what_came_
         assert await _wait_ping(r)
         async with FakeUpstream() as upstream:
             server = await make_server(
-                UPSTREAM_BASE_URL=upstream.url,
-                LLM_PROXY_EVENT_BUS="redis-streams",
-                REDIS_ADDR=f"127.0.0.1:{port}",
-                REDIS_STREAM_KEY=stream_key,
-                REDIS_STREAM_CLAIM_TIME="1s",
-                REDIS_STREAM_BLOCK_TIME="200ms",
-                DISPATCHER_SERVICES="file",
-                DISPATCHER_WORKERS="1",
+                **streams_env(
+                    upstream,
+                    stream_key,
+                    REDIS_ADDR=f"127.0.0.1:{port}",
+                    REDIS_STREAM_CLAIM_TIME="1s",
+                    DISPATCHER_WORKERS="1",
+                )
             )
             token = await _token(server)
             before = await _send(server, token, 50)
@@ -215,14 +225,7 @@ async def test_events_published_before_the_workers_have_started_are_still_delive
         setup = await make_server(UPSTREAM_BASE_URL=upstream.url)  # same database: the token outlives it
         token = await _token(setup)
         assert await setup.stop() == 0
-        server = await make_server(
-            UPSTREAM_BASE_URL=upstream.url,
-            LLM_PROXY_EVENT_BUS="redis-streams",
-            REDIS_ADDR="127.0.0.1:6379",
-            REDIS_STREAM_KEY=stream_key,
-            REDIS_STREAM_BLOCK_TIME="200ms",
-            DISPATCHER_SERVICES="file",
-        )
+        server = await make_server(**streams_env(upstream, stream_key))
         # sent the moment the server answers, while its worker process is still starting
         assert await _send(server, token, 20) == Counter({200: 20})
         assert await poll(lambda: len(server.events()) == 20, timeout=30), server.log()
@@ -237,18 +240,11 @@ async def test_sighup_reopens_the_workers_event_log_and_never_kills_a_starting_w
     The first SIGHUPs arrive while the workers are still starting (importing): they must survive.
     """
     async with FakeUpstream() as upstream:
-        server = await make_server(
-            UPSTREAM_BASE_URL=upstream.url,
-            LLM_PROXY_EVENT_BUS="redis-streams",
-            REDIS_ADDR="127.0.0.1:6379",
-            REDIS_STREAM_KEY=stream_key,
-            REDIS_STREAM_BLOCK_TIME="200ms",
-            DISPATCHER_SERVICES="file",
-            DISPATCHER_WORKERS="2",
-        )
+        server = await make_server(**streams_env(upstream, stream_key, DISPATCHER_WORKERS="2"))
         first_workers: list[int] = []
         for _ in range(40):  # SIGHUP every 50 ms from the moment the workers exist until they are up
-            first_workers = first_workers or worker_pids(server.process.pid)
+            if len(first_workers) < 2:  # the first two workers, however far apart they were spawned
+                first_workers = worker_pids(server.process.pid)
             server.process.send_signal(signal.SIGHUP)
             await asyncio.sleep(0.05)
         assert len(first_workers) == 2

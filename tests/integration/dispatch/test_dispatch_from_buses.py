@@ -89,8 +89,8 @@ async def publish(settings: Settings, events: list[Event]) -> None:
     await bus.aclose()  # flushes into the stream
 
 
-async def started_source(settings: Settings, service: str) -> EventSource:
-    source = make_source(settings, service)
+async def started_source(settings: Settings, service: str, *, lines: bool = False) -> EventSource:
+    source = make_source(settings, service, lines=lines)
     await source.start()
     return source
 
@@ -166,3 +166,31 @@ async def test_a_batch_left_unacked_is_reclaimed_and_written_exactly_once(
     assert dispatcher.stats.failed == 3
     assert len(flaky.sends) == 2
     assert file_ids(path) == [e.id for e in events]
+
+
+async def test_the_file_worker_writes_stored_bytes_and_dead_letters_what_is_not_an_event(
+    settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    """The path a `file` worker takes: entries checked (EventShape), never decoded and encoded again."""
+    source = await started_source(settings, "file", lines=True)
+    good = chat_event()
+    await publish(settings, [good])
+    stored = (await redis.xrange(settings.streams.key))[0][1][b"event"]
+    wrong_status = stored.replace(b'"status":200', b'"status":"200"')
+    bad_utf8 = stored.replace(b'"response_body":"', b'"response_body":"\xff')
+    for raw in (wrong_status, bad_utf8):
+        await redis.xadd(settings.streams.key, {"event": raw})
+    path, dead_key = tmp_path / "events.jsonl", f"{settings.streams.key}:dead"
+    backend = FileBackend(path)
+
+    async def done() -> bool:
+        return path.exists() and await redis.xlen(dead_key) == 2
+
+    await run_until(Dispatcher(source, backend, flush_interval=0.05, backoff=Waits()), done)
+    await backend.aclose()
+    assert path.read_bytes() == stored + b"\n"
+    dead = await redis.xrange(dead_key)
+    assert [fields[b"event"] for _, fields in dead] == [wrong_status, bad_utf8]
+    assert {fields[b"error"] for _, fields in dead} == {b"undecodable event"}
+    group = f"{settings.streams.consumer_group}-file"
+    assert (await redis.xpending(settings.streams.key, group))["pending"] == 0

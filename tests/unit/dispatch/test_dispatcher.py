@@ -67,7 +67,7 @@ async def test_a_partial_batch_is_flushed_after_the_flush_interval() -> None:
     assert [len(b) for b in backend.sends] == [3]
 
 
-async def test_a_trickle_of_events_is_fetched_in_few_reads_and_sent_as_one_batch() -> None:
+async def test_a_trickle_of_events_is_fetched_in_few_reads() -> None:
     """After a short read the dispatcher lingers (READ_LINGER_S) instead of reading each event alone."""
     source, backend = RecordingSource(), ScriptedBackend()
     dispatcher = Dispatcher(source, backend, batch_size=100, flush_interval=2.0)
