@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import msgspec
 import pytest
@@ -30,17 +31,29 @@ def permanent(*, whole_batch: bool = False) -> DeliveryError:
     return DeliveryError("HTTP 400: bad", transient=False, whole_batch=whole_batch)
 
 
-async def run_until(dispatcher: Dispatcher, done: Callable[[], bool]) -> None:
-    """Run the dispatcher until `done()` holds (polled, with a deadline), then stop it."""
+@asynccontextmanager
+async def running(dispatcher: Dispatcher) -> AsyncIterator[None]:
+    """The dispatcher runs inside the block and is stopped (and awaited) when it ends."""
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
     try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not done():
-                await asyncio.sleep(0.005)
+        yield
     finally:
         stop.set()
         await asyncio.wait_for(task, DEADLINE_S)
+
+
+async def until(done: Callable[[], bool]) -> None:
+    """Poll ``done()`` until it holds, within the tests' deadline."""
+    async with asyncio.timeout(DEADLINE_S):
+        while not done():
+            await asyncio.sleep(0.005)
+
+
+async def run_until(dispatcher: Dispatcher, done: Callable[[], bool]) -> None:
+    """Run the dispatcher until `done()` holds (polled, with a deadline), then stop it."""
+    async with running(dispatcher):
+        await until(done)
 
 
 def events(n: int) -> list[Event]:
@@ -114,47 +127,43 @@ async def test_the_next_batch_is_read_while_the_current_one_is_being_sent() -> N
         await asyncio.wait_for(task, DEADLINE_S)
 
 
+class FirstSendDoes(ScriptedBackend):
+    """Calls ``first`` as its first send starts, then lingers there, so the read-ahead runs meanwhile."""
+
+    def __init__(self, first: Callable[[], None]) -> None:
+        super().__init__()
+        self.first = first
+
+    async def send(self, batch: list[Event]) -> None:
+        if not self.sends:
+            self.first()
+            await asyncio.sleep(0.05)
+        await super().send(batch)
+
+
 async def test_a_read_ahead_that_fails_is_not_awaited_again_and_reading_recovers() -> None:
     source = RecordingSource()
 
-    class FailAheadBackend(ScriptedBackend):
-        async def send(self, batch: list[Event]) -> None:
-            if not self.sends:
-                source.fail_reads = 1  # the read-ahead, started with this send, meets a Redis outage
-                await asyncio.sleep(0.05)
-            await super().send(batch)
+    def outage() -> None:  # the read-ahead, started with the first send, meets a Redis outage
+        source.fail_reads = 1
 
-    backend = FailAheadBackend()
+    backend = FirstSendDoes(outage)
     first, second = events(2)
     source.put(first)
     dispatcher = Dispatcher(source, backend, batch_size=1, flush_interval=0.01, backoff=Waits())
-    stop = asyncio.Event()
-    task = asyncio.create_task(dispatcher.run(stop))
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not source.acked:
-                await asyncio.sleep(0.005)
-            source.put(second)
-            while len(source.acked) < 2:
-                await asyncio.sleep(0.005)
-        assert backend.accepted == [first.id, second.id]
-        assert dispatcher.stats.last_error is not None and "redis is down" in dispatcher.stats.last_error
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, DEADLINE_S)
+    async with running(dispatcher):
+        await until(lambda: bool(source.acked))
+        source.put(second)
+        await until(lambda: len(source.acked) == 2)
+    assert backend.accepted == [first.id, second.id]
+    assert dispatcher.stats.last_error is not None and "redis is down" in dispatcher.stats.last_error
 
 
 async def test_entries_the_read_ahead_claimed_back_from_the_batch_being_sent_are_not_sent_twice() -> None:
     source = RecordingSource()
-
-    class SlowBackend(ScriptedBackend):
-        async def send(self, batch: list[Event]) -> None:
-            if not self.sends:
-                source.redeliver_unacked()  # this send outlasts the claim time: XAUTOCLAIM hands it out again
-                await asyncio.sleep(0.05)  # ... to the read-ahead
-            await super().send(batch)
-
-    backend = SlowBackend()
+    backend = FirstSendDoes(
+        source.redeliver_unacked
+    )  # it outlasts the claim time: XAUTOCLAIM hands it out again
     event = make_event()
     source.put(event)
     await run_until(
@@ -177,22 +186,14 @@ async def test_a_failing_backend_leaves_the_read_ahead_batch_to_redelivery() -> 
     first, second = events(2)
     source.put(first, second)
     dispatcher = Dispatcher(source, backend, batch_size=1, flush_interval=0.01, backoff=Waits())
-    stop = asyncio.Event()
-    task = asyncio.create_task(dispatcher.run(stop))
-    try:
-        async with asyncio.timeout(DEADLINE_S):
-            while not source.acked:
-                await asyncio.sleep(0.005)
-            await asyncio.sleep(0.1)
-            assert backend.accepted == [first.id]  # the second was read ahead, then let go, not sent
-            source.redeliver_unacked()
-            while len(source.acked) < 2:
-                await asyncio.sleep(0.005)
-        assert backend.accepted == [first.id, second.id]
-        assert [d.deliveries for d in source.handed if d.event_id == second.id] == [1, 2]
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, DEADLINE_S)
+    async with running(dispatcher):
+        await until(lambda: bool(source.acked))
+        await asyncio.sleep(0.1)
+        assert backend.accepted == [first.id]  # the second was read ahead, then let go, not sent
+        source.redeliver_unacked()
+        await until(lambda: len(source.acked) == 2)
+    assert backend.accepted == [first.id, second.id]
+    assert [d.deliveries for d in source.handed if d.event_id == second.id] == [1, 2]
 
 
 async def test_a_flush_interval_of_0_sends_each_read_at_once_and_still_stops() -> None:
