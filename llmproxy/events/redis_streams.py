@@ -7,7 +7,6 @@ Same group = load sharing, one group per service = fan-out.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -58,12 +57,6 @@ _Pending = tuple[str, bytes]  # (event id, encoded event)
 
 SPILL_MAX_BYTES = 64 * 1024 * 1024
 SPILL_MIN_ITEMS = 10_000
-# After a write of fewer than LINGER_BELOW events the drain pauses LINGER_S, so a trickle of requests
-# (c=1) shares one XADD call per few ms instead of paying a Redis round trip (and a worker read) per
-# event: about a quarter less CPU per request, server and worker together, at c=1 (docs/performance.md).
-# Events reach Redis at most 5 ms later.
-LINGER_S = 0.005
-LINGER_BELOW = 64
 
 # One XADD (MAXLEN ~ when ARGV[1] > 0) per (event, id) pair of ARGV: a batch costs one command and one
 # reply instead of one of each per entry, ~4x less client CPU than a pipeline of XADDs (measured).
@@ -96,9 +89,7 @@ class RedisStreamBus(RedisProducer[_Pending]):
         spill_max_items: int | None = None,
         spill_max_bytes: int = SPILL_MAX_BYTES,
         flush_timeout_s: float = 5.0,
-        linger_s: float = LINGER_S,
     ) -> None:
-        self._linger_s = linger_s
         self._key = settings.streams.key
         self._max_len = settings.streams.max_len or None
         max_items = spill_max_items or max(settings.events.buffer_size, SPILL_MIN_ITEMS)
@@ -116,8 +107,6 @@ class RedisStreamBus(RedisProducer[_Pending]):
         for event_id, payload in batch:
             args += (payload, event_id)
         await self._xadd_many(keys=[self._key], args=args)
-        if len(batch) < LINGER_BELOW and self._linger_s > 0 and not self._drain.closed:  # closing: no wait
-            await asyncio.sleep(self._linger_s)  # written: the next write gathers what arrives meanwhile
         return []
 
 

@@ -160,6 +160,36 @@ async def test_the_drain_writes_many_entries_per_round_trip() -> None:
     await drain.aclose()
 
 
+async def test_after_a_small_write_the_drain_lingers_so_a_trickle_shares_the_next_write() -> None:
+    fake = FakeRedis()
+    drain = Drain(buffer(), fake.write, address="fake", linger_s=0.5)
+    drain.start()
+    drain.put(b"a")
+    await wait_for(lambda: fake.batches == 1)
+    for item in (b"b", b"c", b"d"):  # one at a time, as requests finish: 3 writes without the linger
+        drain.put(item)
+        await asyncio.sleep(0.01)
+
+    assert await drain.flush(5.0)
+    assert fake.written == [b"a", b"b", b"c", b"d"]
+    assert fake.batches == 2
+    await drain.aclose()
+
+
+async def test_closing_ends_the_linger_and_writes_what_arrived_during_it() -> None:
+    fake = FakeRedis()
+    drain = Drain(buffer(), fake.write, address="fake", linger_s=60.0)
+    drain.start()
+    drain.put(b"a")
+    await wait_for(lambda: fake.batches == 1)
+    drain.put(b"b")
+
+    await drain.aclose(timeout_s=5.0)  # a linger left running would be cancelled here, dropping b
+
+    assert fake.written == [b"a", b"b"]
+    assert drain.stats() | {"written": 2, "dropped": 0, "pending": 0} == drain.stats()
+
+
 async def test_the_drain_holds_entries_while_the_writer_fails_and_replays_them_in_order() -> None:
     fake = FakeRedis()
     drain = Drain(buffer(), fake.write, address="fake")
