@@ -22,7 +22,7 @@ from typing import IO, Any
 import aiohttp
 import msgspec
 
-from llmproxy.dispatch.worker import run_loop
+from llmproxy.loop import run_loop
 
 __all__ = ("BenchResult", "add_arguments", "percentile", "run")
 

@@ -45,7 +45,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
 
-from llmproxy.dispatch.worker import run_loop  # uvloop where installed
+from llmproxy.loop import run_loop  # uvloop where installed
 
 ROOT = Path(__file__).resolve().parent.parent
 PATH = "/v1/chat/completions"

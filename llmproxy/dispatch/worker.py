@@ -14,8 +14,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 import msgspec
 
@@ -26,10 +25,10 @@ from llmproxy.dispatch.dispatcher import Dispatcher, DispatchStats
 from llmproxy.dispatch.registry import make_backend
 from llmproxy.errors import ConfigError
 from llmproxy.events.bus import EventBus, connect_redis, make_source
+from llmproxy.loop import run_loop
 
-__all__ = ("STATS_INTERVAL", "run_dispatcher_command", "run_loop", "run_service", "stats_key", "worker_main")
+__all__ = ("STATS_INTERVAL", "run_dispatcher_command", "run_service", "stats_key", "worker_main")
 
-T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +138,6 @@ def worker_main(settings: Settings, service: str, index: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure(settings.log.level, settings.log.format, settings.log.file)
     run_loop(_worker(settings, service))
-
-
-def run_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to its end on uvloop (asyncio's own loop where uvloop is missing)."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def run_dispatcher_command(

@@ -264,7 +264,6 @@ class Drain(Generic[T]):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-
     async def _linger(self) -> None:
         """Pause after a small write (already counted), so the next one gathers what arrives meanwhile;
         ``aclose`` ends the pause."""

@@ -12,9 +12,9 @@ from aiohttp import web
 
 from llmproxy import logs
 from llmproxy.config import Settings
-from llmproxy.dispatch.worker import run_loop
 from llmproxy.errors import StartupError, StoreUnavailable
 from llmproxy.events.bus import BusUnavailable
+from llmproxy.loop import run_loop
 from llmproxy.server.app import PIPELINE, build_app
 
 __all__ = ("StartupError", "serve")
