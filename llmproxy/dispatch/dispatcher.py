@@ -29,7 +29,7 @@ from llmproxy.dispatch.backends.base import (
     takes_lines,
 )
 from llmproxy.dispatch.retry import backoff_s
-from llmproxy.events.model import Event, encode_event
+from llmproxy.events.model import Event, check_event, decode_event, encode_event
 
 if TYPE_CHECKING:
     from llmproxy.events.bus import Delivery, EventSource
@@ -157,7 +157,7 @@ class Dispatcher:
 
     async def _screen(self, arrived: list[Delivery]) -> list[Delivery]:
         """Dead-letter what must never reach the backend; return the rest."""
-        undecodable = [d for d in arrived if not d.event_id]
+        undecodable = [d for d in arrived if not self._identify(d)]
         exhausted = [d for d in arrived if d.event_id and d.deliveries > self.max_deliveries]
         if undecodable:
             await self._dead_letter(undecodable, "undecodable event")
@@ -166,6 +166,21 @@ class Dispatcher:
         if not undecodable and not exhausted:
             return arrived
         return [d for d in arrived if d.event_id and d.deliveries <= self.max_deliveries]
+
+    def _identify(self, d: Delivery) -> bool:
+        """Set ``d.event_id`` from what the backend needs: the stored bytes only checked (a line backend
+        writes them as they are) or decoded into ``d.event``. False: ``d`` is not an event."""
+        if d.event_id:  # the in-memory bus hands out Events
+            return True
+        try:
+            if self._lines is not None:
+                d.event_id = check_event(d.raw)
+            else:
+                d.event = decode_event(d.raw)
+                d.event_id = d.event.id
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return False
+        return True
 
     async def _deliver(self, batch: list[Delivery], stop: asyncio.Event) -> None:
         """Send until accepted (ack), refused (split / dead-letter) or out of attempts (leave)."""
@@ -238,7 +253,7 @@ def _line(d: Delivery) -> bytes:
 
 
 def _event(d: Delivery) -> Event:
-    """The decoded Event (the source decodes for backends that do not take lines)."""
+    """The decoded Event (``_identify`` decodes for backends that do not take lines)."""
     assert d.event is not None
     return d.event
 

@@ -20,7 +20,6 @@ import msgspec
 
 from llmproxy import logs
 from llmproxy.config import Settings
-from llmproxy.dispatch.backends.base import takes_lines
 from llmproxy.dispatch.dispatcher import Dispatcher, DispatchStats
 from llmproxy.dispatch.registry import make_backend
 from llmproxy.errors import ConfigError
@@ -65,7 +64,7 @@ async def run_service(
     ``reopeners`` collects the backend's ``reopen`` (file backend) for the owner's SIGHUP handler.
     """
     backend = make_backend(service, service_endpoint(settings, service), settings.dispatch.api_key)
-    source = make_source(settings, service, bus=bus, consumer=consumer, lines=takes_lines(backend))
+    source = make_source(settings, service, bus=bus, consumer=consumer)
     dispatcher = Dispatcher(
         source,
         backend,

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from llmproxy.events.model import Event, check_event, decode_event
+from llmproxy.events.model import Event
 
 if TYPE_CHECKING:
     from llmproxy.config import RedisSettings, Settings
@@ -25,7 +25,6 @@ __all__ = (
     "EventSource",
     "RedisFactory",
     "connect_redis",
-    "delivery",
     "make_bus",
     "make_source",
 )
@@ -39,11 +38,12 @@ class BusUnavailable(Exception):
 
 
 class Delivery(msgspec.Struct):
-    """One entry handed to a dispatcher. ``event_id`` is "" when ``raw`` is not an event: dead-letter it.
+    """One entry handed to a dispatcher: ``raw``, the payload as stored in Redis, or (in-memory bus, ``raw``
+    empty) the ``event`` itself, with its ``event_id``.
 
-    ``deliveries`` counts how often the entry was handed out (1 = first time); ``raw`` is the payload as
-    stored in the bus (empty for the in-memory bus, which never fails to decode). ``event`` is the decoded
-    Event, or None when the source reads for a backend that takes ``raw`` lines (then only checked).
+    Sources do not decode: the dispatcher decodes ``raw`` into ``event``, or for a backend that writes the
+    stored bytes only checks it, and sets ``event_id`` ("" until then, and for an entry that is not an
+    event). ``deliveries`` counts how often the entry was handed out (1 = first time).
     """
 
     entry_id: str
@@ -51,17 +51,6 @@ class Delivery(msgspec.Struct):
     raw: bytes
     deliveries: int
     event_id: str = ""
-
-
-def delivery(entry_id: str, raw: bytes, deliveries: int, *, lines: bool) -> Delivery:
-    """The Delivery of a stored payload: decoded into an Event, or (``lines``) only checked as one."""
-    try:
-        if lines:
-            return Delivery(entry_id, None, raw, deliveries, check_event(raw))
-        event = decode_event(raw)
-        return Delivery(entry_id, event, raw, deliveries, event.id)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return Delivery(entry_id, None, raw, deliveries)
 
 
 class EventBus(Protocol):
@@ -158,15 +147,13 @@ def make_source(
     bus: EventBus | None = None,
     group: str | None = None,
     consumer: str | None = None,
-    lines: bool = False,
     redis_factory: RedisFactory = connect_redis,
 ) -> EventSource:
     """The reader for one dispatcher ``service``.
 
     in-memory: subscribes to ``bus`` (required, the server's own ``InMemoryBus``). redis-streams: joins
     ``group`` (default ``<REDIS_CONSUMER_GROUP>-<service>``) as ``consumer`` (default REDIS_CONSUMER_NAME;
-    a worker process must pass a name unique among the group's live consumers). ``lines``: for a backend
-    that writes the stored bytes (``LineBackend``), entries are only checked, not decoded (``delivery``).
+    a worker process must pass a name unique among the group's live consumers).
     """
     kind = settings.events.bus
     if kind == "in-memory":
@@ -180,7 +167,7 @@ def make_source(
     if kind == "redis":
         from llmproxy.events.redis_list import ListSource
 
-        return ListSource(redis, settings, service, owns_redis=True, lines=lines)
+        return ListSource(redis, settings, service, owns_redis=True)
     if kind == "redis-streams":
         from llmproxy.events.redis_streams import StreamSource, group_name
 
@@ -191,6 +178,5 @@ def make_source(
             group=group or group_name(settings.streams.consumer_group, service),
             consumer=consumer or settings.streams.consumer_name or f"{service}-consumer",
             owns_redis=True,
-            lines=lines,
         )
     raise ValueError(f"unknown event bus: {kind!r}")

@@ -16,7 +16,7 @@ import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llmproxy.events.bus import BusUnavailable, Delivery, delivery
+from llmproxy.events.bus import BusUnavailable, Delivery
 from llmproxy.events.model import Event, encode_event
 from llmproxy.events.spill import Drain, RedisProducer, SpillBuffer
 
@@ -83,11 +83,8 @@ class RedisListBus(RedisProducer[bytes]):
 class ListSource:
     """Reader: BRPOP for the first event, RPOP for the rest of a batch. ``ack`` is a no-op (at-most-once)."""
 
-    def __init__(
-        self, redis: Redis, settings: Settings, service: str, *, owns_redis: bool = False, lines: bool = False
-    ) -> None:
+    def __init__(self, redis: Redis, settings: Settings, service: str, *, owns_redis: bool = False) -> None:
         self.service = service
-        self._lines = lines
         self._redis = redis
         self._owns_redis = owns_redis
         self._key = list_key(settings.streams.key)
@@ -160,4 +157,4 @@ class ListSource:
 
     def _delivery(self, raw: bytes) -> Delivery:
         self._sequence += 1
-        return delivery(f"{self.service}-{self._sequence}", raw, 1, lines=self._lines)
+        return Delivery(f"{self.service}-{self._sequence}", None, raw, 1)

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from llmproxy.events.bus import BusUnavailable, Delivery, delivery
+from llmproxy.events.bus import BusUnavailable, Delivery
 from llmproxy.events.model import Event, encode_event
 from llmproxy.events.spill import Drain, RedisProducer, SpillBuffer
 
@@ -137,10 +137,8 @@ class StreamSource:
         group: str,
         consumer: str,
         owns_redis: bool = False,
-        lines: bool = False,
     ) -> None:
         streams = settings.streams
-        self._lines = lines
         self.service = service
         self.group = group
         self.consumer = consumer
@@ -318,5 +316,4 @@ class StreamSource:
         raw = fields.get(EVENT_FIELD.encode())
         if raw is None:  # not written by us: keep what there is, for the dead-letter stream
             raw = msgspec.json.encode({_text(k): v.decode(errors="replace") for k, v in fields.items()})
-            return Delivery(_text(entry_id), None, raw, deliveries)
-        return delivery(_text(entry_id), raw, deliveries, lines=self._lines)
+        return Delivery(_text(entry_id), None, raw, deliveries)

@@ -69,7 +69,7 @@ class Backend(Protocol):
 
 class LineBackend(Backend, Protocol):
     """A backend that takes events as the JSON bytes the bus stored (the ``file`` log): the dispatcher
-    then calls ``send_lines`` with (event id, one-line JSON) pairs and the source only checks entries."""
+    then calls ``send_lines`` with (event id, one-line JSON) pairs, having only checked each entry."""
 
     async def send_lines(self, batch: list[tuple[str, bytes]]) -> None: ...
 

@@ -89,8 +89,8 @@ async def publish(settings: Settings, events: list[Event]) -> None:
     await bus.aclose()  # flushes into the stream
 
 
-async def started_source(settings: Settings, service: str, *, lines: bool = False) -> EventSource:
-    source = make_source(settings, service, lines=lines)
+async def started_source(settings: Settings, service: str) -> EventSource:
+    source = make_source(settings, service)
     await source.start()
     return source
 
@@ -172,7 +172,7 @@ async def test_the_file_worker_writes_stored_bytes_and_dead_letters_what_is_not_
     settings: Settings, redis: Redis, tmp_path: Path
 ) -> None:
     """The path a `file` worker takes: entries checked (EventShape), never decoded and encoded again."""
-    source = await started_source(settings, "file", lines=True)
+    source = await started_source(settings, "file")
     good = chat_event()
     await publish(settings, [good])
     stored = (await redis.xrange(settings.streams.key))[0][1][b"event"]

@@ -19,16 +19,17 @@ async def test_a_read_event_is_gone_from_redis(
     settings: Settings, redis: Redis, make_event: MakeEvent
 ) -> None:
     source = ListSource(connect_redis(settings.redis), settings, "file", owns_redis=True)
-    await redis.lpush(list_key(settings.streams.key), encode_event(make_event(1)))
+    stored = encode_event(make_event(1))
+    await redis.lpush(list_key(settings.streams.key), stored)
 
     [delivery] = await source.read(10, 0.1)
 
-    assert delivery.event is not None and delivery.event.request_id == "req-1"
+    assert (delivery.event, delivery.raw) == (None, stored)  # as stored, not decoded
     assert await redis.llen(list_key(settings.streams.key)) == 0
     await source.aclose()
 
 
-async def test_undecodable_payloads_are_delivered_without_event_and_dead_lettered_with_the_error(
+async def test_payloads_that_are_no_event_are_handed_out_as_stored_and_dead_lettered_with_the_error(
     settings: Settings, redis: Redis
 ) -> None:
     source = ListSource(connect_redis(settings.redis), settings, "lunary", owns_redis=True)

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from llmproxy.config import Settings
 from llmproxy.events.bus import BusUnavailable, Delivery, connect_redis
-from llmproxy.events.model import Event, encode_event
+from llmproxy.events.model import Event, decode_event, encode_event
 from llmproxy.events.redis_list import RedisListBus, list_key
 from llmproxy.events.redis_streams import RedisStreamBus, StreamSource
 
@@ -135,6 +135,6 @@ async def test_a_stream_reader_survives_a_redis_restart_and_reads_what_was_held(
         return len(got) >= len(during)
 
     await poll(all_read, what="the reader to get the events held during the outage")
-    assert [d.event for d in got] == during
+    assert [decode_event(d.raw) for d in got] == during
     await source.aclose()
     await bus.aclose()

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import msgspec
 import pytest
 from redis.asyncio import Redis
 
 from llmproxy.config import Settings
 from llmproxy.events.bus import BusUnavailable, Delivery, connect_redis
-from llmproxy.events.model import Event, encode_event
+from llmproxy.events.model import Event, decode_event, encode_event
 from llmproxy.events.redis_streams import RedisStreamBus, StreamSource, dead_letter_key
 
 MakeEvent = Callable[[int], Event]
@@ -22,13 +21,9 @@ Poll = Callable[..., Awaitable[None]]
 async def open_source(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[StreamSource]]]:
     opened: list[StreamSource] = []
 
-    async def factory(
-        group: str = "g-file", consumer: str = "c1", service: str = "file", lines: bool = False
-    ) -> StreamSource:
+    async def factory(group: str = "g-file", consumer: str = "c1", service: str = "file") -> StreamSource:
         client = connect_redis(settings.redis)
-        source = StreamSource(
-            client, settings, service, group=group, consumer=consumer, owns_redis=True, lines=lines
-        )
+        source = StreamSource(client, settings, service, group=group, consumer=consumer, owns_redis=True)
         opened.append(source)
         await source.start()
         return source
@@ -74,7 +69,7 @@ async def test_two_consumers_of_one_group_share_the_entries(
     got_second = await second.read(100, 0.1)
 
     assert len(got_first) == 5 and len(got_second) == 15
-    assert [d.event for d in got_first + got_second] == events
+    assert [decode_event(d.raw) for d in got_first + got_second] == events
     assert await first.read(100, 0.05) == []
 
 
@@ -86,8 +81,8 @@ async def test_each_group_gets_every_entry(
     events = [make_event(n) for n in range(10)]
     await publish_all(bus, events)
 
-    assert [d.event for d in await file_source.read(100, 0.1)] == events
-    assert [d.event for d in await lunary_source.read(100, 0.1)] == events
+    assert [decode_event(d.raw) for d in await file_source.read(100, 0.1)] == events
+    assert [decode_event(d.raw) for d in await lunary_source.read(100, 0.1)] == events
 
 
 async def test_unacked_entries_are_claimed_by_another_consumer_after_the_claim_time(
@@ -107,7 +102,7 @@ async def test_unacked_entries_are_claimed_by_another_consumer_after_the_claim_t
     claimed = await read_until(survivor, 3)
 
     assert [d.entry_id for d in claimed] == [d.entry_id for d in taken]
-    assert [d.event for d in claimed] == events
+    assert [decode_event(d.raw) for d in claimed] == events
     assert [d.deliveries for d in claimed] == [2, 2, 2]
     await survivor.ack([d.entry_id for d in claimed])
     assert (await survivor.lag())["pending"] == 0
@@ -155,7 +150,7 @@ async def test_dead_letters_move_to_the_dead_stream_with_the_error_and_leave_the
     assert [p["message_id"].decode() for p in pending] == [got[2].entry_id]
 
 
-async def test_an_undecodable_entry_is_delivered_without_event_for_dead_lettering(
+async def test_entries_are_handed_out_as_stored_and_one_without_an_event_field_as_its_fields(
     settings: Settings, redis: Redis, open_source: Callable[..., Awaitable[StreamSource]]
 ) -> None:
     source = await open_source()
@@ -166,25 +161,6 @@ async def test_an_undecodable_entry_is_delivered_without_event_for_dead_letterin
 
     assert (bad_json.event, bad_json.raw) == (None, b'{"id": 1}')
     assert (no_event_field.event, no_event_field.raw) == (None, b'{"other":"x"}')
-
-
-async def test_for_a_line_backend_entries_are_checked_and_handed_out_as_stored(
-    bus: RedisStreamBus,
-    settings: Settings,
-    redis: Redis,
-    make_event: MakeEvent,
-    open_source: Callable[..., Awaitable[StreamSource]],
-) -> None:
-    source = await open_source(lines=True)
-    event = make_event(1)
-    await publish_all(bus, [event])
-    wrong = msgspec.json.decode(encode_event(make_event(2))) | {"status": "200"}
-    await redis.xadd(settings.streams.key, {"event": msgspec.json.encode(wrong)})
-
-    good, bad = await source.read(10, 0.1)
-
-    assert (good.event, good.event_id, good.raw) == (None, event.id, encode_event(event))
-    assert (bad.event, bad.event_id) == (None, "")  # not an event: the dispatcher dead-letters it
 
 
 async def test_maxlen_trims_the_stream_approximately(
@@ -211,7 +187,7 @@ async def test_a_new_group_does_not_replay_entries_written_before_it(
     newer = make_event(99)
     await publish_all(bus, [newer])
 
-    assert [d.event for d in await late.read(10, 0.1)] == [newer]
+    assert [decode_event(d.raw) for d in await late.read(10, 0.1)] == [newer]
 
 
 async def test_an_existing_group_keeps_its_position(
@@ -226,7 +202,7 @@ async def test_an_existing_group_keeps_its_position(
 
     restarted = await open_source(consumer="c1-restarted")
 
-    assert [d.event for d in await restarted.read(10, 0.1)] == events[3:]
+    assert [decode_event(d.raw) for d in await restarted.read(10, 0.1)] == events[3:]
 
 
 async def test_a_vanished_group_is_recreated_and_reading_continues(
@@ -251,7 +227,7 @@ async def test_a_vanished_group_is_recreated_and_reading_continues(
     after = make_event(2)
     await redis.xadd(settings.streams.key, {"event": encode_event(after)})
 
-    assert [d.event for d in await source.read(10, 0.1)] == [after]
+    assert [decode_event(d.raw) for d in await source.read(10, 0.1)] == [after]
 
 
 async def test_an_unreachable_redis_raises_bus_unavailable_naming_the_address(settings: Settings) -> None:

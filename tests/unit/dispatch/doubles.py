@@ -17,7 +17,7 @@ from typing import Any
 from llmproxy.dispatch.backends.base import Backend, DeliveryError
 from llmproxy.dispatch.dispatcher import Dispatcher
 from llmproxy.events.bus import Delivery
-from llmproxy.events.model import Event, Usage, encode_event
+from llmproxy.events.model import Event, Usage, decode_event, encode_event
 
 DEADLINE_S = 10.0
 STARTED_AT = "2026-01-01T12:00:00.250000Z"
@@ -180,7 +180,8 @@ def base64_event(event: Event) -> Event:
 
 
 class RecordingSource:
-    """An EventSource double: hands out what was `put`, records acks and dead letters."""
+    """An EventSource double: hands out what was `put` as Redis does (stored bytes, not decoded), records
+    acks and dead letters."""
 
     def __init__(self) -> None:
         self.waiting: list[Delivery] = []
@@ -197,28 +198,22 @@ class RecordingSource:
         added = []
         for event in events:
             self._sequence += 1
-            if event is None:  # what a source hands out for an entry that is not an event
-                added.append(Delivery(f"0-{self._sequence}", None, b"{not json", deliveries))
-            else:
-                added.append(
-                    Delivery(f"0-{self._sequence}", event, encode_event(event), deliveries, event.id)
-                )
+            raw = b"{not json" if event is None else encode_event(event)  # None: an entry that is no event
+            added.append(Delivery(f"0-{self._sequence}", None, raw, deliveries))
         self.waiting += added
         self._arrived.set()
         return added
 
     def redeliver_unacked(self) -> None:
         """What XAUTOCLAIM does for idle pending entries: hand them out again, counted."""
-        again = [
-            Delivery(d.entry_id, d.event, d.raw, d.deliveries + 1, d.event_id) for d in self.unacked.values()
-        ]
+        again = [Delivery(d.entry_id, None, d.raw, d.deliveries + 1) for d in self.unacked.values()]
         self.unacked.clear()
         self.waiting += again
         self._arrived.set()
 
     def acked_events(self) -> list[Event]:
         acked = set(self.acked)
-        return [d.event for d in self.handed if d.entry_id in acked and d.event is not None]
+        return [decode_event(d.raw) for d in self.handed if d.entry_id in acked]
 
     async def start(self) -> None:
         return None

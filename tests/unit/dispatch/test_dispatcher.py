@@ -220,11 +220,25 @@ async def test_a_line_backend_gets_the_stored_bytes_one_line_each() -> None:
     source, backend = RecordingSource(), LineBackend()
     a, b = events(2)
     pretty = msgspec.json.format(encode_event(b), indent=2)  # an entry spanning lines: made one line
-    source.waiting.append(Delivery("9-1", None, pretty, 1, b.id))
+    source.waiting.append(Delivery("9-1", None, pretty, 1))
     source.put(a)
     await run_until(Dispatcher(source, backend, flush_interval=0.01), lambda: len(source.acked) == 2)
     assert backend.lines == [(b.id, encode_event(b)), (a.id, encode_event(a))]
     assert backend.sends == []
+
+
+async def test_for_a_line_backend_entries_are_only_checked_and_one_that_is_no_event_is_dead_lettered() -> (
+    None
+):
+    source, backend = RecordingSource(), LineBackend()
+    good = make_event()
+    wrong = msgspec.json.decode(encode_event(make_event())) | {"status": "200"}
+    source.put(good)
+    source.waiting.append(Delivery("9-1", None, msgspec.json.encode(wrong), 1))
+    await run_until(Dispatcher(source, backend, flush_interval=0.01), lambda: bool(source.dead))
+    assert backend.lines == [(good.id, encode_event(good))]
+    assert [(d.entry_id, error) for d, error in source.dead] == [("9-1", "undecodable event")]
+    assert all(d.event is None for d in source.handed)  # checked, never decoded
 
 
 async def test_a_line_backend_fed_by_the_in_memory_bus_gets_the_events_encoded() -> None:
