@@ -11,8 +11,8 @@ import base64
 import functools
 import logging
 import math
+import os
 import re
-import uuid
 import zlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +38,7 @@ __all__ = (
     "Instrumentation",
     "build_event",
     "decode_body",
+    "event_id",
     "redact_headers",
     "request_model",
     "rfc3339",
@@ -85,11 +86,35 @@ def rfc3339(timestamp: float) -> str:
     return f"{prefix}.{micro:06d}Z"
 
 
-@functools.lru_cache(maxsize=1024)
+_random = b""  # os.urandom bytes not used yet: 16 per event id
+_random_at = 0
+os.register_at_fork(after_in_child=lambda: globals().update(_random=b"", _random_at=0))
+
+
+def event_id() -> str:
+    """A random (version 4) UUID as text, like str(uuid.uuid4()) but from urandom read 4 KiB at a time."""
+    global _random, _random_at
+    at = _random_at
+    if at >= len(_random):
+        _random, at = os.urandom(4096), 0
+    _random_at = at + 16
+    h = _random[at : at + 16].hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+_names: dict[str, bool] = {}  # lower-cased header name -> whether it names a secret (bounded below)
+
+
 def _secret_name(name: str) -> bool:
-    if name in _SECRET_HEADERS:
-        return True
-    return not name.startswith(_PUBLIC_PREFIXES) and any(part in name for part in _SECRET_NAME_PARTS)
+    secret = _names.get(name)
+    if secret is None:
+        secret = name in _SECRET_HEADERS or (
+            not name.startswith(_PUBLIC_PREFIXES) and any(part in name for part in _SECRET_NAME_PARTS)
+        )
+        if len(_names) >= 1024:  # clients may send any names: keep the table small
+            _names.clear()
+        _names[name] = secret
+    return secret
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -187,15 +212,17 @@ class _Estimate(msgspec.Struct, frozen=True):
 
 def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Estimate | None]:
     """The Event for an exchange, and what to estimate its usage from when the upstream reported none."""
+    request_headers = redact_headers(exchange.request_headers)
+    response_headers = redact_headers(exchange.response_headers)
     request, request_truncated = decode_body(
         exchange.request_body,
-        _header(exchange.request_headers, "content-encoding"),
+        request_headers.get("content-encoding", ""),
         settings.max_request_body_bytes,
         exchange.request_body_truncated,
     )
     response, response_truncated = decode_body(
         exchange.response_body,
-        _header(exchange.response_headers, "content-encoding"),
+        response_headers.get("content-encoding", ""),
         settings.max_response_body_bytes,
         exchange.response_body_truncated,
     )
@@ -205,7 +232,7 @@ def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Es
     ok = exchange.error is None and 200 <= exchange.status < 300
     usage = response_usage(response, exchange.stream) if ok else None
     event = Event(
-        id=str(uuid.uuid4()),
+        id=event_id(),
         request_id=exchange.request_id,
         project_id=exchange.project_id,
         token_id=exchange.token_id,
@@ -220,8 +247,8 @@ def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Es
         model=model,
         usage=usage,
         usage_source=None if usage is None else "response",
-        request_headers=redact_headers(exchange.request_headers),
-        response_headers=redact_headers(exchange.response_headers),
+        request_headers=request_headers,
+        response_headers=response_headers,
         request_body=_b64(request) if binary else request_text or "",
         request_body_truncated=request_truncated,
         response_body=_b64(response) if binary else response_text or "",
@@ -233,13 +260,6 @@ def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Es
     if ok and usage is None and exchange.method == "POST" and endpoint_kind(exchange.path) is not None:
         estimate = _Estimate(exchange.path, request, response, exchange.stream, model)
     return event, estimate
-
-
-def _header(headers: Mapping[str, str], name: str) -> str:
-    for key, value in headers.items():
-        if key.lower() == name:
-            return value
-    return ""
 
 
 def _b64(body: bytes) -> str:
