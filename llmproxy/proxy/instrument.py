@@ -106,32 +106,34 @@ _names: dict[str, bool] = {}  # lower-cased header name -> whether it names a se
 
 
 def _secret_name(name: str) -> bool:
-    secret = _names.get(name)
-    if secret is None:
-        secret = name in _SECRET_HEADERS or (
-            not name.startswith(_PUBLIC_PREFIXES) and any(part in name for part in _SECRET_NAME_PARTS)
-        )
-        if len(_names) >= 1024:  # clients may send any names: keep the table small
-            _names.clear()
-        _names[name] = secret
+    secret = name in _SECRET_HEADERS or (
+        not name.startswith(_PUBLIC_PREFIXES) and any(part in name for part in _SECRET_NAME_PARTS)
+    )
+    if len(_names) >= 1024:  # clients may send any names: keep the table small
+        _names.clear()
+    _names[name] = secret
     return secret
 
 
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Lower-cased names; credentials (by name, or a bearer/sk- value under any name) become [REDACTED]."""
     redacted = {}
+    names = _names
     for name, value in headers.items():
         lower = name.lower()
-        redacted[lower] = REDACTED if _secret_name(lower) or _secret_value(value) else value
+        secret = names.get(lower)
+        if secret is None:
+            secret = _secret_name(lower)
+        if not secret:
+            if value.isascii():  # the common case: three substring scans decide most values, no regex
+                folded = value.lower()
+                secret = (
+                    "sk-" in folded or "bearer" in folded or "basic" in folded
+                ) and _SECRET_VALUE.search(value) is not None
+            else:
+                secret = _SECRET_VALUE.search(value) is not None
+        redacted[lower] = REDACTED if secret else value
     return redacted
-
-
-def _secret_value(value: str) -> bool:
-    if value.isascii():  # the common case: three substring scans decide most values without the regex
-        folded = value.lower()
-        if "sk-" not in folded and "bearer" not in folded and "basic" not in folded:
-            return False
-    return _SECRET_VALUE.search(value) is not None
 
 
 def _inflate(body: bytes, coding: str, limit: int) -> tuple[bytes, bool] | None:
