@@ -164,6 +164,8 @@ def decode_body(body: bytes, content_encoding: str, limit: int, truncated: bool)
 
     A body that cannot be decoded (unknown or stacked codings, corrupt data) is returned as captured.
     """
+    if not content_encoding or not body:  # the common case: nothing to undo
+        return body, truncated
     codings = [c for c in (c.strip() for c in content_encoding.lower().split(",")) if c and c != "identity"]
     if len(codings) != 1 or not body:
         return body, truncated
