@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Protocol
@@ -21,6 +20,7 @@ from llmproxy.audit import audit_record
 from llmproxy.auth.tokens import parse_bearer
 from llmproxy.config import Settings
 from llmproxy.errors import ProxyError, Refusal
+from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.capture import BodyCapture, Exchange, Observer, bounded
 from llmproxy.proxy.keys import REQUEST_ID
 from llmproxy.proxy.policy import Policy, split_target
@@ -236,7 +236,7 @@ class ProxyHandler:
         pool = self._pool
         if pool is None:
             raise RuntimeError("ProxyHandler.start() was not awaited")
-        request_id = request.get(REQUEST_ID) or uuid.uuid4().hex
+        request_id = request.get(REQUEST_ID) or uuid4_hex()
         observing = bool(self._observers)
         flight = Flight()
         up_headers = request_headers(request.headers, grant.api_key, request_id)

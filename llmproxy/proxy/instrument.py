@@ -11,7 +11,6 @@ import base64
 import functools
 import logging
 import math
-import os
 import re
 import zlib
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ import msgspec
 
 from llmproxy.config import EventSettings
 from llmproxy.events.model import Event, Usage
+from llmproxy.ids import uuid4_text
 from llmproxy.proxy.capture import Exchange
 from llmproxy.proxy.tokencount import TokenCounter
 from llmproxy.proxy.usage import endpoint_kind, estimate_usage, response_model, response_usage
@@ -38,7 +38,6 @@ __all__ = (
     "Instrumentation",
     "build_event",
     "decode_body",
-    "event_id",
     "redact_headers",
     "request_model",
     "rfc3339",
@@ -84,22 +83,6 @@ def rfc3339(timestamp: float) -> str:
         prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second = (second, prefix)
     return f"{prefix}.{micro:06d}Z"
-
-
-_random = b""  # os.urandom bytes not used yet: 16 per event id
-_random_at = 0
-os.register_at_fork(after_in_child=lambda: globals().update(_random=b"", _random_at=0))
-
-
-def event_id() -> str:
-    """A random (version 4) UUID as text, like str(uuid.uuid4()) but from urandom read 4 KiB at a time."""
-    global _random, _random_at
-    at = _random_at
-    if at >= len(_random):
-        _random, at = os.urandom(4096), 0
-    _random_at = at + 16
-    h = _random[at : at + 16].hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 _names: dict[str, bool] = {}  # lower-cased header name -> whether it names a secret (bounded below)
@@ -236,7 +219,7 @@ def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Es
     ok = exchange.error is None and 200 <= exchange.status < 300
     usage = response_usage(response, exchange.stream) if ok else None
     event = Event(
-        id=event_id(),
+        id=uuid4_text(),
         request_id=exchange.request_id,
         project_id=exchange.project_id,
         token_id=exchange.token_id,

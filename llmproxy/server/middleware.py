@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from llmproxy.errors import ProxyError, Refusal, error_body
+from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.keys import REQUEST_ID
 
 __all__ = ("request_middleware",)
@@ -31,7 +31,7 @@ def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID")
     if given and _SANE_ID.match(given):
         return given
-    return uuid.uuid4().hex
+    return uuid4_hex()
 
 
 def _error_response(exc: ProxyError, request_id: str) -> web.Response:

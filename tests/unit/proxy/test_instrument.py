@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 import uuid
 import zlib
 from datetime import UTC, datetime
@@ -20,7 +19,6 @@ from llmproxy.proxy.instrument import (
     Instrumentation,
     build_event,
     decode_body,
-    event_id,
     redact_headers,
     request_model,
     rfc3339,
@@ -393,29 +391,3 @@ def test_an_exchange_that_cannot_be_built_is_counted_not_raised() -> None:
 def test_started_at_is_formatted_exactly_as_datetime_would(timestamp: float) -> None:
     for _ in range(2):  # the second is cached after the first call: both must agree
         assert rfc3339(timestamp) == datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def test_event_ids_are_random_uuid4_text_never_repeated() -> None:
-    ids = [event_id() for _ in range(5000)]  # crosses several 4 KiB refills
-
-    assert len(set(ids)) == len(ids)
-    parsed = [uuid.UUID(i) for i in ids]
-    assert all(str(u) == i for u, i in zip(parsed, ids, strict=True))  # canonical lower-case text
-    assert {u.version for u in parsed} == {4}
-    assert {u.variant for u in parsed} == {uuid.RFC_4122}
-    assert {i[19] for i in ids} == set("89ab")  # the two variant bits fixed, the other two random
-
-
-def test_a_forked_child_does_not_repeat_the_parents_next_event_ids() -> None:
-    event_id()  # the parent holds unused random bytes now
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.write(write_end, " ".join(event_id() for _ in range(3)).encode())
-        os._exit(0)
-    os.close(write_end)
-    os.waitpid(pid, 0)
-    with os.fdopen(read_end) as pipe:
-        child = pipe.read().split()
-    parent = [event_id() for _ in range(3)]
-    assert len(child) == 3 and not set(child) & set(parent)
