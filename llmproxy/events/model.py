@@ -77,6 +77,7 @@ def check_event(data: bytes) -> str:
     Raises msgspec.DecodeError (ValidationError included) or UnicodeDecodeError.
     """
     shape = _shape_decoder.decode(data)
-    data.decode()  # raw JSON values are not checked for UTF-8 by msgspec: a log line must be text
+    if not data.isascii():  # ASCII is UTF-8; raw JSON values are not checked for UTF-8 by msgspec
+        data.decode()  # a log line must be text
     event_id: str = shape.id
     return event_id

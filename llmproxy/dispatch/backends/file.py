@@ -91,7 +91,7 @@ class FileBackend:
                         fresh.setdefault(event_id, line)
                 if not fresh:
                     return
-                data = b"\n".join(fresh.values()) + b"\n"
+                data = b"\n".join([*fresh.values(), b""])  # one copy, ending in a newline
                 self._write(fd, start, data)
                 for event_id in fresh:
                     self._ids.add(event_id)
