@@ -158,6 +158,8 @@ class UpstreamPool:
         if not idle:
             return None
         oldest_allowed = asyncio.get_running_loop().time() - self._idle_timeout
+        while idle and idle[0].idle_since < oldest_allowed:  # reuse is newest first: the oldest wait here
+            idle.pop(0).close()
         while idle:
             conn = idle.pop()
             transport = conn.transport

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -526,6 +527,101 @@ async def test_a_connection_idle_past_idle_connection_is_closed_not_reused() -> 
                 await read_all(response)
                 response.release()
             assert server.connections == 2
+
+
+async def test_connections_idle_past_idle_connection_are_closed_even_when_newer_ones_are_reused() -> None:
+    async with await serving(keep_answering()) as server:
+        async with aclosing(UpstreamPool(api(idle_connection=0.5))) as pool:
+            first = await asyncio.gather(*(pool.request("GET", server.base, "/v1/models", []) for _ in "ab"))
+            for response in first:
+                await read_all(response)
+                response.release()
+            for _ in range(2):  # each time the newest idle connection is reused; the other only waits
+                await asyncio.sleep(0.3)
+                response = await pool.request("GET", server.base, "/v1/models", [])
+                await read_all(response)
+                response.release()
+            await asyncio.sleep(0.05)  # the close reaches the server
+            assert (server.connections, server.open_now) == (2, 1)
+
+
+def dropping_the_second_request(answer: bytes = b"") -> Callable[[RawServer], Script]:
+    """Answers the first request on a connection, then reads the next and drops the connection after
+    sending ``answer`` (a partial one, or nothing)."""
+
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+            await server.read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+            writer.transport.abort()
+
+        return script
+
+    return script_for
+
+
+async def test_a_streamed_get_is_not_retried_it_cannot_be_replayed() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"{}"
+
+    async with await serving(dropping_the_second_request()) as server:
+        async with aclosing(UpstreamPool(api())) as pool:
+            response = await pool.request("GET", server.base, "/v1/models", [])
+            await read_all(response)
+            response.release()
+            with pytest.raises(UpstreamError):
+                await pool.request("GET", server.base, "/v1/models", [("Content-Length", "2")], body())
+            assert server.connections == 1
+
+
+async def test_a_get_answered_in_part_before_the_drop_is_not_retried() -> None:
+    async with await serving(dropping_the_second_request(b"HTTP/1.1 2")) as server:
+        async with aclosing(UpstreamPool(api())) as pool:
+            response = await pool.request("GET", server.base, "/v1/models", [])
+            await read_all(response)
+            response.release()
+            with pytest.raises(UpstreamError):
+                await pool.request("GET", server.base, "/v1/models", [])
+            assert server.connections == 1
+
+
+async def test_a_get_dropped_on_a_new_connection_is_not_retried() -> None:
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.transport.abort()
+
+        return script
+
+    async with await serving(script_for) as server:
+        async with aclosing(UpstreamPool(api())) as pool:
+            with pytest.raises(UpstreamError):
+                await pool.request("GET", server.base, "/v1/models", [])
+            assert server.connections == 1
+
+
+async def test_a_connect_that_hangs_is_cut_at_the_connect_timeout() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepted: once its queue is full, the kernel drops further SYNs
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+        async with aclosing(UpstreamPool(api(connect=0.3))) as pool:
+            with pytest.raises(TimeoutError):
+                await pool.request("GET", f"http://127.0.0.1:{port}", "/v1/models", [])
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
 
 
 def silent(server: RawServer) -> Script:
