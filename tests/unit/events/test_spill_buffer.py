@@ -160,12 +160,18 @@ async def test_the_drain_writes_many_entries_per_round_trip() -> None:
     await drain.aclose()
 
 
-async def test_after_a_small_write_the_drain_lingers_so_a_trickle_shares_the_next_write() -> None:
+async def lingering(linger_s: float) -> tuple[FakeRedis, Drain[bytes]]:
+    """A started drain that has just written one entry (a) and now lingers for ``linger_s``."""
     fake = FakeRedis()
-    drain = Drain(buffer(), fake.write, address="fake", linger_s=0.5)
+    drain = Drain(buffer(), fake.write, address="fake", linger_s=linger_s)
     drain.start()
     drain.put(b"a")
     await wait_for(lambda: fake.batches == 1)
+    return fake, drain
+
+
+async def test_after_a_small_write_the_drain_lingers_so_a_trickle_shares_the_next_write() -> None:
+    fake, drain = await lingering(0.5)
     for item in (b"b", b"c", b"d"):  # one at a time, as requests finish: 3 writes without the linger
         drain.put(item)
         await asyncio.sleep(0.01)
@@ -177,11 +183,7 @@ async def test_after_a_small_write_the_drain_lingers_so_a_trickle_shares_the_nex
 
 
 async def test_closing_ends_the_linger_and_writes_what_arrived_during_it() -> None:
-    fake = FakeRedis()
-    drain = Drain(buffer(), fake.write, address="fake", linger_s=60.0)
-    drain.start()
-    drain.put(b"a")
-    await wait_for(lambda: fake.batches == 1)
+    fake, drain = await lingering(60.0)
     drain.put(b"b")
 
     await drain.aclose(timeout_s=5.0)  # a linger left running would be cancelled here, dropping b
