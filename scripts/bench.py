@@ -11,13 +11,15 @@ proxy's CPU µs per request: utime+stime from /proc of the server and every proc
 
     .venv/bin/python scripts/bench.py [--duration 10] [--connections 1,32] [--events]
         [--bus in-memory|redis-streams] [--workers 1] [--matrix] [--repeat 3] [--stream]
-        [--cache in-memory|redis] [--json F]
+        [--cache in-memory|redis] [--pin] [--json F]
 
 --matrix runs the three event-pipeline configurations of docs/performance.md one after another:
 none (in-memory bus, no dispatcher: no observer), memory+file (file dispatcher in-process),
 streams+worker (redis-streams bus, one file worker process). --repeat N reports medians.
 --cache turns the HTTP cache on and adds, per concurrency level, a run where every request is a hit
 and one where every request is a miss (numbered bodies, `Cache-Control: max-age=300`).
+--pin runs the proxy (and its workers) on CPU 0 and everything else, Redis included, on the other
+CPUs: the figures of "one core" without wrk and the fake upstream competing for it.
 It ends with three machine references: ns per plain Python loop iteration, CPU µs per bare aiohttp
 client request and CPU µs per request through the proxy's own upstream pool, so figures from
 different machines (or hours) can be compared.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -466,7 +469,13 @@ CONFIGS = {  # name -> (bus, file event log on)
 
 @contextmanager
 def proxy_server(
-    bus: str, events: bool, workers: int, up_port: int, profile: str | None, cache: str | None = None
+    bus: str,
+    events: bool,
+    workers: int,
+    up_port: int,
+    profile: str | None,
+    cache: str | None = None,
+    cpus: set[int] | None = None,
 ) -> Iterator[dict]:
     """A running `llm-proxy server` with a project and token; its Redis keys are deleted afterwards."""
     workdir = Path(tempfile.mkdtemp(prefix="llmproxy-bench-"))
@@ -502,7 +511,8 @@ def proxy_server(
     command = [cli, "server"]
     if profile:
         command = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "llmproxy", "server"]
-    proxy = subprocess.Popen(command, env=env, cwd=workdir)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # before exec: its workers inherit it
+    proxy = subprocess.Popen(command, env=env, cwd=workdir, preexec_fn=pin)
     try:
         base = f"http://127.0.0.1:{proxy_port}"
         wait_http(base + "/health")
@@ -528,10 +538,38 @@ def proxy_server(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def pin_away_from_proxy() -> Callable[[], None]:
+    """This process (so wrk and the fake upstream) and the local redis-server onto CPUs 1..N, leaving CPU 0
+    to the proxy; returns what puts Redis back where it was."""
+    others = set(range(1, os.cpu_count() or 1))
+    if not others:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    os.sched_setaffinity(0, others)
+    found = subprocess.run(
+        ["pidof", "redis-server"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    saved = {}
+    for pid in map(int, found):
+        try:
+            saved[pid] = os.sched_getaffinity(pid)
+            for task in os.listdir(f"/proc/{pid}/task"):  # every thread of it (io threads too)
+                os.sched_setaffinity(int(task), others)
+        except OSError as exc:  # not ours to move: it stays where it is, noted
+            print(f"bench: cannot pin redis-server {pid}: {exc}", file=sys.stderr)
+
+    def restore() -> None:
+        for pid, cpus in saved.items():
+            for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(task), cpus)
+
+    return restore
+
+
 def run_config(name: str, bus: str, events: bool, args: argparse.Namespace, up_port: int) -> dict:
     levels = [int(c) for c in args.connections.split(",")]
     result: dict = {"config": name, "bus": bus, "events": events, "levels": {}}
-    with proxy_server(bus, events, args.workers, up_port, args.profile, args.cache) as px:
+    with proxy_server(bus, events, args.workers, up_port, args.profile, args.cache, args.proxy_cpus) as px:
         run_load(px["base"] + PATH, px["token"], 8, 2.0, px["workdir"])  # warm-up: pools, caches
         settle(px["event_log"])
         for c in levels:
@@ -668,6 +706,9 @@ def main() -> int:
     ap.add_argument("--stream-count", type=int, default=50, help="streamed requests per target (default 50)")
     ap.add_argument("--json", metavar="FILE", help="write every run and the medians to FILE")
     ap.add_argument("--profile", metavar="FILE", help="run the proxy under cProfile, stats written to FILE")
+    ap.add_argument("--pin", action="store_true",
+                    help="the proxy and its workers on CPU 0, everything else (wrk, the fake upstream, Redis) on "
+                         "the other CPUs: the proxy's figures on one core, without the load generator beside it")  # fmt: skip
     ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_upstream:
@@ -680,6 +721,10 @@ def main() -> int:
         name = {v: k for k, v in CONFIGS.items()}.get((args.bus, args.events), f"{args.bus}, no dispatcher")
         configs = [(name, (args.bus, args.events))]
     up_port = free_port()
+    args.proxy_cpus = None
+    restore = pin_away_from_proxy() if args.pin else None
+    if restore is not None:
+        args.proxy_cpus = {0}
     upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(up_port)])
     runs: dict[str, list[dict]] = {name: [] for name, _ in configs}
     try:
@@ -698,7 +743,11 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             upstream.kill()
             upstream.wait()
+        if restore is not None:
+            restore()
 
+    if args.pin:
+        print("\npinned: the proxy and its workers on CPU 0; wrk, the fake upstream and Redis on the others")
     print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; reference: {speed:.0f} ns per "
           f"`s += i` loop iteration, {client_us:.0f} µs CPU per bare aiohttp client request (lower is faster); "
           f"the proxy's upstream pool: {pool_us:.0f} µs per request")  # fmt: skip

@@ -52,6 +52,12 @@ _SECRET_HEADERS = frozenset(
 _SECRET_NAME_PARTS = ("key", "token", "secret", "auth")
 _PUBLIC_PREFIXES = ("x-ratelimit-",)  # x-ratelimit-remaining-tokens etc. are counts, not credentials
 _SECRET_VALUE = re.compile(r"\b(?:bearer|basic)\s+\S|sk-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
+# Exchanges that finish within HOLD_S of each other are built into events in one pass (at most
+# HOLD_MAX at a time): back to back, the build and encode code stays in the CPU's caches, which it does
+# not between two requests' aiohttp work (in the server, one event cost about twice what it costs in
+# a loop). Events reach the bus at most 2 ms later; aclose builds what is held at once.
+HOLD_S = 0.002
+HOLD_MAX = 64
 _SNIFF = 4096  # bytes searched for the model when the request is not whole JSON
 _MODEL_JSON = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
 _MODEL_FORM = re.compile(rb'name="model"\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]{1,256})')
@@ -256,7 +262,8 @@ def _b64(body: bytes) -> str:
 class Instrumentation:
     """The proxy's Observer: one Event per finished exchange, published without ever blocking or raising.
 
-    Counting tokens for usage-less responses happens in one owned thread; `aclose` publishes what waits.
+    Exchanges are held for up to HOLD_S and built together. Counting tokens for usage-less responses
+    happens in one owned thread. `aclose` publishes what waits.
     """
 
     def __init__(
@@ -267,11 +274,32 @@ class Instrumentation:
         self._counter = counter if counter is not None else TokenCounter()
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[asyncio.Future[Usage | None]] = set()
+        self._held: list[Exchange] = []
+        self._timer: asyncio.TimerHandle | None = None
         self.failures = 0  # exchanges that became no event (a bug; logged) or that the bus refused
         self.estimated = 0  # events whose usage was counted locally
         self.unestimated = 0  # estimation skipped (backlog full) or impossible: published with usage null
 
     def __call__(self, exchange: Exchange) -> None:
+        held = self._held
+        held.append(exchange)
+        if len(held) == 1:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(HOLD_S, self._build_held)
+            except RuntimeError:  # called outside a loop (a script): build right here
+                self._build_held()
+        elif len(held) >= HOLD_MAX:
+            self._build_held()
+
+    def _build_held(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, []
+        for exchange in held:
+            self._observe(exchange)
+
+    def _observe(self, exchange: Exchange) -> None:
         try:
             event, estimate = build_event(exchange, self._settings)
         except Exception:
@@ -312,7 +340,8 @@ class Instrumentation:
         }
 
     async def aclose(self) -> None:
-        """Publish the events still waiting for a token count, then stop the counting thread."""
+        """Publish the events held or still waiting for a token count, then stop the counting thread."""
+        self._build_held()
         while self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
             await asyncio.sleep(0)  # let the done callbacks publish

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
@@ -16,6 +17,7 @@ from llmproxy.config import EventSettings
 from llmproxy.events.model import Event, Usage, encode_event
 from llmproxy.proxy.capture import Exchange
 from llmproxy.proxy.instrument import (
+    HOLD_MAX,
     Instrumentation,
     build_event,
     decode_body,
@@ -357,6 +359,43 @@ def test_failed_or_non_generating_exchanges_are_not_estimated(changes: dict[str,
         exchange(response_body=b'{"error":{"message":"nope"}}', **changes), EventSettings()
     )
     assert (event.usage, estimate) == (None, None)
+
+
+# --- building in passes ----------------------------------------------------------------------------
+
+
+async def test_exchanges_finishing_together_are_published_together_after_the_hold_in_order() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings())
+    for n in range(3):
+        instrumentation(exchange(request_id=f"req-{n}"))
+    assert bus.events == []  # held: the request that finished does not pay for its event
+
+    await asyncio.sleep(0.05)
+
+    assert [e.request_id for e in bus.events] == ["req-0", "req-1", "req-2"]
+    await instrumentation.aclose()
+
+
+async def test_a_full_hold_is_built_at_once() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings())
+    for n in range(HOLD_MAX + 1):
+        instrumentation(exchange(request_id=f"req-{n}"))
+
+    assert len(bus.events) == HOLD_MAX
+    await instrumentation.aclose()
+    assert len(bus.events) == HOLD_MAX + 1
+
+
+async def test_closing_publishes_what_is_held_at_once() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings())
+    instrumentation(exchange())
+
+    await instrumentation.aclose()
+
+    assert [e.request_id for e in bus.events] == ["req-1"]
 
 
 # --- never raising -------------------------------------------------------------------------------
