@@ -29,6 +29,7 @@ from pathlib import Path
 
 import msgspec
 import redis
+from bench import interpreter_speed  # scripts/bench.py, beside this script
 from redis.asyncio import Redis
 
 from llmproxy import config
@@ -347,9 +348,11 @@ def cmd_drain(args: argparse.Namespace) -> int:
               f"{med['worker_cpu_us_per_event']:>13.1f} {statistics.median(red) if red else float('nan'):>12.1f} "
               f"{med['prefill_per_s']:>14,.0f}  {all(r['exactly_once'] for r in rs)} "
               f"(steady runs: {[round(r['steady_per_s']) for r in rs]})")  # fmt: skip
+    loop_ns = interpreter_speed()
+    print(f"machine reference: {loop_ns:.0f} ns per `s += i` loop iteration (bench.py's; lower is faster)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": runs, "loadavg_after": Path("/proc/loadavg").read_text()},
-                                              indent=1))  # fmt: skip
+        doc = {"runs": runs, "loop_ns": loop_ns, "loadavg_after": Path("/proc/loadavg").read_text()}
+        Path(args.json).write_text(json.dumps(doc, indent=1))
     return 0
 
 
