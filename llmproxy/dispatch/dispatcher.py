@@ -180,7 +180,7 @@ class Dispatcher:
                 d.event_id = d.event.id
         except (msgspec.DecodeError, UnicodeDecodeError):
             return False
-        return True
+        return bool(d.event_id)  # an event without an id cannot be deduplicated: not one of ours
 
     async def _deliver(self, batch: list[Delivery], stop: asyncio.Event) -> None:
         """Send until accepted (ack), refused (split / dead-letter) or out of attempts (leave)."""

@@ -356,6 +356,19 @@ async def test_undecodable_deliveries_are_dead_lettered_unsent() -> None:
     assert source.acked == [good.entry_id]
 
 
+@pytest.mark.parametrize("beside", [(), (None,)])  # None: an entry that is not an event, in the same read
+async def test_an_event_without_an_id_is_dead_lettered_alone_or_beside_a_bad_entry(
+    beside: tuple[None, ...],
+) -> None:
+    source, backend = RecordingSource(), ScriptedBackend()
+    [nameless, *_] = source.put(make_event(id=""), *beside)
+    await run_until(
+        Dispatcher(source, backend, flush_interval=0.01), lambda: len(source.dead) == 1 + len(beside)
+    )
+    assert (nameless, "undecodable event") in source.dead
+    assert (source.acked, backend.sends) == ([], [])
+
+
 async def test_after_the_retry_budget_the_batch_is_left_unacked_and_a_redelivery_delivers_it_once() -> None:
     failures = [transient()] * 3
     source, backend = RecordingSource(), ScriptedBackend(*failures)
