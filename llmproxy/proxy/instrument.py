@@ -275,21 +275,24 @@ class Instrumentation:
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[asyncio.Future[Usage | None]] = set()
         self._held: list[Exchange] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # builds what is held, on _timer_loop
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False  # after aclose: build at once, start no estimation thread
         self.failures = 0  # exchanges that became no event (a bug; logged) or that the bus refused
         self.estimated = 0  # events whose usage was counted locally
         self.unestimated = 0  # estimation skipped (backlog full) or impossible: published with usage null
 
     def __call__(self, exchange: Exchange) -> None:
-        held = self._held
-        held.append(exchange)
-        if len(held) == 1:
-            try:
-                self._timer = asyncio.get_running_loop().call_later(HOLD_S, self._build_held)
-            except RuntimeError:  # called outside a loop (a script): build right here
-                self._build_held()
-        elif len(held) >= HOLD_MAX:
+        self._held.append(exchange)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside a loop (a script): build right here, with what was held
             self._build_held()
+            return
+        if self._closed or len(self._held) >= HOLD_MAX:
+            self._build_held()
+        elif self._timer is None or self._timer_loop is not loop:  # (a loop that ended never fired it)
+            self._timer, self._timer_loop = loop.call_later(HOLD_S, self._build_held), loop
 
     def _build_held(self) -> None:
         if self._timer is not None:
@@ -318,7 +321,7 @@ class Instrumentation:
         except RuntimeError:  # called outside a loop (a script): count right here
             self._finish(event, self._estimate(estimate))
             return True
-        if len(self._pending) >= self._settings.buffer_size:
+        if self._closed or len(self._pending) >= self._settings.buffer_size:
             return False
         try:
             if self._executor is None:
@@ -340,8 +343,10 @@ class Instrumentation:
         }
 
     async def aclose(self) -> None:
-        """Publish the events held or still waiting for a token count, then stop the counting thread."""
-        self._build_held()
+        """Publish the events held or still waiting for a token count, then stop the counting thread.
+        Exchanges that come later are built and published at once, without estimation."""
+        self._build_held()  # estimated like any other
+        self._closed = True
         while self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
             await asyncio.sleep(0)  # let the done callbacks publish

@@ -398,6 +398,33 @@ async def test_closing_publishes_what_is_held_at_once() -> None:
     assert [e.request_id for e in bus.events] == ["req-1"]
 
 
+def test_what_a_loop_that_ended_left_held_is_built_with_the_next_exchange() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings())
+
+    async def finish_one() -> None:
+        instrumentation(exchange(request_id="held"))  # the loop ends inside the hold: its timer never fires
+
+    asyncio.run(finish_one())
+    asyncio.run(finish_one())  # a new loop: held exchanges get a timer on it
+    assert bus.events == []
+
+    instrumentation(exchange(request_id="outside"))  # outside a loop: everything held is built now
+
+    assert [e.request_id for e in bus.events] == ["held", "held", "outside"]
+
+
+async def test_after_close_an_exchange_is_published_at_once_without_estimation() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings())
+    await instrumentation.aclose()
+
+    instrumentation(stream_exchange(sse(*FOX_DELTAS)))  # no usage: would go to the counting thread
+
+    assert [(e.usage, e.usage_source) for e in bus.events] == [(None, None)]
+    assert instrumentation.stats()["estimating"] == 0
+
+
 # --- never raising -------------------------------------------------------------------------------
 
 
