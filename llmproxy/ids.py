@@ -2,7 +2,8 @@
 
 uuid.uuid4() reads 16 bytes from the kernel and builds a UUID object per call (3.4 µs); these read
 4 KiB of os.urandom at a time and format the text directly (1.0 µs). A forked child starts afresh,
-so it never repeats its parent's next ids.
+so it never repeats its parent's next ids. Called on the event loop's thread only (the middleware, the
+proxy handler, the event build): two threads could be handed the same bytes.
 """
 
 from __future__ import annotations
