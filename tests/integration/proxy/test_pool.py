@@ -122,6 +122,44 @@ def keep_answering(body_for: Callable[[bytes], bytes] = lambda request: OK) -> C
     return script_for
 
 
+def answer_once(*pieces: bytes, abort: bool = False) -> Callable[[RawServer], Script]:
+    """Per connection: read one request, send ``pieces`` one write each, then close (or reset) it."""
+
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+            if abort:
+                writer.transport.abort()
+            else:
+                writer.close()
+
+        return script
+
+    return script_for
+
+
+def dropping_the_second_request(answer: bytes = b"") -> Callable[[RawServer], Script]:
+    """Answers the first request on a connection, then reads the next and drops the connection after
+    sending ``answer`` (a partial one, or nothing)."""
+
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+            await server.read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+            writer.transport.abort()
+
+        return script
+
+    return script_for
+
+
 async def test_the_request_goes_out_exactly_as_framed_and_the_answer_comes_back_whole() -> None:
     async with await serving(keep_answering()) as server:
         async with aclosing(UpstreamPool(api())) as pool:
@@ -205,18 +243,8 @@ async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives() -> None:
 
 
 async def test_an_answer_without_length_ends_when_the_upstream_closes_and_is_not_reused() -> None:
-    def script_for(server: RawServer) -> Script:
-        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the ")
-            await writer.drain()
-            writer.write(b"end")
-            await writer.drain()
-            writer.close()
-
-        return script
-
-    async with await serving(script_for) as server:
+    head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the "
+    async with await serving(answer_once(head, b"end")) as server:
         async with aclosing(UpstreamPool(api())) as pool:
             for _ in range(2):
                 response = await pool.request("GET", server.base, "/v1/models", [])
@@ -226,16 +254,9 @@ async def test_an_answer_without_length_ends_when_the_upstream_closes_and_is_not
 
 
 async def test_a_cut_short_body_is_an_upstream_error_not_a_short_success() -> None:
-    def script_for(server: RawServer) -> Script:
-        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
-            await writer.drain()
-            writer.close()
-
-        return script
-
-    async with await serving(script_for) as server:
+    async with await serving(
+        answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    ) as server:
         async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request("GET", server.base, "/v1/models", [])
             assert await response.readany() == b"only part"
@@ -369,16 +390,7 @@ async def test_a_body_that_keeps_trickling_is_cut_at_the_request_timeout() -> No
 
 
 async def test_an_idle_connection_the_upstream_closed_is_not_used_again() -> None:
-    def script_for(server: RawServer) -> Script:
-        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(OK)
-            await writer.drain()
-            writer.close()  # keep-alive announced, but the upstream closes it right after
-
-        return script
-
-    async with await serving(script_for) as server:
+    async with await serving(answer_once(OK)) as server:  # keep-alive announced, then closed right after
         async with aclosing(UpstreamPool(api())) as pool:
             for _ in range(3):
                 response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
@@ -389,17 +401,7 @@ async def test_an_idle_connection_the_upstream_closed_is_not_used_again() -> Non
 
 
 async def test_a_get_on_a_reused_connection_closed_unanswered_is_retried_once_a_post_is_not() -> None:
-    def script_for(server: RawServer) -> Script:
-        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(OK)
-            await writer.drain()
-            await server.read_request(reader)  # the next request on this connection: dropped unanswered
-            writer.transport.abort()
-
-        return script
-
-    async with await serving(script_for) as server:
+    async with await serving(dropping_the_second_request()) as server:
         async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request("GET", server.base, "/v1/models", [])
             await read_all(response)
@@ -545,25 +547,6 @@ async def test_connections_idle_past_idle_connection_are_closed_even_when_newer_
             assert (server.connections, server.open_now) == (2, 1)
 
 
-def dropping_the_second_request(answer: bytes = b"") -> Callable[[RawServer], Script]:
-    """Answers the first request on a connection, then reads the next and drops the connection after
-    sending ``answer`` (a partial one, or nothing)."""
-
-    def script_for(server: RawServer) -> Script:
-        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(OK)
-            await writer.drain()
-            await server.read_request(reader)
-            writer.write(answer)
-            await writer.drain()
-            writer.transport.abort()
-
-        return script
-
-    return script_for
-
-
 async def test_a_streamed_get_is_not_retried_it_cannot_be_replayed() -> None:
     async def body() -> AsyncIterator[bytes]:
         yield b"{}"
@@ -590,14 +573,7 @@ async def test_a_get_answered_in_part_before_the_drop_is_not_retried() -> None:
 
 
 async def test_a_get_dropped_on_a_new_connection_is_not_retried() -> None:
-    def script_for(server: RawServer) -> Script:
-        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.transport.abort()
-
-        return script
-
-    async with await serving(script_for) as server:
+    async with await serving(answer_once(abort=True)) as server:
         async with aclosing(UpstreamPool(api())) as pool:
             with pytest.raises(UpstreamError):
                 await pool.request("GET", server.base, "/v1/models", [])
