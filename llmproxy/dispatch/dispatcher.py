@@ -121,7 +121,7 @@ class Dispatcher:
                     await self._stopped_during(backoff_s(source_failures, base=0.1, cap=2.0), stop)
         finally:
             ahead, self._ahead = self._ahead, None
-            if ahead is not None:  # cancelled: what it read stays pending and is redelivered
+            if ahead is not None:  # cancelled: what it read is redelivered if the source redelivers
                 ahead.cancel()
                 with contextlib.suppress(BaseException):
                     await ahead
@@ -220,10 +220,10 @@ class Dispatcher:
 
     def _abandon_read_ahead(self) -> None:
         """The backend is failing: a batch read ahead would sit unacked through the retries, long enough
-        for another consumer to claim and send it too. Leave it to the source's redelivery instead; a
-        source that never redelivers (``max_attempts=None``, the in-memory bus) keeps it."""
+        for another consumer to claim and send it too. Leave it to the source's redelivery instead; with a
+        source that never redelivers (list, in-memory) it was taken for good, so it is kept and sent."""
         ahead = self._ahead
-        if ahead is None or self.max_attempts is None:
+        if ahead is None or not self.source.redelivers:
             return
         self._ahead = None
         ahead.cancel()

@@ -71,7 +71,13 @@ class EventBus(Protocol):
 
 
 class EventSource(Protocol):
-    """Consumer side: one per dispatcher service (and, for Redis Streams, per worker)."""
+    """Consumer side: one per dispatcher service (and, for Redis Streams, per worker).
+
+    ``redelivers``: an entry read but never acked is handed out again later (Redis Streams). The list
+    and in-memory sources remove what they hand out: whatever was read must be sent.
+    """
+
+    redelivers: bool
 
     async def start(self) -> None:
         """Prepare reading (create the consumer group); raises ``BusUnavailable``."""

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 class MemorySource:
     """One subscriber's queue. ``ack`` is a no-op: an event read is an event gone."""
 
+    redelivers = False
+
     def __init__(self, bus: InMemoryBus, name: str, buffer_size: int) -> None:
         self.name = name
         self._bus = bus

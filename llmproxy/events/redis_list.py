@@ -83,6 +83,8 @@ class RedisListBus(RedisProducer[bytes]):
 class ListSource:
     """Reader: BRPOP for the first event, RPOP for the rest of a batch. ``ack`` is a no-op (at-most-once)."""
 
+    redelivers = False
+
     def __init__(self, redis: Redis, settings: Settings, service: str, *, owns_redis: bool = False) -> None:
         self.service = service
         self._redis = redis

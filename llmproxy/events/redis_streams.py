@@ -128,6 +128,8 @@ class StreamSource:
     written since the restart are still read.
     """
 
+    redelivers = True
+
     def __init__(
         self,
         redis: Redis,

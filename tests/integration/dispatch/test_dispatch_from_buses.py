@@ -22,6 +22,7 @@ from llmproxy.dispatch.dispatcher import Dispatcher
 from llmproxy.events.bus import EventSource, make_bus, make_source
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.events.model import Event, decode_event
+from llmproxy.events.redis_list import list_key
 from tests.fakes.lunary import FakeLunary
 from tests.unit.dispatch.doubles import DEADLINE_S, ScriptedBackend, Waits, chat_event, make_event
 
@@ -70,7 +71,7 @@ async def settings() -> AsyncIterator[Settings]:
     s.streams.claim_time = 0.2
     yield s
     redis = Redis(host="127.0.0.1", port=6379)
-    await redis.delete(s.streams.key, f"{s.streams.key}:dead")
+    await redis.delete(s.streams.key, f"{s.streams.key}:dead", list_key(s.streams.key))
     await redis.aclose()
 
 
@@ -166,6 +167,32 @@ async def test_a_batch_left_unacked_is_reclaimed_and_written_exactly_once(
     assert dispatcher.stats.failed == 3
     assert len(flaky.sends) == 2
     assert file_ids(path) == [e.id for e in events]
+
+
+async def test_a_transient_failure_on_the_list_bus_loses_nothing_the_read_ahead_popped(
+    settings: Settings, redis: Redis
+) -> None:
+    """The list bus never redelivers: a batch read ahead (popped) while a send fails must still be sent."""
+    settings.events.bus = "redis"
+    source = await started_source(settings, "lunary")
+    events = [make_event() for _ in range(20)]
+    await publish(settings, events)
+
+    class SlowFirst(ScriptedBackend):
+        async def send(self, batch: list[Event]) -> None:
+            await asyncio.sleep(0.05)  # the read-ahead pops the next batch meanwhile
+            await super().send(batch)
+
+    backend = SlowFirst(DeliveryError("upstream 503", transient=True))
+    dispatcher = Dispatcher(source, backend, batch_size=5, flush_interval=0.01, backoff=Waits())
+
+    async def all_sent() -> bool:
+        return len(backend.accepted) == 20
+
+    await run_until(dispatcher, all_sent)
+    await source.aclose()
+    assert sorted(backend.accepted) == sorted(e.id for e in events)
+    assert await redis.llen(list_key(settings.streams.key)) == 0
 
 
 async def test_the_file_worker_writes_stored_bytes_and_dead_letters_what_is_not_an_event(

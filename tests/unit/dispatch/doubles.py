@@ -183,6 +183,8 @@ class RecordingSource:
     """An EventSource double: hands out what was `put` as Redis does (stored bytes, not decoded), records
     acks and dead letters."""
 
+    redelivers = True  # redeliver_unacked() plays XAUTOCLAIM
+
     def __init__(self) -> None:
         self.waiting: list[Delivery] = []
         self.unacked: dict[str, Delivery] = {}
