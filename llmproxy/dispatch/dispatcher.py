@@ -123,8 +123,7 @@ class Dispatcher:
             ahead, self._ahead = self._ahead, None
             if ahead is not None:  # cancelled: what it read is redelivered if the source redelivers
                 ahead.cancel()
-                with contextlib.suppress(BaseException):
-                    await ahead
+                await asyncio.gather(ahead, return_exceptions=True)
         s = self.stats
         logger.info(
             "dispatcher %s stopped ◆ %d delivered ◆ %d retried ◆ %d failed ◆ %d dead-lettered",
@@ -157,15 +156,21 @@ class Dispatcher:
 
     async def _screen(self, arrived: list[Delivery]) -> list[Delivery]:
         """Dead-letter what must never reach the backend; return the rest."""
-        undecodable = [d for d in arrived if not self._identify(d)]
-        exhausted = [d for d in arrived if d.event_id and d.deliveries > self.max_deliveries]
+        keep: list[Delivery] = []
+        undecodable: list[Delivery] = []
+        exhausted: list[Delivery] = []
+        for d in arrived:
+            if not self._identify(d):
+                undecodable.append(d)
+            elif d.deliveries > self.max_deliveries:
+                exhausted.append(d)
+            else:
+                keep.append(d)
         if undecodable:
             await self._dead_letter(undecodable, "undecodable event")
         if exhausted:
             await self._dead_letter(exhausted, f"delivered more than {self.max_deliveries} times")
-        if not undecodable and not exhausted:
-            return arrived
-        return [d for d in arrived if d.event_id and d.deliveries <= self.max_deliveries]
+        return keep
 
     def _identify(self, d: Delivery) -> bool:
         """Set ``d.event_id`` from what the backend needs: the stored bytes only checked (a line backend

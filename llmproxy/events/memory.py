@@ -68,7 +68,7 @@ class MemorySource:
         return None
 
     async def dead_letter(self, deliveries: list[Delivery], error: str) -> None:
-        ids = [d.event.id for d in deliveries if d.event is not None]
+        ids = [d.event_id for d in deliveries]
         log.warning("in-memory bus: %s gave up on %d events (%s): %s", self.name, len(deliveries), error, ids)
 
     async def lag(self) -> dict[str, int]:

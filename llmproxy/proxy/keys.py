@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aiohttp import ClientSession, web
+from aiohttp import web
 
 from llmproxy.context import REQUEST_ID
 
 if TYPE_CHECKING:
     from llmproxy.config import Settings
 
-__all__ = ("REQUEST_ID", "SESSION", "SETTINGS")
+__all__ = ("REQUEST_ID", "SETTINGS")
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
-SESSION: web.AppKey[ClientSession] = web.AppKey("upstream_session", ClientSession)

@@ -1,4 +1,5 @@
-"""What a dispatch backend is: `send(batch)` delivers or raises DeliveryError saying whether to retry.
+"""What a dispatch backend is: `send(batch)` (or, for a `LineBackend`, `send_lines`) delivers or raises
+DeliveryError saying whether to retry.
 
 Also the small pieces every HTTP backend shares: turning a status or a network error into a
 DeliveryError (via retry.classify) and a bounded memory of event ids already delivered.

@@ -21,7 +21,7 @@ import threading
 import msgspec
 
 from llmproxy.dispatch.backends.base import DeliveryError, RecentIds
-from llmproxy.events.model import Event
+from llmproxy.events.model import Event, encode_event
 
 __all__ = ("FileBackend",)
 
@@ -49,7 +49,6 @@ class FileBackend:
         self.path = os.fspath(path)
         self.scan_limit_bytes = scan_limit_bytes
         self._ids = RecentIds(dedupe_window)
-        self._encoder = msgspec.json.Encoder()
         self._lock = threading.Lock()  # one thread at a time touches the fd and the id window
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
@@ -57,9 +56,7 @@ class FileBackend:
         self._reopen_requested = False
 
     async def send(self, batch: list[Event]) -> None:
-        if batch:
-            encode = self._encoder.encode
-            await asyncio.to_thread(self._append, [(event.id, encode(event)) for event in batch])
+        await self.send_lines([(event.id, encode_event(event)) for event in batch])
 
     async def send_lines(self, batch: list[tuple[str, bytes]]) -> None:
         """(event id, the event as one line of JSON without its newline) pairs, appended in order."""
