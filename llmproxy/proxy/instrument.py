@@ -156,7 +156,7 @@ def decode_body(body: bytes, content_encoding: str, limit: int, truncated: bool)
     if not content_encoding or not body:  # the common case: nothing to undo
         return body, truncated
     codings = [c for c in (c.strip() for c in content_encoding.lower().split(",")) if c and c != "identity"]
-    if len(codings) != 1 or not body:
+    if len(codings) != 1:
         return body, truncated
     inflated = _inflate(body, codings[0], limit)
     if inflated is None:

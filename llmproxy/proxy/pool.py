@@ -140,16 +140,15 @@ class UpstreamPool:
         try:
             conn.send(method, head, body, chunked)
             await response.wait_headers()
-        except UpstreamError:
+        except BaseException as exc:
             conn.response = None
             conn.close()
+            # a reused connection the upstream had closed: nothing was read, so an idempotent request
+            # whose body can be sent again goes once more on a new connection
             replayable = body is None or isinstance(body, bytes)
-            if retry and reused and not conn.received and replayable and method in _IDEMPOTENT:
+            unanswered = isinstance(exc, UpstreamError) and reused and not conn.received
+            if retry and unanswered and replayable and method in _IDEMPOTENT:
                 return await self._exchange(method, origin, head, body, chunked, deadline, retry=False)
-            raise
-        except BaseException:
-            conn.response = None
-            conn.close()
             raise
         return response
 
@@ -163,7 +162,7 @@ class UpstreamPool:
         while idle:
             conn = idle.pop()
             transport = conn.transport
-            if conn.closed or transport is None or transport.is_closing() or conn.idle_since < oldest_allowed:
+            if conn.closed or transport is None or transport.is_closing():  # the upstream closed it
                 conn.close()
                 continue
             return conn
