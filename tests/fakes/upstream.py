@@ -188,6 +188,9 @@ class FakeUpstream:
 
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
+        self.peers: list[
+            tuple[str, int]
+        ] = []  # the (address, port) each request came from: one per connection
         self.url = ""
         self.closing = asyncio.Event()  # set on close: releases every hung reply
         self._script: deque[Reply] = deque()
@@ -224,6 +227,8 @@ class FakeUpstream:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(Recorded(request.method, request.raw_path, CIMultiDict(request.headers), body))
+        transport = request.transport
+        self.peers.append(transport.get_extra_info("peername")[:2] if transport is not None else ("", 0))
         self.received.set()
         reply = self._script.popleft() if self._script else self._default
         return await reply(request)

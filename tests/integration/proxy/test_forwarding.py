@@ -236,3 +236,14 @@ async def test_an_empty_upstream_answer_keeps_its_status(make_proxy):
     assert resp.status == 204
     assert await resp.read() == b""
     assert proxy.upstream.requests[0].raw_path == "/v1/files/file-abc"
+
+
+async def test_requests_in_a_row_share_one_kept_alive_upstream_connection(make_proxy):
+    proxy = await make_proxy()
+    for n in range(5):
+        async with proxy.request("POST", "/v1/chat/completions", json={"n": n}) as resp:
+            assert resp.status == 200
+            await resp.read()
+
+    assert len(proxy.upstream.requests) == 5
+    assert len(set(proxy.upstream.peers)) == 1

@@ -400,13 +400,21 @@ async def test_an_idle_connection_the_upstream_closed_is_not_used_again() -> Non
             assert server.connections == 3
 
 
-async def test_a_get_on_a_reused_connection_closed_unanswered_is_retried_once_a_post_is_not() -> None:
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("GET", None), ("OPTIONS", None), ("PUT", b"{}"), ("DELETE", None)],  # HEAD: OK carries a body
+)
+async def test_an_idempotent_request_on_a_reused_connection_closed_unanswered_is_retried_once_a_post_is_not(
+    method: str, body: bytes | None
+) -> None:
     async with await serving(dropping_the_second_request()) as server:
         async with aclosing(UpstreamPool(api())) as pool:
             response = await pool.request("GET", server.base, "/v1/models", [])
             await read_all(response)
             response.release()
-            response = await pool.request("GET", server.base, "/v1/models", [])  # dropped, then retried
+            response = await pool.request(
+                method, server.base, "/v1/models", [], body
+            )  # dropped, then retried
             assert await read_all(response) == b'{"ok":true}'
             response.release()
             assert server.connections == 2
