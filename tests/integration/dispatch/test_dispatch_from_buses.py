@@ -21,7 +21,7 @@ from llmproxy.dispatch.backends.lunary import LunaryBackend
 from llmproxy.dispatch.dispatcher import Dispatcher
 from llmproxy.events.bus import EventSource, make_bus, make_source
 from llmproxy.events.memory import InMemoryBus
-from llmproxy.events.model import Event, decode_event
+from llmproxy.events.model import Event, decode_event, encode_event
 from llmproxy.events.redis_list import list_key
 from tests.fakes.lunary import FakeLunary
 from tests.unit.dispatch.doubles import DEADLINE_S, ScriptedBackend, Waits, chat_event, make_event
@@ -200,9 +200,8 @@ async def test_the_file_worker_writes_stored_bytes_and_dead_letters_what_is_not_
 ) -> None:
     """The path a `file` worker takes: entries checked (EventShape), never decoded and encoded again."""
     source = await started_source(settings, "file")
-    good = chat_event()
-    await publish(settings, [good])
-    stored = (await redis.xrange(settings.streams.key))[0][1][b"event"]
+    stored = encode_event(chat_event())[:-1] + b',"added_later":1}'  # a decode and re-encode would drop it
+    await redis.xadd(settings.streams.key, {"event": stored})
     wrong_status = stored.replace(b'"status":200', b'"status":"200"')
     bad_utf8 = stored.replace(b'"response_body":"', b'"response_body":"\xff')
     for raw in (wrong_status, bad_utf8):

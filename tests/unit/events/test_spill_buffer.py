@@ -182,6 +182,21 @@ async def test_after_a_small_write_the_drain_lingers_so_a_trickle_shares_the_nex
     await drain.aclose()
 
 
+async def test_after_a_full_write_of_64_the_drain_does_not_linger() -> None:
+    fake = FakeRedis()
+    drain = Drain(buffer(max_items=1000), fake.write, address="fake", linger_s=60.0)
+    for n in range(64):
+        drain.put(b"%d" % n)
+    drain.start()
+    await wait_for(lambda: fake.batches == 1)
+
+    drain.put(b"next")
+
+    await wait_for(lambda: fake.batches == 2)  # a 60 s linger after the 64 would hold it
+    assert fake.written[-1] == b"next"
+    await drain.aclose()
+
+
 async def test_closing_ends_the_linger_and_writes_what_arrived_during_it() -> None:
     fake, drain = await lingering(60.0)
     drain.put(b"b")

@@ -367,9 +367,17 @@ def test_failed_or_non_generating_exchanges_are_not_estimated(changes: dict[str,
 async def test_exchanges_finishing_together_are_published_together_after_the_hold_in_order() -> None:
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings())
-    for n in range(3):
-        instrumentation(exchange(request_id=f"req-{n}"))
+    loop = asyncio.get_running_loop()
+    timers: list[float] = []
+    call_later = loop.call_later
+    loop.call_later = lambda delay, *args: timers.append(delay) or call_later(delay, *args)  # type: ignore[method-assign]
+    try:
+        for n in range(3):
+            instrumentation(exchange(request_id=f"req-{n}"))
+    finally:
+        del loop.call_later  # type: ignore[method-assign]
     assert bus.events == []  # held: the request that finished does not pay for its event
+    assert timers == [0.002]  # one 2 ms hold for all three (README)
 
     await asyncio.sleep(0.05)
 
@@ -380,12 +388,12 @@ async def test_exchanges_finishing_together_are_published_together_after_the_hol
 async def test_a_full_hold_is_built_at_once() -> None:
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings())
-    for n in range(HOLD_MAX + 1):
+    for n in range(65):
         instrumentation(exchange(request_id=f"req-{n}"))
 
-    assert len(bus.events) == HOLD_MAX
+    assert len(bus.events) == HOLD_MAX == 64  # built at the 64th (README)
     await instrumentation.aclose()
-    assert len(bus.events) == HOLD_MAX + 1
+    assert len(bus.events) == 65
 
 
 async def test_closing_publishes_what_is_held_at_once() -> None:
@@ -402,16 +410,19 @@ def test_what_a_loop_that_ended_left_held_is_built_with_the_next_exchange() -> N
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings())
 
-    async def finish_one() -> None:
-        instrumentation(exchange(request_id="held"))  # the loop ends inside the hold: its timer never fires
+    async def finish_one(wait: float) -> None:
+        instrumentation(exchange(request_id=f"held-{wait}"))
+        await asyncio.sleep(wait)
 
-    asyncio.run(finish_one())
-    asyncio.run(finish_one())  # a new loop: held exchanges get a timer on it
+    asyncio.run(finish_one(0.0))  # the loop ends inside the hold: its timer never fires
     assert bus.events == []
+    asyncio.run(finish_one(0.05))  # a new loop: what is held gets a timer on it
+    assert [e.request_id for e in bus.events] == ["held-0.0", "held-0.05"]
 
+    asyncio.run(finish_one(0.0))
     instrumentation(exchange(request_id="outside"))  # outside a loop: everything held is built now
 
-    assert [e.request_id for e in bus.events] == ["held", "held", "outside"]
+    assert [e.request_id for e in bus.events][2:] == ["held-0.0", "outside"]
 
 
 async def test_after_close_an_exchange_is_published_at_once_without_estimation() -> None:
