@@ -18,8 +18,8 @@ none (in-memory bus, no dispatcher: no observer), memory+file (file dispatcher i
 streams+worker (redis-streams bus, one file worker process). --repeat N reports medians.
 --cache turns the HTTP cache on and adds, per concurrency level, a run where every request is a hit
 and one where every request is a miss (numbered bodies, `Cache-Control: max-age=300`).
---pin runs the proxy (and its workers) on CPU 0 and everything else, Redis included, on the other
-CPUs: the figures of "one core" without wrk and the fake upstream competing for it.
+--pin runs the proxy (and its workers) on the first CPU it may use and everything else, Redis
+included, on the others: "one core" without wrk and the fake upstream competing for it.
 It ends with three machine references: ns per plain Python loop iteration, CPU µs per bare aiohttp
 client request and CPU µs per request through the proxy's own upstream pool, so figures from
 different machines (or hours) can be compared.
@@ -387,7 +387,7 @@ def _cpu_per_request(client: Callable[[], AbstractAsyncContextManager[One]], n: 
 
 def aiohttp_client_reference(port: int, n: int = 3000) -> float:
     """CPU µs of one bare aiohttp client request to the fake upstream, sequential, keep-alive: the
-    floor under any aiohttp proxy (which also parses the request and write the answer) on this machine."""
+    floor under any aiohttp proxy (which also parses the request and writes the answer) on this machine."""
     import aiohttp
 
     @asynccontextmanager
@@ -538,32 +538,40 @@ def proxy_server(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def pin_away_from_proxy() -> Callable[[], None]:
-    """This process (so wrk and the fake upstream) and the local redis-server onto CPUs 1..N, leaving CPU 0
-    to the proxy; returns what puts Redis back where it was."""
-    others = set(range(1, os.cpu_count() or 1))
-    if not others:
+def redis_pid() -> int | None:
+    """The pid of the Redis at 127.0.0.1:6379 (the one the benchmarks use), if it says."""
+    import redis
+
+    try:
+        return int(redis.Redis().info("server")["process_id"])
+    except Exception:
+        return None
+
+
+def pin_away_from_proxy() -> tuple[set[int], Callable[[], None]]:
+    """Of the CPUs this process may use, the first for the proxy; this process (so wrk and the fake
+    upstream) and the benchmarks' Redis onto the others. Returns (the proxy's CPUs, what puts Redis back)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
         raise SystemExit("--pin needs at least 2 CPUs")
+    proxy, others = {allowed[0]}, set(allowed[1:])
     os.sched_setaffinity(0, others)
-    found = subprocess.run(
-        ["pidof", "redis-server"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    saved = {}
-    for pid in map(int, found):
-        try:
-            saved[pid] = os.sched_getaffinity(pid)
-            for task in os.listdir(f"/proc/{pid}/task"):  # every thread of it (io threads too)
-                os.sched_setaffinity(int(task), others)
+    pid = redis_pid()
+    tasks = Path(f"/proc/{pid}/task")
+    saved: dict[int, set[int]] = {}
+    for task in map(int, os.listdir(tasks)) if pid is not None and tasks.is_dir() else ():
+        try:  # every thread of it (io threads too)
+            saved[task] = os.sched_getaffinity(task)
+            os.sched_setaffinity(task, others)
         except OSError as exc:  # not ours to move: it stays where it is, noted
-            print(f"bench: cannot pin redis-server {pid}: {exc}", file=sys.stderr)
+            print(f"bench: cannot pin redis-server thread {task}: {exc}", file=sys.stderr)
 
     def restore() -> None:
-        for pid, cpus in saved.items():
-            for task in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(int(task), cpus)
+        for task, cpus in saved.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(task, cpus)
 
-    return restore
+    return proxy, restore
 
 
 def run_config(name: str, bus: str, events: bool, args: argparse.Namespace, up_port: int) -> dict:
@@ -707,7 +715,7 @@ def main() -> int:
     ap.add_argument("--json", metavar="FILE", help="write every run and the medians to FILE")
     ap.add_argument("--profile", metavar="FILE", help="run the proxy under cProfile, stats written to FILE")
     ap.add_argument("--pin", action="store_true",
-                    help="the proxy and its workers on CPU 0, everything else (wrk, the fake upstream, Redis) on "
+                    help="the proxy and its workers on the first allowed CPU, everything else (wrk, the fake upstream, Redis) on "
                          "the other CPUs: the proxy's figures on one core, without the load generator beside it")  # fmt: skip
     ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -721,13 +729,11 @@ def main() -> int:
         name = {v: k for k, v in CONFIGS.items()}.get((args.bus, args.events), f"{args.bus}, no dispatcher")
         configs = [(name, (args.bus, args.events))]
     up_port = free_port()
-    args.proxy_cpus = None
-    restore = pin_away_from_proxy() if args.pin else None
-    if restore is not None:
-        args.proxy_cpus = {0}
-    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(up_port)])
+    args.proxy_cpus, restore = pin_away_from_proxy() if args.pin else (None, None)
+    upstream: subprocess.Popen[bytes] | None = None
     runs: dict[str, list[dict]] = {name: [] for name, _ in configs}
     try:
+        upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(up_port)])
         wait_port(up_port)
         for i in range(args.repeat):  # round-robin, so a noisy minute does not hit one config only
             for name, (bus, events) in configs:
@@ -737,17 +743,19 @@ def main() -> int:
         speed, client_us = interpreter_speed(), aiohttp_client_reference(up_port)
         pool_us = pool_client_reference(up_port)
     finally:
-        upstream.send_signal(signal.SIGTERM)
-        try:
-            upstream.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            upstream.kill()
-            upstream.wait()
+        if upstream is not None:
+            upstream.send_signal(signal.SIGTERM)
+            try:
+                upstream.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                upstream.kill()
+                upstream.wait()
         if restore is not None:
             restore()
 
-    if args.pin:
-        print("\npinned: the proxy and its workers on CPU 0; wrk, the fake upstream and Redis on the others")
+    if args.proxy_cpus:
+        print(f"\npinned: the proxy and its workers on CPU {sorted(args.proxy_cpus)}; wrk, the fake upstream and "
+              "Redis on the others")  # fmt: skip
     print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; reference: {speed:.0f} ns per "
           f"`s += i` loop iteration, {client_us:.0f} µs CPU per bare aiohttp client request (lower is faster); "
           f"the proxy's upstream pool: {pool_us:.0f} µs per request")  # fmt: skip
@@ -757,7 +765,7 @@ def main() -> int:
         loadavg = Path("/proc/loadavg").read_text().split()[:3]
         doc = {"duration": args.duration, "cpus": os.cpu_count(), "loadavg_after": loadavg, "loop_ns": speed,
                "aiohttp_client_us": client_us, "pool_client_us": pool_us,
-               "summaries": summaries, "runs": runs}  # fmt: skip
+               "proxy_cpus": sorted(args.proxy_cpus or ()), "summaries": summaries, "runs": runs}  # fmt: skip
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
     return 0
 

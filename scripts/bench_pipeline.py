@@ -29,7 +29,7 @@ from pathlib import Path
 
 import msgspec
 import redis
-from bench import interpreter_speed  # scripts/bench.py, beside this script
+from bench import cpu_seconds, interpreter_speed, redis_pid  # scripts/bench.py, beside this script
 from redis.asyncio import Redis
 
 from llmproxy import config
@@ -38,7 +38,6 @@ from llmproxy.events.redis_streams import RedisStreamBus, group_name
 from llmproxy.proxy.capture import Exchange
 from llmproxy.proxy.instrument import build_event
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVICE = "file"
 
 
@@ -197,18 +196,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 # --- drain: one worker, Redis → JSONL ------------------------------------------------------------
 
 
-def _proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _redis_pid() -> int | None:
-    try:
-        return int(redis.Redis().info("server")["process_id"])
-    except Exception:
-        return None
-
-
 async def _prefill(key: str, group: str, events: list[Event]) -> float:
     client = Redis()
     try:
@@ -264,7 +251,7 @@ def drain_once(args: argparse.Namespace, batch_size: int | None, events: list[Ev
         if batch_size:
             command += ["--batch-size", str(batch_size)]
         counter = _LineCounter(log)
-        redis_pid = _redis_pid()
+        redis_server = redis_pid()
         t_start = time.perf_counter()
         worker = subprocess.Popen(command, env=env, cwd=workdir)
         spy = None
@@ -279,12 +266,12 @@ def drain_once(args: argparse.Namespace, batch_size: int | None, events: list[Ev
                 raise RuntimeError(f"worker drained {counter.lines}/{n} lines before giving up")
             if t_first is None and counter.lines:
                 t_first, first_lines = time.perf_counter(), counter.lines
-                cpu_first = _proc_cpu(worker.pid)
-                redis_first = _proc_cpu(redis_pid) if redis_pid else None
+                cpu_first = cpu_seconds(worker.pid)
+                redis_first = cpu_seconds(redis_server) if redis_server else None
             time.sleep(0.01)
         t_done = time.perf_counter()
-        cpu_done = _proc_cpu(worker.pid)
-        redis_done = _proc_cpu(redis_pid) if redis_pid else None
+        cpu_done = cpu_seconds(worker.pid)
+        redis_done = cpu_seconds(redis_server) if redis_server else None
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=30)
