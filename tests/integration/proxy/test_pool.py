@@ -122,6 +122,16 @@ def keep_answering(body_for: Callable[[bytes], bytes] = lambda request: OK) -> C
     return script_for
 
 
+def silent(server: RawServer) -> Script:
+    """Reads the request and never answers."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        await reader.read()
+
+    return script
+
+
 def answer_once(*pieces: bytes, abort: bool = False) -> Callable[[RawServer], Script]:
     """Per connection: read one request, send ``pieces`` one write each, then close (or reset) it."""
 
@@ -242,15 +252,29 @@ async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives() -> None:
             response.release()
 
 
-async def test_an_answer_without_length_ends_when_the_upstream_closes_and_is_not_reused() -> None:
-    head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the "
-    async with await serving(answer_once(head, b"end")) as server:
+@pytest.mark.parametrize(
+    ("script_for", "body"),
+    [  # no length: the body ends where the upstream closes; or a length, Connection: close, socket kept open
+        (answer_once(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the ", b"end"), b"until the end"),
+        (
+            keep_answering(
+                lambda request: b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+            ),
+            b"ok",
+        ),
+    ],
+    ids=["without-length", "connection-close"],
+)
+async def test_an_answer_that_ends_its_connection_is_read_whole_and_the_connection_not_reused(
+    script_for: Callable[[RawServer], Script], body: bytes
+) -> None:
+    async with await serving(script_for) as server:
         async with aclosing(UpstreamPool(api())) as pool:
             for _ in range(2):
                 response = await pool.request("GET", server.base, "/v1/models", [])
-                assert await read_all(response) == b"until the end"
+                assert await read_all(response) == body
                 response.release()
-            assert server.connections == 2
+    assert server.connections == 2
 
 
 async def test_a_cut_short_body_is_an_upstream_error_not_a_short_success() -> None:
@@ -357,13 +381,7 @@ async def test_an_unreachable_upstream_is_an_upstream_error() -> None:
 
 
 async def test_no_headers_within_the_read_timeout_is_a_timeout() -> None:
-    def script_for(server: RawServer) -> Script:
-        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.read()
-
-        return script
-
-    async with await serving(script_for) as server:
+    async with await serving(silent) as server:
         async with aclosing(UpstreamPool(api(response_header=0.2))) as pool:
             with pytest.raises(TimeoutError):
                 await pool.request("GET", server.base, "/v1/models", [])
@@ -608,32 +626,13 @@ async def test_a_connect_that_hangs_is_cut_at_the_connect_timeout() -> None:
             sock.close()
 
 
-def silent(server: RawServer) -> Script:
-    """Reads the request and never answers."""
-
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        await reader.read()
-
-    return script
-
-
 async def test_a_slow_upload_is_bounded_by_the_request_timeout_not_the_read_timeout() -> None:
     async def slowly() -> AsyncIterator[bytes]:
         for part in (b"ab", b"cd", b"ef"):
             await asyncio.sleep(0.2)  # 0.6 s in all, past the 0.3 s read timeout
             yield part
 
-    def script_for(server: RawServer) -> Script:
-        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)  # the whole body first (Content-Length: 6), then the answer
-            writer.write(OK)
-            await writer.drain()
-            await reader.read()
-
-        return script
-
-    async with await serving(script_for) as server:
+    async with await serving(keep_answering()) as server:  # the whole body first (Content-Length: 6)
         async with aclosing(UpstreamPool(api(response_header=0.3, request=5))) as pool:
             response = await pool.request(
                 "PUT", server.base, "/v1/files", [("Content-Length", "6")], slowly()
@@ -684,17 +683,6 @@ async def test_max_connections_per_host_holds_each_origin_apart() -> None:
             assert await read_all(response) == b'{"ok":true}'
             response.release()
             holder.cancel()
-
-
-async def test_an_answer_saying_connection_close_is_not_reused() -> None:
-    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
-    async with await serving(keep_answering(lambda request: closing)) as server:  # keeps the socket open
-        async with aclosing(UpstreamPool(api())) as pool:
-            for _ in range(2):
-                response = await pool.request("GET", server.base, "/v1/models", [])
-                assert await read_all(response) == b"ok"
-                response.release()
-    assert server.connections == 2
 
 
 async def test_switching_protocols_is_an_upstream_error() -> None:
