@@ -83,10 +83,12 @@ class Dispatcher:
         self._linger_s = min(READ_LINGER_S, flush_interval / 4)
         self._lines: LineBackend | None = backend if takes_lines(backend) else None
         self._ahead: asyncio.Task[list[Delivery]] | None = None  # the next batch, read while one is sent
+        self._acking: asyncio.Task[None] | None = None  # the last batch's ack, done while the next is sent
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Collect and deliver until ``stop``; the next batch is read while the current one is sent, so
-        the source's round trips overlap the backend's (one batch ahead at most, unacked until sent)."""
+        """Collect and deliver until ``stop``. The source's round trips overlap the backend's: the next
+        batch is read while the current one is sent (one batch ahead at most, unacked until sent), and a
+        sent batch is acked while the next one is sent (one ack in flight at most)."""
         logger.info("dispatcher %s starting (batch %d)", self.backend.name, self.batch_size)
         source_failures = 0
         sent: set[str] = set()
@@ -124,6 +126,7 @@ class Dispatcher:
             if ahead is not None:  # cancelled: what it read is redelivered if the source redelivers
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
+            await self._last_ack_done()
         s = self.stats
         logger.info(
             "dispatcher %s stopped ◆ %d delivered ◆ %d retried ◆ %d failed ◆ %d dead-lettered",
@@ -201,8 +204,10 @@ class Dispatcher:
                 if not isinstance(exc, DeliveryError) and not error.transient:  # a bug: show where
                     logger.exception("dispatcher %s: backend raised", self.backend.name)
             else:
-                await self.source.ack([d.entry_id for d in batch])
-                self.stats.delivered += len(batch)
+                await self._last_ack_done()
+                self._acking = asyncio.get_running_loop().create_task(
+                    self._ack(batch), name=f"{self.backend.name}-ack"
+                )
                 return
             self.stats.last_error = error.message
             if not error.transient:
@@ -222,6 +227,23 @@ class Dispatcher:
                                self.backend.name, len(batch), error.message)  # fmt: skip
                 return
             self.stats.retried += len(batch)
+
+    async def _ack(self, batch: list[Delivery]) -> None:
+        await self.source.ack([d.entry_id for d in batch])
+        self.stats.delivered += len(batch)
+
+    async def _last_ack_done(self) -> None:
+        """Wait for the ack in flight. One that failed (Redis down) leaves its batch pending, to be redelivered
+        and deduplicated by the backend: it is logged, and the next read meets the outage and backs off."""
+        acking, self._acking = self._acking, None
+        if acking is None:
+            return
+        try:
+            await acking
+        except Exception as exc:
+            self.stats.last_error = f"source: {exc!r}"
+            logger.warning("dispatcher %s: an ack failed, its batch will be redelivered: %r",
+                           self.backend.name, exc)  # fmt: skip
 
     def _abandon_read_ahead(self) -> None:
         """The backend is failing: a batch read ahead would sit unacked through the retries, long enough

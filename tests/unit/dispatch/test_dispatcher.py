@@ -127,6 +127,64 @@ async def test_the_next_batch_is_read_while_the_current_one_is_being_sent() -> N
         await asyncio.wait_for(task, DEADLINE_S)
 
 
+class HeldAcks(RecordingSource):
+    """Every ack waits at ``gate`` (``started`` counts the acks begun), like a slow XACK round trip."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.started = asyncio.Event(), 0
+
+    async def ack(self, entry_ids: list[str]) -> None:
+        self.started += 1
+        await self.gate.wait()
+        await super().ack(entry_ids)
+
+
+async def test_the_next_batch_is_sent_while_the_last_one_is_being_acked() -> None:
+    source, backend = HeldAcks(), ScriptedBackend()
+    sent = events(4)
+    source.put(*sent)
+    dispatcher = Dispatcher(source, backend, batch_size=2, flush_interval=0.05)
+    async with running(dispatcher):
+        await until(lambda: len(backend.sends) == 2)  # the first ack is still held
+        assert source.started == 1 and source.acked == [] and dispatcher.stats.delivered == 0
+        source.gate.set()
+        await until(lambda: len(source.acked) == 4)
+    assert backend.accepted == [e.id for e in sent]
+    assert dispatcher.stats.delivered == 4
+
+
+async def test_an_ack_that_fails_leaves_its_batch_pending_for_redelivery() -> None:
+    """A failed XACK (Redis gone) is reported like a failed read; the batch is sent again, the backend
+    dedupes, and nothing counts as delivered twice."""
+    source, backend = RecordingSource(), ScriptedBackend()
+    failed = False
+
+    async def ack(entry_ids: list[str]) -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise ConnectionError("redis is down")
+        await RecordingSource.ack(source, entry_ids)
+
+    source.ack = ack  # type: ignore[method-assign]
+    event = make_event()
+    source.put(event)
+    dispatcher = Dispatcher(source, backend, batch_size=1, flush_interval=0.01, backoff=Waits())
+    async with running(dispatcher):
+        await until(lambda: failed and bool(source.unacked))
+
+        def redelivered_and_acked() -> bool:  # XAUTOCLAIM, as often as the claim time passes
+            source.redeliver_unacked()
+            return bool(source.acked)
+
+        await until(redelivered_and_acked)
+    assert len(backend.sends) >= 2 and {i for s in backend.sends for i in s} == {event.id}
+    assert backend.accepted == [event.id] and source.acked == [source.handed[0].entry_id]
+    assert dispatcher.stats.delivered == 1
+    assert dispatcher.stats.last_error is not None and "redis is down" in dispatcher.stats.last_error
+
+
 class FirstSendDoes(ScriptedBackend):
     """Calls ``first`` as its first send starts, then lingers there, so the read-ahead runs meanwhile."""
 
