@@ -236,7 +236,7 @@ def manage(base: str, token: str, path: str, body: dict) -> dict:
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         method="POST",
     )
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with urllib.request.urlopen(req, timeout=60) as resp:  # 60: a server under valgrind is slow
         return json.loads(resp.read())
 
 
@@ -476,8 +476,11 @@ def proxy_server(
     profile: str | None,
     cache: str | None = None,
     cpus: set[int] | None = None,
+    wrap: list[str] | None = None,
+    start_timeout: float = 30.0,
 ) -> Iterator[dict]:
-    """A running `llm-proxy server` with a project and token; its Redis keys are deleted afterwards."""
+    """A running `llm-proxy server` with a project and token; its Redis keys are deleted afterwards.
+    ``wrap`` prefixes the command (valgrind, …): the server then runs as ``python -m llmproxy server``."""
     workdir = Path(tempfile.mkdtemp(prefix="llmproxy-bench-"))
     proxy_port = free_port()
     mgmt = secrets.token_urlsafe(24)
@@ -511,11 +514,13 @@ def proxy_server(
     command = [cli, "server"]
     if profile:
         command = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "llmproxy", "server"]
+    elif wrap:
+        command = [*wrap, sys.executable, "-m", "llmproxy", "server"]
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # before exec: its workers inherit it
     proxy = subprocess.Popen(command, env=env, cwd=workdir, preexec_fn=pin)
     try:
         base = f"http://127.0.0.1:{proxy_port}"
-        wait_http(base + "/health")
+        wait_http(base + "/health", start_timeout)
         project = manage(
             base, mgmt, "/manage/projects", {"name": "bench", "api_key": "sk-bench-upstream-key"}
         )
