@@ -325,21 +325,38 @@ def run_wrk(
     }
 
 
-async def _aiohttp_load(url: str, token: str | None, connections: int, duration: float) -> dict:
+async def _aiohttp_load(
+    url: str,
+    token: str | None,
+    connections: int,
+    duration: float,
+    extra_headers: dict[str, str] | None = None,
+    unique: bool = False,
+) -> dict:
+    """What run_wrk measures, with an aiohttp client (slower: fine for correctness, rough for figures)."""
     import aiohttp
 
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(extra_headers or {})}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     latencies: list[float] = []
     errors = 0
+    sent = 0
+    run = uuid.uuid4().hex[:8]  # as in run_wrk: a later run must not hit what an earlier one stored
     deadline = time.perf_counter() + duration
+
+    def body() -> bytes:
+        nonlocal sent
+        sent += 1
+        return (
+            REQUEST_BODY.replace(b"one word.", f"one word. {run}-{sent}".encode()) if unique else REQUEST_BODY
+        )
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal errors
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            async with session.post(url, data=REQUEST_BODY, headers=headers) as resp:
+            async with session.post(url, data=body(), headers=headers) as resp:
                 await resp.read()
                 errors += resp.status != 200
             latencies.append((time.perf_counter() - t0) * 1000)
@@ -360,10 +377,19 @@ async def _aiohttp_load(url: str, token: str | None, connections: int, duration:
     }
 
 
-def run_load(url: str, token: str | None, connections: int, duration: float, workdir: Path) -> dict:
+def run_load(
+    url: str,
+    token: str | None,
+    connections: int,
+    duration: float,
+    workdir: Path,
+    headers: dict[str, str] | None = None,
+    unique: bool = False,
+) -> dict:
+    """wrk if installed, else an aiohttp client; `unique` numbers each request's body."""
     if shutil.which("wrk"):
-        return run_wrk(url, token, connections, duration, workdir)
-    return asyncio.run(_aiohttp_load(url, token, connections, duration))
+        return run_wrk(url, token, connections, duration, workdir, headers, unique)
+    return asyncio.run(_aiohttp_load(url, token, connections, duration, headers, unique))
 
 
 One = Callable[[], Awaitable[None]]
@@ -614,10 +640,10 @@ def cache_runs(px: dict, c: int, duration: float) -> dict:
     """CPU µs per request when every request is a cache hit, then when every one is a miss (and a store)."""
     url, cacheable = px["base"] + PATH, {"Cache-Control": "max-age=300"}
     out = {}
-    run_wrk(url, px["token"], 1, 1, px["workdir"], cacheable)  # stores the one answer the hit run asks for
+    run_load(url, px["token"], 1, 1, px["workdir"], cacheable)  # stores the one answer the hit run asks for
     for kind, unique in (("hit", False), ("miss", True)):
         before = tree_cpu(px["pid"])
-        load = run_wrk(url, px["token"], c, duration, px["workdir"], cacheable, unique=unique)
+        load = run_load(url, px["token"], c, duration, px["workdir"], cacheable, unique=unique)
         after = tree_cpu(px["pid"])
         load["cpu_us"] = cpu_spent(before, after) / max(load["requests"], 1) * 1e6
         out[kind] = load
