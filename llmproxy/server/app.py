@@ -26,6 +26,7 @@ from llmproxy.server.health import HealthRoutes
 from llmproxy.server.middleware import request_middleware
 from llmproxy.server.observability import Observability
 from llmproxy.server.pipeline import EventPipeline
+from llmproxy.server.routing import add_proxy_route
 from llmproxy.store.base import Store
 from llmproxy.store.factory import make_store
 
@@ -109,5 +110,5 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         Observability(settings, pipeline, cache=cache).install(app)
     app.add_routes(manage.routes())
     app.add_routes(admin.routes())
-    app.router.add_route("*", "/{path:.*}", proxy.handle)
+    add_proxy_route(app, proxy.handle)
     return app

@@ -16,6 +16,7 @@ from llmproxy.errors import StartupError, StoreUnavailable
 from llmproxy.events.bus import BusUnavailable
 from llmproxy.loop import run_loop
 from llmproxy.server.app import PIPELINE, build_app
+from llmproxy.server.routing import route_proxy_first
 
 __all__ = ("StartupError", "serve")
 
@@ -34,6 +35,7 @@ async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> Non
             await runner.cleanup()
         what = "database" if isinstance(exc, StoreUnavailable) else "event bus"
         raise StartupError(f"{what} unavailable at start: {exc}") from None
+    route_proxy_first(runner)
     host, _, port = settings.server.listen_addr.rpartition(":")
     site = web.TCPSite(runner, host or None, int(port))
     try:

@@ -21,6 +21,7 @@ from llmproxy.errors import ProxyError, Refusal
 from llmproxy.proxy.capture import Exchange
 from llmproxy.proxy.handler import ProxyHandler
 from llmproxy.server.middleware import request_middleware
+from llmproxy.server.routing import add_proxy_route, route_proxy_first
 from llmproxy.store.base import AuditRecord
 from tests.fakes.upstream import FakeUpstream
 
@@ -144,9 +145,11 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
 
         app = web.Application(middlewares=[request_middleware])
         app.cleanup_ctx.append(handler_ctx)
-        app.router.add_route("*", "/{path:.*}", handler.handle)
+        add_proxy_route(app, handler.handle)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
+        assert client.server.runner is not None
+        route_proxy_first(client.server.runner)  # as `llm-proxy server` does
         clients.append(client)
         proxy = Proxy(client, upstream, authority, auditor)
         proxy.observers = observers
