@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,10 @@ class Dispatcher:
         self._lines: LineBackend | None = backend if takes_lines(backend) else None
         self._ahead: asyncio.Task[list[Delivery]] | None = None  # the next batch, read while one is sent
         self._acking: asyncio.Task[None] | None = None  # the last batch's ack, done while the next is sent
+        # Ids of the batch being sent and of the two before it (acked or being acked). A send that outlasts
+        # the claim time lets a read claim its entries back before the XACK lands; such entries are ours
+        # already, not redeliveries: reads drop them. A batch left pending is released from here.
+        self._held: deque[set[str]] = deque(maxlen=3)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Collect and deliver until ``stop``. The source's round trips overlap the backend's: the next
@@ -91,20 +96,18 @@ class Dispatcher:
         sent batch is acked while the next one is sent (one ack in flight at most)."""
         logger.info("dispatcher %s starting (batch %d)", self.backend.name, self.batch_size)
         source_failures = 0
-        sent: set[str] = set()
         loop = asyncio.get_running_loop()
         try:
             while self._ahead is not None or not stop.is_set():
                 try:
                     if self._ahead is not None:
                         reading, self._ahead = self._ahead, None  # let go first: if it failed, read afresh
-                        # a slow send may outlast the claim time: the read-ahead then claimed its entries too
-                        batch = [d for d in await reading if d.entry_id not in sent]
+                        batch = await reading
                     else:
                         batch = await self._collect(stop)
                     if batch:
                         self.stats.batches += 1
-                        sent = {d.entry_id for d in batch}
+                        self._held.append({d.entry_id for d in batch})
                         if not stop.is_set():
                             self._ahead = loop.create_task(
                                 self._collect(stop), name=f"{self.backend.name}-read-ahead"
@@ -146,7 +149,7 @@ class Dispatcher:
             if wait <= 0:
                 break
             arrived = await self.source.read(self.batch_size - len(batch), min(wait, MAX_BLOCK_S))
-            batch += await self._screen(arrived)
+            batch += await self._screen(self._not_held(arrived))
             if not batch:
                 continue
             if deadline is None:
@@ -156,6 +159,19 @@ class Dispatcher:
                 if linger > 0 and await self._stopped_during(linger, stop):
                     break
         return batch
+
+    def _not_held(self, arrived: list[Delivery]) -> list[Delivery]:
+        """``arrived`` without entries this dispatcher is sending or acking (claimed back: see ``_held``)."""
+        held = self._held
+        if not held:
+            return arrived
+        return [d for d in arrived if not any(d.entry_id in ids for ids in held)]
+
+    def _release(self, batch: list[Delivery]) -> None:
+        """``batch`` is left pending: when it is claimed again, that is the redelivery it needs."""
+        ids = {d.entry_id for d in batch}
+        for held in self._held:
+            held -= ids
 
     async def _screen(self, arrived: list[Delivery]) -> list[Delivery]:
         """Dead-letter what must never reach the backend; return the rest."""
@@ -223,13 +239,18 @@ class Dispatcher:
             out_of_attempts = self.max_attempts is not None and attempt >= self.max_attempts
             if out_of_attempts or await self._stopped_during(self._backoff(attempt, error.retry_after), stop):
                 self.stats.failed += len(batch)
+                self._release(batch)
                 logger.warning("dispatcher %s: %d events left for redelivery: %s",
                                self.backend.name, len(batch), error.message)  # fmt: skip
                 return
             self.stats.retried += len(batch)
 
     async def _ack(self, batch: list[Delivery]) -> None:
-        await self.source.ack([d.entry_id for d in batch])
+        try:
+            await self.source.ack([d.entry_id for d in batch])
+        except BaseException:
+            self._release(batch)
+            raise
         self.stats.delivered += len(batch)
 
     async def _last_ack_done(self) -> None:

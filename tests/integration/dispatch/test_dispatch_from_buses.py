@@ -220,3 +220,34 @@ async def test_the_file_worker_writes_stored_bytes_and_dead_letters_what_is_not_
     assert {fields[b"error"] for _, fields in dead} == {b"undecodable event"}
     group = f"{settings.streams.consumer_group}-file"
     assert (await redis.xpending(settings.streams.key, group))["pending"] == 0
+
+
+async def test_a_send_that_outlasts_the_claim_time_is_sent_and_counted_once(
+    settings: Settings, redis: Redis
+) -> None:
+    """Reads claim the entries of a slow send back (idle past claim_time) before its XACK lands: they are
+    this dispatcher's own, not redeliveries, and must not be sent again."""
+    source = await started_source(settings, "lunary")
+    events = [make_event() for _ in range(3)]
+    await publish(settings, events)
+
+    class SlowFirst(ScriptedBackend):
+        async def send(self, batch: list[Event]) -> None:
+            if not self.sends:
+                await asyncio.sleep(3 * settings.streams.claim_time)
+            await super().send(batch)
+
+    backend = SlowFirst()
+    dispatcher = Dispatcher(source, backend, batch_size=10, flush_interval=0.05, backoff=Waits())
+    settled_at: list[float] = []
+
+    async def acked_and_then_some() -> bool:  # then two more claim times, for any second send to happen
+        loop = asyncio.get_running_loop()
+        if not settled_at and dispatcher.stats.delivered and (await source.lag())["pending"] == 0:
+            settled_at.append(loop.time())
+        return bool(settled_at) and loop.time() - settled_at[0] > 2 * settings.streams.claim_time
+
+    await run_until(dispatcher, acked_and_then_some)
+    await source.aclose()
+    assert [len(batch) for batch in backend.sends] == [3]
+    assert dispatcher.stats.delivered == 3
