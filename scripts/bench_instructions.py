@@ -17,6 +17,8 @@ For each configuration (the names of bench.py --matrix) it starts the fake upstr
 server under `valgrind --tool=callgrind --trace-children=yes` (its dispatcher workers are counted
 too), sends `--warmup` requests, zeroes the counters, sends `--requests` more one after another on one
 keep-alive connection, waits for the event log to catch up, and reads each process's totals.
+`callgrind_control` zeroes and dumps every callgrind process on the machine: run nothing else under
+callgrind meanwhile.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ but the catch-all can match goes straight to the proxy handler wrapped in the ap
 exact paths of its plain routes and the literal prefix (up to the first ``{``) of every other one.
 The check is made on the decoded path, which starts with a prefix or equals a path whenever the
 form aiohttp matches on (``%2F`` kept encoded) does, so any request another route might take goes
-the usual way, where the router decides as before. Requests with ``Expect`` go the usual way too:
-aiohttp answers ``100-continue`` there.
+the usual way, where the router decides as before. So do the requests the catch-all itself does not
+match (a path that does not start with ``/``, as in ``GET http://host``, or holds a newline) and
+requests with ``Expect`` (aiohttp answers ``100-continue`` there).
 """
 
 from __future__ import annotations
@@ -44,9 +45,16 @@ def route_proxy_first(runner: web.AppRunner) -> None:
     request that skips the router has no match info, so aiohttp would not send them for it)."""
     app, server = runner.app, runner.server
     proxy = app.get(PROXY_ROUTE)
-    if proxy is None or server is None or app.on_response_prepare:
+    if proxy is None or server is None or app.on_response_prepare or not _plain_enough(app, proxy):
         return
     server.request_handler = _dispatcher(app, proxy, server.request_handler)
+
+
+def _plain_enough(app: web.Application, proxy: web.AbstractRoute) -> bool:
+    """Every other route is matched by path (a sub-app by domain is not), and every middleware is
+    new-style (an old-style one is a factory, not ``(request, handler)``)."""
+    paths = all(r.canonical.startswith("/") for r in app.router.resources() if r is not proxy.resource)
+    return paths and all(getattr(m, "__middleware_version__", None) == 1 for m in app.middlewares)
 
 
 def _dispatcher(app: web.Application, proxy: web.AbstractRoute, usual: Handler) -> Handler:
@@ -67,7 +75,13 @@ def _dispatcher(app: web.Application, proxy: web.AbstractRoute, usual: Handler) 
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
-        if path in own_paths or path.startswith(own_prefixes) or request.headers.get(hdrs.EXPECT):
+        if (
+            path in own_paths
+            or path.startswith(own_prefixes)
+            or path[:1] != "/"  # the catch-all's pattern, ^/(.*)$, does not match: aiohttp answers 404
+            or "\n" in path
+            or request.headers.get(hdrs.EXPECT)
+        ):
             return await usual(request)
         return await direct(request)
 

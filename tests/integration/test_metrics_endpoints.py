@@ -21,6 +21,7 @@ from llmproxy.config import Settings
 from llmproxy.server.app import build_app
 from llmproxy.server.observability import Observability
 from llmproxy.server.pipeline import EventPipeline
+from llmproxy.server.routing import route_proxy_first
 from tests.fakes.upstream import FakeUpstream, error_reply
 from tests.integration.manage.support import AUTH, MANAGEMENT_TOKEN, UPSTREAM_KEY, make_settings
 
@@ -71,6 +72,8 @@ async def running_proxy(tmp_path: Path, upstream: FakeUpstream, **env: str) -> A
     """``build_app`` on loopback in front of ``upstream``; ``env`` as the server's environment."""
     settings = make_settings(tmp_path, UPSTREAM_BASE_URL=upstream.url, SHUTDOWN_TIMEOUT="10s", **env)
     async with TestClient(TestServer(build_app(settings), host="127.0.0.1", port=0)) as client:
+        assert client.server.runner is not None
+        route_proxy_first(client.server.runner)  # as `llm-proxy server` does: counted on the short way too
         async with client.post(
             "/manage/projects", json={"name": "metrics", "api_key": UPSTREAM_KEY}, headers=AUTH
         ) as r:

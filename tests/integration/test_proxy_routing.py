@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from llmproxy.server.app import build_app
 from llmproxy.server.middleware import request_middleware
 from llmproxy.server.routing import add_proxy_route, route_proxy_first
+from tests.fakes.upstream import FakeUpstream
+from tests.integration.manage.support import AUTH, UPSTREAM_KEY, make_settings
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -134,7 +138,16 @@ async def raw_get(port: int, target: bytes) -> bytes:
     return answer.split(b"\r\n\r\n", 1)[1]
 
 
-@pytest.mark.parametrize("target", [b"/%6Danage/projects/7", b"/admin/static/%61pp.css", b"/%68ealth"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/%6Danage/projects/7",
+        b"/admin/static/%61pp.css",
+        b"/%68ealth",
+        b"/v1/models%0A",  # a newline: the catch-all's pattern does not match it (404)
+        b"http://x",  # absolute form: an empty path, not matched either
+    ],
+)
 async def test_the_decoded_path_decides_as_the_router_does(
     served: tuple[Served, Served, list[str]], target: bytes
 ) -> None:
@@ -188,7 +201,9 @@ async def test_errors_of_the_short_way_are_rendered_by_the_app_middleware() -> N
         await client.close()
 
 
-async def test_nothing_changes_without_the_proxy_route_or_with_response_prepare_signals() -> None:
+async def test_nothing_changes_for_apps_the_short_way_does_not_suit() -> None:
+    """No add_proxy_route; on_response_prepare signals; a sub-app matched by domain, not path."""
+
     async def prepared(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["X-Prepared"] = "yes"
 
@@ -197,7 +212,12 @@ async def test_nothing_changes_without_the_proxy_route_or_with_response_prepare_
     signalled = web.Application()
     add_proxy_route(signalled, named("proxy"))
     signalled.on_response_prepare.append(prepared)
-    for app in (bare, signalled):
+    by_domain = web.Application()
+    sub = web.Application()
+    sub.router.add_get("/v1/models", named("sub"))
+    by_domain.add_domain("127.0.0.1", sub)
+    add_proxy_route(by_domain, named("proxy"))
+    for app in (bare, signalled, by_domain):
         client, usual_calls = await serve(app, fast=True)
         try:
             async with client.get("/v1/models") as resp:
@@ -205,6 +225,30 @@ async def test_nothing_changes_without_the_proxy_route_or_with_response_prepare_
             assert usual_calls == ["/v1/models"]
         finally:
             await client.close()
-    async with TestClient(TestServer(signalled, host="127.0.0.1")) as client:
-        async with client.get("/v1/models") as resp:
-            assert resp.headers["X-Prepared"] == "yes"
+
+
+async def test_the_whole_server_sends_proxied_requests_the_short_way(tmp_path: Path) -> None:
+    """build_app's routes and middlewares (metrics, request id) with the real ProxyHandler."""
+    async with FakeUpstream() as upstream:
+        settings = make_settings(tmp_path, UPSTREAM_BASE_URL=upstream.url)
+        client, usual_calls = await serve(build_app(settings), fast=True)
+        try:
+            async with client.post(
+                "/manage/projects", json={"name": "p", "api_key": UPSTREAM_KEY}, headers=AUTH
+            ) as resp:
+                project = await resp.json()
+            async with client.post(
+                "/manage/tokens", json={"project_id": project["id"]}, headers=AUTH
+            ) as resp:
+                token = (await resp.json())["token"]
+            chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            headers = {"Authorization": f"Bearer {token}", "X-Request-ID": "req-7"}
+            async with client.post("/v1/chat/completions", json=chat, headers=headers) as resp:
+                assert resp.status == 200
+                assert resp.headers["X-Request-ID"] == "req-7"
+            async with client.get("/metrics") as resp:
+                counted = (await resp.json())["requests"]
+        finally:
+            await client.close()
+    assert usual_calls == ["/manage/projects", "/manage/tokens", "/metrics"]
+    assert counted == {"total": 1, "by_path": {"/v1/chat/completions": {"2xx": 1}}}
