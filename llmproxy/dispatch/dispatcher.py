@@ -45,6 +45,8 @@ MAX_BLOCK_S = 1.0  # longest single read, so a stop is noticed within a second
 # read instead of one read (an XREADGROUP round trip, a task wake-up) per XADD. The batch still goes out
 # when full or flush_interval after its first event, as before.
 READ_LINGER_S = 0.1
+# Batches whose ids reads drop: the one being sent and the two before it (Dispatcher._held).
+HELD_BATCHES = 3
 
 
 class DispatchStats(msgspec.Struct, kw_only=True):
@@ -88,7 +90,8 @@ class Dispatcher:
         # Ids of the batch being sent and of the two before it (acked or being acked). A send that outlasts
         # the claim time lets a read claim its entries back before the XACK lands; such entries are ours
         # already, not redeliveries: reads drop them. A batch left pending is released from here.
-        self._held: deque[set[str]] = deque(maxlen=3)
+        self._held: deque[set[str]] = deque()  # per batch, the last HELD_BATCHES
+        self._held_ids: set[str] = set()  # all of them (the batches' sets are disjoint)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Collect and deliver until ``stop``. The source's round trips overlap the backend's: the next
@@ -107,7 +110,7 @@ class Dispatcher:
                         batch = await self._collect(stop)
                     if batch:
                         self.stats.batches += 1
-                        self._held.append({d.entry_id for d in batch})
+                        self._hold(batch)
                         if not stop.is_set():
                             self._ahead = loop.create_task(
                                 self._collect(stop), name=f"{self.backend.name}-read-ahead"
@@ -160,16 +163,24 @@ class Dispatcher:
                     break
         return batch
 
+    def _hold(self, batch: list[Delivery]) -> None:
+        ids = {d.entry_id for d in batch}
+        if len(self._held) == HELD_BATCHES:
+            self._held_ids -= self._held.popleft()
+        self._held.append(ids)
+        self._held_ids |= ids
+
     def _not_held(self, arrived: list[Delivery]) -> list[Delivery]:
         """``arrived`` without entries this dispatcher is sending or acking (claimed back: see ``_held``)."""
-        held = self._held
+        held = self._held_ids
         if not held:
             return arrived
-        return [d for d in arrived if not any(d.entry_id in ids for ids in held)]
+        return [d for d in arrived if d.entry_id not in held]
 
     def _release(self, batch: list[Delivery]) -> None:
         """``batch`` is left pending: when it is claimed again, that is the redelivery it needs."""
         ids = {d.entry_id for d in batch}
+        self._held_ids -= ids
         for held in self._held:
             held -= ids
 
