@@ -23,18 +23,18 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler
 from aiohttp.web_urldispatcher import PlainResource
 
 __all__ = ("PROXY_ROUTE", "add_proxy_route", "route_proxy_first")
 
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# What aiohttp's low-level server calls per request (a BaseRequest: no match info on the short way).
+ServerHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 PROXY_ROUTE: web.AppKey[web.AbstractRoute] = web.AppKey("proxy-route", web.AbstractRoute)
 
 
-def add_proxy_route(
-    app: web.Application, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> None:
+def add_proxy_route(app: web.Application, handler: Handler) -> None:
     """The catch-all route (add it last), recorded so that ``route_proxy_first`` can find it."""
     app[PROXY_ROUTE] = app.router.add_route("*", "/{path:.*}", handler)
 
@@ -57,7 +57,7 @@ def _plain_enough(app: web.Application, proxy: web.AbstractRoute) -> bool:
     return paths and all(getattr(m, "__middleware_version__", None) == 1 for m in app.middlewares)
 
 
-def _dispatcher(app: web.Application, proxy: web.AbstractRoute, usual: Handler) -> Handler:
+def _dispatcher(app: web.Application, proxy: web.AbstractRoute, usual: ServerHandler) -> ServerHandler:
     exact: set[str] = set()
     prefixes: list[str] = []
     for resource in app.router.resources():
@@ -69,7 +69,7 @@ def _dispatcher(app: web.Application, proxy: web.AbstractRoute, usual: Handler) 
             prefixes.append(resource.canonical.partition("{")[0])
     own_prefixes = tuple(prefixes)
     own_paths = frozenset(exact)
-    direct: Handler = proxy.handler  # type: ignore[assignment]
+    direct: ServerHandler = proxy.handler  # type: ignore[assignment]
     for middleware in reversed(app.middlewares):  # as aiohttp chains them: the first one outermost
         direct = partial(middleware, handler=direct)  # type: ignore[call-arg]
 
