@@ -195,6 +195,7 @@ class RecordingSource:
         self._arrived = asyncio.Event()
         self._sequence = 0
         self.fail_reads = 0  # the next N reads raise, like an unreachable Redis
+        self.fail_acks = 0  # the next N acks raise, likewise
 
     def put(self, *events: Event | None, deliveries: int = 1) -> list[Delivery]:
         added = []
@@ -238,6 +239,9 @@ class RecordingSource:
         return batch
 
     async def ack(self, entry_ids: list[str]) -> None:
+        if self.fail_acks:
+            self.fail_acks -= 1
+            raise ConnectionError("redis is down")
         self.acked += entry_ids
         for entry_id in entry_ids:
             self.unacked.pop(entry_id, None)
