@@ -59,6 +59,7 @@ REQUEST_BODY = json.dumps(
         "max_tokens": 5,
     }
 ).encode()
+NUMBERED_AFTER = "one word."  # where a cache-miss run puts each request's number into REQUEST_BODY
 STREAM_BODY = json.dumps({**json.loads(REQUEST_BODY), "stream": True}).encode()
 UPSTREAM_BODY = json.dumps(
     {
@@ -162,6 +163,25 @@ def serve_upstream(port: int) -> None:
 
 
 # --- process plumbing ------------------------------------------------------------------------
+
+
+@contextmanager
+def fake_upstream() -> Iterator[int]:
+    """The fake upstream in a process of its own (``bench.py --serve-upstream``); yields its port."""
+    port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve-upstream", str(port)]
+    )
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        upstream.send_signal(signal.SIGTERM)
+        try:
+            upstream.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            upstream.kill()
+            upstream.wait()
 
 
 def free_port() -> int:
@@ -292,10 +312,10 @@ def run_wrk(
         lines.append(f'wrk.headers["Authorization"] = "Bearer {token}"')
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()]
     if unique:
-        head, tail = REQUEST_BODY.decode().split("one word.", 1)
+        head, tail = REQUEST_BODY.decode().split(NUMBERED_AFTER, 1)
         run = uuid.uuid4().hex[:8]  # per run: a later run must not hit what an earlier one stored
         lines += ["n = 0", "request = function()", "  n = n + 1",
-                  f"  return wrk.format(nil, nil, nil, {json.dumps(head + f'one word. {run}-#')} .. n .. {json.dumps(tail)})",
+                  f"  return wrk.format(nil, nil, nil, {json.dumps(f'{head}{NUMBERED_AFTER} {run}-#')} .. n .. {json.dumps(tail)})",
                   "end"]  # fmt: skip
     script.write_text("\n".join(lines) + "\n")
     out = subprocess.run(
@@ -349,7 +369,9 @@ async def _aiohttp_load(
         nonlocal sent
         sent += 1
         return (
-            REQUEST_BODY.replace(b"one word.", f"one word. {run}-{sent}".encode()) if unique else REQUEST_BODY
+            REQUEST_BODY.replace(NUMBERED_AFTER.encode(), f"{NUMBERED_AFTER} {run}-{sent}".encode())
+            if unique
+            else REQUEST_BODY
         )
 
     async def worker(session: aiohttp.ClientSession) -> None:
@@ -499,14 +521,14 @@ def proxy_server(
     events: bool,
     workers: int,
     up_port: int,
-    profile: str | None,
     cache: str | None = None,
     cpus: set[int] | None = None,
-    wrap: list[str] | None = None,
+    launcher: list[str] | None = None,
     start_timeout: float = 30.0,
 ) -> Iterator[dict]:
     """A running `llm-proxy server` with a project and token; its Redis keys are deleted afterwards.
-    ``wrap`` prefixes the command (valgrind, …): the server then runs as ``python -m llmproxy server``."""
+    ``launcher`` runs ``-m llmproxy server`` instead of the `llm-proxy` script: a Python interpreter,
+    with what wraps it (cProfile after it, valgrind before it)."""
     workdir = Path(tempfile.mkdtemp(prefix="llmproxy-bench-"))
     proxy_port = free_port()
     mgmt = secrets.token_urlsafe(24)
@@ -537,11 +559,7 @@ def proxy_server(
         env["FILE_EVENT_LOG"] = str(event_log)
         env["DISPATCHER_SERVICES"] = "file"
     cli = shutil.which("llm-proxy", path=str(Path(sys.executable).parent)) or "llm-proxy"
-    command = [cli, "server"]
-    if profile:
-        command = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "llmproxy", "server"]
-    elif wrap:
-        command = [*wrap, sys.executable, "-m", "llmproxy", "server"]
+    command = [*launcher, "-m", "llmproxy", "server"] if launcher else [cli, "server"]
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # before exec: its workers inherit it
     proxy = subprocess.Popen(command, env=env, cwd=workdir, preexec_fn=pin)
     try:
@@ -608,7 +626,8 @@ def pin_away_from_proxy() -> tuple[set[int], Callable[[], None]]:
 def run_config(name: str, bus: str, events: bool, args: argparse.Namespace, up_port: int) -> dict:
     levels = [int(c) for c in args.connections.split(",")]
     result: dict = {"config": name, "bus": bus, "events": events, "levels": {}}
-    with proxy_server(bus, events, args.workers, up_port, args.profile, args.cache, args.proxy_cpus) as px:
+    profiled = [sys.executable, "-m", "cProfile", "-o", args.profile] if args.profile else None
+    with proxy_server(bus, events, args.workers, up_port, args.cache, args.proxy_cpus, profiled) as px:
         run_load(px["base"] + PATH, px["token"], 8, 2.0, px["workdir"])  # warm-up: pools, caches
         settle(px["event_log"])
         for c in levels:
@@ -759,28 +778,18 @@ def main() -> int:
     else:
         name = {v: k for k, v in CONFIGS.items()}.get((args.bus, args.events), f"{args.bus}, no dispatcher")
         configs = [(name, (args.bus, args.events))]
-    up_port = free_port()
     args.proxy_cpus, restore = pin_away_from_proxy() if args.pin else (None, None)
-    upstream: subprocess.Popen[bytes] | None = None
     runs: dict[str, list[dict]] = {name: [] for name, _ in configs}
     try:
-        upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(up_port)])
-        wait_port(up_port)
-        for i in range(args.repeat):  # round-robin, so a noisy minute does not hit one config only
-            for name, (bus, events) in configs:
-                print(f"run {i + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
-                runs[name].append(run_config(name, bus, events, args, up_port))
-        summaries = [summarize(name, r) for name, r in runs.items()]
-        speed, client_us = interpreter_speed(), aiohttp_client_reference(up_port)
-        pool_us = pool_client_reference(up_port)
+        with fake_upstream() as up_port:
+            for i in range(args.repeat):  # round-robin, so a noisy minute does not hit one config only
+                for name, (bus, events) in configs:
+                    print(f"run {i + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
+                    runs[name].append(run_config(name, bus, events, args, up_port))
+            summaries = [summarize(name, r) for name, r in runs.items()]
+            speed, client_us = interpreter_speed(), aiohttp_client_reference(up_port)
+            pool_us = pool_client_reference(up_port)
     finally:
-        if upstream is not None:
-            upstream.send_signal(signal.SIGTERM)
-            try:
-                upstream.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                upstream.kill()
-                upstream.wait()
         if restore is not None:
             restore()
 

@@ -27,14 +27,13 @@ import argparse
 import http.client
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench import CONFIGS, PATH, REQUEST_BODY, count_lines, free_port, proxy_server, wait_port
+from bench import CONFIGS, PATH, REQUEST_BODY, count_lines, fake_upstream, proxy_server
 
 
 def send(port: int, token: str, n: int) -> None:
@@ -101,15 +100,10 @@ def dumped(out_dir: Path, timeout: float = 60.0) -> dict[int, int]:
 
 def measure(name: str, bus: str, events: bool, up_port: int, args: argparse.Namespace) -> dict:
     out_dir = Path(tempfile.mkdtemp(prefix="llmproxy-callgrind-"))
-    wrap = [
-        "valgrind",
-        "-q",
-        "--tool=callgrind",
-        "--trace-children=yes",
-        f"--callgrind-out-file={out_dir}/cg.%p",
-    ]
+    valgrind = ["valgrind", "-q", "--tool=callgrind", "--trace-children=yes",
+                f"--callgrind-out-file={out_dir}/cg.%p", sys.executable]  # fmt: skip
     try:
-        with proxy_server(bus, events, 1, up_port, None, wrap=wrap, start_timeout=600) as px:
+        with proxy_server(bus, events, 1, up_port, launcher=valgrind, start_timeout=600) as px:
             send(px["port"], px["token"], args.warmup)
             wait_lines(px["event_log"], args.warmup)  # a worker under valgrind takes a while to start
             callgrind_control("-z")
@@ -142,12 +136,8 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown configuration {unknown}; known: {', '.join(CONFIGS)}")
     os.environ["PYTHONHASHSEED"] = "0"  # same dict and set layouts every run: repeatable counts
-    up_port = free_port()
-    bench = str(Path(__file__).with_name("bench.py"))
-    upstream = subprocess.Popen([sys.executable, bench, "--serve-upstream", str(up_port)])
     results = []
-    try:
-        wait_port(up_port)
+    with fake_upstream() as up_port:
         for name in names:
             print(
                 f"{name}: the server under callgrind (slow: a minute or more to start)",
@@ -156,9 +146,6 @@ def main() -> int:
             )
             bus, events = CONFIGS[name]
             results.append(measure(name, bus, events, up_port, args))
-    finally:
-        upstream.send_signal(signal.SIGTERM)
-        upstream.wait(timeout=10)
     print(
         f"\ninstructions per request (callgrind, user space only), {args.requests} requests after {args.warmup}"
     )
