@@ -39,6 +39,12 @@ class Refusal(enum.Enum):
     HEADER_REQUIRED = (400, "header_required", "invalid_request_error", "Required header missing")
     BODY_TOO_LARGE = (413, "request_too_large", "invalid_request_error", "Request body too large")
     BAD_REQUEST = (400, "bad_request", "invalid_request_error", "Bad request")
+    INVALID_REQUEST_BODY = (
+        400,
+        "invalid_request_body",
+        "invalid_request_error",
+        "Request body does not decode as its Content-Encoding says",
+    )
     UPSTREAM_UNAVAILABLE = (502, "upstream_unavailable", "upstream_error", "Upstream unavailable")
     UPSTREAM_TIMEOUT = (504, "upstream_timeout", "upstream_error", "Upstream timed out")
     # management API

@@ -275,6 +275,10 @@ class UpstreamConnection(asyncio.Protocol):
         response = self.response
         if self._stray or self._informational or response is None:
             return  # 1xx: the real answer follows
+        if status > 599:  # llhttp takes any three digits; relayed, it would be an invalid status line
+            self.keep_alive = False
+            response._fail(UpstreamError(f"upstream answered an invalid status {status}"))
+            return
         if status == 101:  # the client asked for no upgrade (Upgrade is hop-by-hop): nothing to tunnel
             self.keep_alive = False
             response._fail(UpstreamError("upstream switched protocols (101): not proxied"))
@@ -320,8 +324,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.body_task.cancel()
 
     def send(
-        self, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None, chunked: bool
+        self, method: str, head: bytes, body: bytes | AsyncIterator[bytes] | None, length: int | None
     ) -> None:
+        """Write the request; a streamed ``body`` goes chunked, or as exactly ``length`` bytes."""
         assert self.transport is not None
         self._head = method == "HEAD"
         if body is None:
@@ -330,24 +335,35 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.writelines((head, body))
         else:
             self.transport.write(head)
-            self.body_task = asyncio.get_running_loop().create_task(self._send_stream(body, chunked))
+            self.body_task = asyncio.get_running_loop().create_task(self._send_stream(body, length))
 
-    async def _send_stream(self, body: AsyncIterator[bytes], chunked: bool) -> None:
-        """Write a streamed request body, chunk by chunk; if it fails, the exchange fails with it."""
+    async def _send_stream(self, body: AsyncIterator[bytes], length: int | None) -> None:
+        """Write a streamed request body, chunk by chunk; if it fails, the exchange fails with it.
+
+        Framed by ``length``, not one byte more is written, and a body that comes out longer or shorter
+        fails the exchange and closes the connection: bytes past the framing would be read upstream as
+        the next request on this connection, whoever's it is.
+        """
         transport = self.transport
         assert transport is not None
+        left = length
         try:
             async for chunk in body:
                 if not chunk:
                     continue
-                if chunked:
+                if left is None:
                     transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
                 else:
+                    left -= len(chunk)
+                    if left < 0:
+                        raise UpstreamError("request body longer than its Content-Length: not sent")
                     transport.write(chunk)
                 if self._can_write is not None:
                     await self._can_write
-            if chunked:
+            if left is None:
                 transport.write(b"0\r\n\r\n")
+            elif left:
+                raise UpstreamError("request body shorter than its Content-Length")
             if self.response is not None:
                 self.response._wake()  # sent: the wait for the answer is now bounded by the read timeout
         except asyncio.CancelledError:

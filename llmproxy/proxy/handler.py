@@ -18,6 +18,7 @@ from multidict import CIMultiDictProxy
 
 from llmproxy.audit import audit_record
 from llmproxy.auth.tokens import parse_bearer
+from llmproxy.codings import DecodedTooLarge, Undecodable, decode
 from llmproxy.config import Settings
 from llmproxy.errors import ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
@@ -132,17 +133,20 @@ class ProxyHandler:
         # Authenticate before reading a body: anonymous callers must not make us buffer anything.
         grant = await self._authorize(request)
 
-        body: bytes | None = None
+        body: bytes | None = None  # as received: what is forwarded
+        plain = b""  # its Content-Encoding undone: what the whitelist and the cache key read
         if request.body_exists:
             content_type = headers.get("Content-Type", "")
             inspect = policy.inspects_body(content_type)
             if inspect or self._cache is not None or (length is not None and length <= _READ_WHOLE_BELOW):
                 body = await self._read_body(request.content)
+                if inspect or self._cache is not None:
+                    plain = self._decoded(body, headers)
                 if inspect:
-                    policy.params(body, content_type)
+                    policy.params(plain, content_type)
 
         if self._cache is not None:
-            hit = await self._cache.lookup(request, grant, body or b"")
+            hit = await self._cache.lookup(request, grant, plain)
             if hit is not None:
                 self._authority.count_cache_hit(grant)
                 origin = headers.get("Origin")  # CORS is this request's, never the stored one's
@@ -151,7 +155,7 @@ class ProxyHandler:
                     hit.headers.add("Vary", "Origin")
                 return hit
         await self._counted(request, grant)
-        return await self._forward(request, grant, body, path, query, arrived, started_at)
+        return await self._forward(request, grant, body, plain, path, query, arrived, started_at)
 
     # --- before forwarding -----------------------------------------------------------------
 
@@ -200,6 +204,19 @@ class ProxyHandler:
             raise ProxyError(Refusal.BAD_REQUEST, "Request body incomplete") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
+    def _decoded(self, body: bytes, headers: CIMultiDictProxy[str]) -> bytes:
+        """A copy of ``body`` with its Content-Encoding undone, bounded by ``max_body_bytes``: 413 past
+        it (a decompression bomb never inflates further), 400 ``invalid_request_body`` if it does not
+        decode."""
+        if "Content-Encoding" not in headers:
+            return body
+        try:
+            return decode(body, ", ".join(headers.getall("Content-Encoding")), self._policy.max_body_bytes)
+        except DecodedTooLarge:
+            raise self._policy.too_large() from None
+        except Undecodable as exc:
+            raise ProxyError(Refusal.INVALID_REQUEST_BODY, f"Request body does not decode: {exc}") from None
+
     async def _streamed_body(self, content: StreamReader, flight: Flight) -> AsyncIterator[bytes]:
         """The request body passed on as it arrives, counted against ``max_body_bytes``."""
         limit = self._policy.max_body_bytes
@@ -228,6 +245,7 @@ class ProxyHandler:
         request: web.Request,
         grant: Grant,
         body: bytes | None,
+        plain: bytes,
         path: str,
         query: str,
         arrived: float,
@@ -277,7 +295,7 @@ class ProxyHandler:
                 f"proxy;dur={(forwarded_at - arrived) * 1000.0:.3f}, "
                 f"upstream;dur={(headers_at - forwarded_at) * 1000.0:.3f}"
             )
-            return await self._respond(request, grant, body, up, flight, request_id, timing)
+            return await self._respond(request, grant, plain, up, flight, request_id, timing)
         except asyncio.CancelledError:
             flight.error = "client_disconnected"
             raise
@@ -297,7 +315,7 @@ class ProxyHandler:
         self,
         request: web.Request,
         grant: Grant,
-        body: bytes | None,
+        plain: bytes,
         up: UpstreamResponse,
         flight: Flight,
         request_id: str,
@@ -320,7 +338,7 @@ class ProxyHandler:
         kept = flight.kept
         if cache is not None and kept is not None and flight.error is None:  # relay drops a truncated copy
             try:
-                await cache.store(request, grant, body or b"", up.status, up_headers, kept.value())
+                await cache.store(request, grant, plain, up.status, up_headers, kept.value())
             except Exception:
                 log.exception("cache store failed for %s %s", request.method, request.path)
         return resp

@@ -67,8 +67,9 @@ class UpstreamPool:
         body: bytes | AsyncIterator[bytes] | None = None,
     ) -> UpstreamResponse:
         """Send ``method base_url+target`` (target: the raw path and query, already encoded) and wait
-        for the response headers. A Content-Length in ``headers`` frames a streamed body; without one it
-        is sent chunked."""
+        for the response headers. A Content-Length in ``headers`` frames a streamed body, which must then
+        be exactly that long (else the exchange fails and its connection is closed); without one it is
+        sent chunked."""
         if self._closed:
             raise RuntimeError("UpstreamPool is closed")
         origin = self._origins.get(base_url)
@@ -76,12 +77,12 @@ class UpstreamPool:
             origin = self._origins[base_url] = _origin(base_url)
             if len(self._origins) > 1024:  # per-project base URLs: keep the memo bounded
                 self._origins = {base_url: origin}
-        head, chunked = self._head(method, origin, target, headers, body)
+        head, length = self._head(method, origin, target, headers, body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._total
         await self._acquire(origin, deadline)
         try:
-            return await self._exchange(method, origin, head, body, chunked, deadline, retry=True)
+            return await self._exchange(method, origin, head, body, length, deadline, retry=True)
         except BaseException:
             self._release(origin)
             raise
@@ -100,24 +101,30 @@ class UpstreamPool:
         target: str,
         headers: list[tuple[str, str]],
         body: bytes | AsyncIterator[bytes] | None,
-    ) -> tuple[bytes, bool]:
+    ) -> tuple[bytes, int | None]:
+        """The request head, and the Content-Length a streamed body must match (None: sent chunked)."""
         lines = [f"{method} {origin.prefix}{target} HTTP/1.1", f"Host: {origin.host_header}"]
         lines += [f"{name}: {value}" for name, value in headers]
-        chunked = False
+        length: int | None = None
         if isinstance(body, bytes):
             lines.append(f"Content-Length: {len(body)}")
         elif body is None:
             if method in _EMPTY_BODY_METHODS:
                 lines.append("Content-Length: 0")
-        elif not any(name.lower() == "content-length" for name, _ in headers):
-            lines.append("Transfer-Encoding: chunked")
-            chunked = True
+        else:
+            declared = [value for name, value in headers if name.lower() == "content-length"]
+            if len(declared) > 1 or (declared and not declared[0].isdigit()):
+                raise UpstreamError("a streamed body with an unusable Content-Length: not sent")
+            if declared:
+                length = int(declared[0])
+            else:
+                lines.append("Transfer-Encoding: chunked")
         text = "\r\n".join(lines)
         if (
             text.count("\r") != len(lines) - 1 or text.count("\n") != len(lines) - 1
         ):  # a header smuggling a line
             raise UpstreamError("a CR or LF in the request line or a header: not sent")
-        return (text + "\r\n\r\n").encode("utf-8", "surrogateescape"), chunked
+        return (text + "\r\n\r\n").encode("utf-8", "surrogateescape"), length
 
     async def _exchange(
         self,
@@ -125,7 +132,7 @@ class UpstreamPool:
         origin: Origin,
         head: bytes,
         body: bytes | AsyncIterator[bytes] | None,
-        chunked: bool,
+        length: int | None,
         deadline: float,
         *,
         retry: bool,
@@ -138,7 +145,7 @@ class UpstreamPool:
         conn.response = response
         conn.received = False
         try:
-            conn.send(method, head, body, chunked)
+            conn.send(method, head, body, length)
             await response.wait_headers()
         except BaseException as exc:
             conn.response = None
@@ -148,7 +155,7 @@ class UpstreamPool:
             replayable = body is None or isinstance(body, bytes)
             unanswered = isinstance(exc, UpstreamError) and reused and not conn.received
             if retry and unanswered and replayable and method in _IDEMPOTENT:
-                return await self._exchange(method, origin, head, body, chunked, deadline, retry=False)
+                return await self._exchange(method, origin, head, body, length, deadline, retry=False)
             raise
         return response
 

@@ -18,16 +18,30 @@ from llmproxy.loop import run_loop
 from llmproxy.server.app import PIPELINE, build_app
 from llmproxy.server.routing import route_proxy_first
 
-__all__ = ("StartupError", "serve")
+__all__ = ("StartupError", "make_runner", "serve")
 
 log = logging.getLogger(__name__)
 
 
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner ``serve`` uses, for tests too: request bodies reach the handlers as received.
+
+    aiohttp would decode a ``Content-Encoding: gzip`` body on the way in; the proxy must forward the
+    bytes the client sent under the framing it announced, so nothing is decoded here
+    (``llmproxy.codings`` decodes a bounded copy where a body must be read).
+    """
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.server.shutdown_timeout,
+        auto_decompress=False,
+    )
+
+
 async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> None:
     app = build_app(settings)
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.server.shutdown_timeout
-    )
+    runner = make_runner(app, settings)
     try:
         await runner.setup()
     except (StoreUnavailable, BusUnavailable) as exc:

@@ -212,7 +212,9 @@ class FakeUpstream:
     async def __aenter__(self) -> FakeUpstream:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_route("*", "/{path:.*}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+        # auto_decompress off: a request body is recorded exactly as the proxy sent it, Content-Encoding
+        # and all (a real OpenAI upstream would have to decode it itself)
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None, auto_decompress=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()

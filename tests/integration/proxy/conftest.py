@@ -146,7 +146,7 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         app = web.Application(middlewares=[request_middleware])
         app.cleanup_ctx.append(handler_ctx)
         add_proxy_route(app, handler.handle)
-        client = TestClient(TestServer(app, host="127.0.0.1"))
+        client = TestClient(TestServer(app, host="127.0.0.1", auto_decompress=False))  # as make_runner
         await client.start_server()
         assert client.server.runner is not None
         route_proxy_first(client.server.runner)  # as `llm-proxy server` does

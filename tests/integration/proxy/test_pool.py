@@ -337,6 +337,58 @@ async def test_a_streamed_body_that_fails_fails_the_exchange() -> None:
                 await pool.request("POST", server.base, "/v1/files", [], broken())
 
 
+def reading_every_byte(server: RawServer) -> Script:
+    """Answers each Content-Length request, and records whatever else arrives on the connection."""
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await server.read_request(reader)
+                writer.write(OK)
+                await writer.drain()
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                server.received.append(exc.partial)
+
+    return script
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [(b"abc", b"defEXTRA"), (b"abcdefEXTRA",), (b"abc",)],
+    ids=["longer", "longer-at-once", "shorter"],
+)
+async def test_a_streamed_body_that_does_not_match_its_content_length_fails_and_its_connection_is_closed(
+    pieces: tuple[bytes, ...],
+) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            await asyncio.sleep(0)
+            yield piece
+
+    async with await serving(reading_every_byte) as server:
+        async with aclosing(UpstreamPool(api(response_header=1.0))) as pool:
+            with pytest.raises(UpstreamError, match="Content-Length"):
+                response = await pool.request(
+                    "POST", server.base, "/v1/files", [("Content-Length", "6")], body()
+                )
+                response.release()
+            again = await pool.request("POST", server.base, "/v1/files", [], b"next")
+            assert await read_all(again) == b'{"ok":true}'
+            again.release()
+    assert server.connections == 2  # the connection of the failed exchange was not reused
+    assert not any(b"EXTRA" in request for request in server.received)  # no byte past the framing left
+    assert server.received[-1].endswith(b"\r\n\r\nnext")
+
+
+async def test_a_status_over_599_is_an_upstream_error_not_relayed() -> None:
+    weird = b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\n{}"
+    async with await serving(keep_answering(lambda request: weird)) as server:
+        async with aclosing(UpstreamPool(api())) as pool:
+            with pytest.raises(UpstreamError, match="invalid status 999"):
+                await pool.request("GET", server.base, "/v1/models", [])
+
+
 async def test_the_answer_to_head_has_no_body_even_with_a_length() -> None:
     async with await serving(keep_answering()) as server:
         async with aclosing(UpstreamPool(api())) as pool:
