@@ -13,14 +13,12 @@ from typing import NamedTuple, cast
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from llmproxy.proxy.transport import UpstreamError
+
 __all__ = ("Origin", "UpstreamConnection", "UpstreamError", "UpstreamResponse")
 
 _HIGH_WATER = 256 * 1024  # response bytes buffered before the upstream socket stops being read
 _NO_BODY_STATUS = frozenset({204, 304})
-
-
-class UpstreamError(ConnectionError):
-    """The upstream could not be reached, or broke the exchange (closed early, answered garbage)."""
 
 
 class Origin(NamedTuple):

@@ -1,7 +1,11 @@
-"""The upstream pool against raw loopback servers: bytes on the wire, framing, keep-alive, limits, TLS.
+"""The upstream transports against raw loopback servers: bytes on the wire, framing, keep-alive,
+limits, TLS.
 
-Each server here is a scripted asyncio stream server, so what the pool sends is seen byte for byte
-and every way an upstream can answer (or fail to) can be played.
+A contract suite: each behaviour the proxy relies on runs against the pool and against the plain
+``aiohttp.ClientSession`` reference (``make_transport``), so a divergence shows; tests of the pool's
+own rules (messages, idle pruning, retries, read pause) take ``UpstreamPool`` alone and say why.
+Each server here is a scripted asyncio stream server, so what a transport sends is seen byte for
+byte and every way an upstream can answer (or fail to) can be played.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import ipaddress
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing
 from pathlib import Path
 
 import msgspec
@@ -23,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from llmproxy.config import ApiConfig, Timeouts
-from llmproxy.proxy.pool import UpstreamError, UpstreamPool, UpstreamResponse
+from llmproxy.proxy.pool import UpstreamPool
+from llmproxy.proxy.transport import SessionTransport, UpstreamAnswer, UpstreamError, UpstreamTransport
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}'
@@ -87,11 +92,27 @@ class RawServer:
         return request
 
 
+MakeTransport = Callable[..., UpstreamTransport]  # (api, *, ssl_context=None)
+
+
+@pytest.fixture(params=[UpstreamPool, SessionTransport], ids=["pool", "session"])
+def make_transport(request: pytest.FixtureRequest) -> MakeTransport:
+    """Every contract test runs twice: on the proxy's pool and on the ClientSession reference."""
+    return request.param  # type: ignore[no-any-return]
+
+
+def upstream_error(
+    transport: UpstreamTransport, pool_says: str
+) -> AbstractContextManager[pytest.ExceptionInfo[UpstreamError]]:
+    """UpstreamError from every transport; the pool's message is its own, so only its is checked."""
+    return pytest.raises(UpstreamError, match=pool_says if isinstance(transport, UpstreamPool) else None)
+
+
 def api(**timeouts: float) -> ApiConfig:
     return msgspec.structs.replace(ApiConfig(), timeouts=Timeouts(**timeouts)) if timeouts else ApiConfig()
 
 
-async def read_all(response: UpstreamResponse) -> bytes:
+async def read_all(response: UpstreamAnswer) -> bytes:
     body = b""
     while chunk := await response.readany():
         body += chunk
@@ -170,10 +191,12 @@ def dropping_the_second_request(answer: bytes = b"") -> Callable[[RawServer], Sc
     return script_for
 
 
-async def test_the_request_goes_out_exactly_as_framed_and_the_answer_comes_back_whole() -> None:
+async def test_the_request_goes_out_exactly_as_framed_and_the_answer_comes_back_whole(
+    make_transport: MakeTransport,
+) -> None:
     async with await serving(keep_answering()) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
-            response = await pool.request(
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request(
                 "POST",
                 server.base + "/prefix",
                 "/v1/chat/completions?a=1%202",
@@ -196,6 +219,7 @@ async def test_the_request_goes_out_exactly_as_framed_and_the_answer_comes_back_
     ]
 
 
+# pool only: aiohttp gives the connection back once the answer is in, so a later close() keeps it
 async def test_a_released_connection_is_reused_and_a_closed_one_is_not() -> None:
     async with await serving(keep_answering()) as server:
         async with aclosing(UpstreamPool(api())) as pool:
@@ -213,16 +237,36 @@ async def test_a_released_connection_is_reused_and_a_closed_one_is_not() -> None
     assert server.received[0] == f"GET /v1/models HTTP/1.1\r\nHost: {server.base[7:]}\r\n\r\n".encode()
 
 
-async def test_a_post_without_a_body_says_content_length_0() -> None:
+async def test_a_released_connection_is_reused_and_one_closed_mid_answer_is_not(
+    make_transport: MakeTransport,
+) -> None:
+    part = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart"  # the rest never comes
+    async with await serving(keep_answering(lambda request: part if b"/slow" in request else OK)) as server:
+        async with aclosing(make_transport(api())) as transport:
+            for _ in range(2):
+                response = await transport.request("GET", server.base, "/v1/models", [])
+                await read_all(response)
+                response.release()
+            assert server.connections == 1
+            response = await transport.request("GET", server.base, "/v1/slow", [])
+            assert await response.readany() == b"part"
+            response.close()
+            response = await transport.request("GET", server.base, "/v1/models", [])
+            assert await read_all(response) == b'{"ok":true}'
+            response.release()
+            assert server.connections == 2
+
+
+async def test_a_post_without_a_body_says_content_length_0(make_transport: MakeTransport) -> None:
     async with await serving(keep_answering()) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
-            response = await pool.request("POST", server.base, "/v1/files", [])
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("POST", server.base, "/v1/files", [])
             await read_all(response)
             response.release()
     assert server.received[0].endswith(b"\r\nContent-Length: 0\r\n\r\n")
 
 
-async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives() -> None:
+async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives(make_transport: MakeTransport) -> None:
     release_second = asyncio.Event()
 
     def script_for(server: RawServer) -> Script:
@@ -241,8 +285,8 @@ async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives() -> None:
         return script
 
     async with await serving(script_for) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
-            response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("POST", server.base, "/v1/chat/completions", [], b"{}")
             assert await response.readany() == b"data: "
             assert not response.is_eof()
             release_second.set()
@@ -266,30 +310,34 @@ async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives() -> None:
     ids=["without-length", "connection-close"],
 )
 async def test_an_answer_that_ends_its_connection_is_read_whole_and_the_connection_not_reused(
-    script_for: Callable[[RawServer], Script], body: bytes
+    make_transport: MakeTransport, script_for: Callable[[RawServer], Script], body: bytes
 ) -> None:
     async with await serving(script_for) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
+        async with aclosing(make_transport(api())) as transport:
             for _ in range(2):
-                response = await pool.request("GET", server.base, "/v1/models", [])
+                response = await transport.request("GET", server.base, "/v1/models", [])
                 assert await read_all(response) == body
                 response.release()
     assert server.connections == 2
 
 
-async def test_a_cut_short_body_is_an_upstream_error_not_a_short_success() -> None:
+async def test_a_cut_short_body_is_an_upstream_error_not_a_short_success(
+    make_transport: MakeTransport,
+) -> None:
     async with await serving(
         answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
     ) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
-            response = await pool.request("GET", server.base, "/v1/models", [])
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("GET", server.base, "/v1/models", [])
             assert await response.readany() == b"only part"
-            with pytest.raises(UpstreamError, match="closed the connection"):
+            with upstream_error(transport, "closed the connection"):
                 await response.readany()
             response.close()
 
 
-async def test_a_streamed_body_goes_chunked_without_a_length_and_raw_with_one() -> None:
+async def test_a_streamed_body_goes_chunked_without_a_length_and_raw_with_one(
+    make_transport: MakeTransport,
+) -> None:
     def script_for(server: RawServer) -> Script:
         async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while True:
@@ -310,9 +358,9 @@ async def test_a_streamed_body_goes_chunked_without_a_length_and_raw_with_one() 
             yield part
 
     async with await serving(script_for) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
+        async with aclosing(make_transport(api())) as transport:
             for headers in ([], [("Content-Length", "6")]):
-                response = await pool.request("PUT", server.base, "/v1/files", headers, parts())
+                response = await transport.request("PUT", server.base, "/v1/files", headers, parts())
                 assert await read_all(response) == b'{"ok":true}'
                 response.release()
     assert server.received[0].endswith(b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n3\r\ndef\r\n0\r\n\r\n")
@@ -320,7 +368,7 @@ async def test_a_streamed_body_goes_chunked_without_a_length_and_raw_with_one() 
     assert b"Transfer-Encoding" not in server.received[1]
 
 
-async def test_a_streamed_body_that_fails_fails_the_exchange() -> None:
+async def test_a_streamed_body_that_fails_fails_the_exchange(make_transport: MakeTransport) -> None:
     def script_for(server: RawServer) -> Script:
         async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read()
@@ -332,9 +380,9 @@ async def test_a_streamed_body_that_fails_fails_the_exchange() -> None:
         raise ValueError("request body too large")
 
     async with await serving(script_for) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
+        async with aclosing(make_transport(api())) as transport:
             with pytest.raises(UpstreamError, match="request body too large"):
-                await pool.request("POST", server.base, "/v1/files", [], broken())
+                await transport.request("POST", server.base, "/v1/files", [], broken())
 
 
 def reading_every_byte(server: RawServer) -> Script:
@@ -359,6 +407,7 @@ def reading_every_byte(server: RawServer) -> Script:
     ids=["longer", "longer-at-once", "shorter"],
 )
 async def test_a_streamed_body_that_does_not_match_its_content_length_fails_and_its_connection_is_closed(
+    make_transport: MakeTransport,
     pieces: tuple[bytes, ...],
 ) -> None:
     async def body() -> AsyncIterator[bytes]:
@@ -367,13 +416,13 @@ async def test_a_streamed_body_that_does_not_match_its_content_length_fails_and_
             yield piece
 
     async with await serving(reading_every_byte) as server:
-        async with aclosing(UpstreamPool(api(response_header=1.0))) as pool:
+        async with aclosing(make_transport(api(response_header=1.0))) as transport:
             with pytest.raises(UpstreamError, match="Content-Length"):
-                response = await pool.request(
+                response = await transport.request(
                     "POST", server.base, "/v1/files", [("Content-Length", "6")], body()
                 )
                 response.release()
-            again = await pool.request("POST", server.base, "/v1/files", [], b"next")
+            again = await transport.request("POST", server.base, "/v1/files", [], b"next")
             assert await read_all(again) == b'{"ok":true}'
             again.release()
     assert server.connections == 2  # the connection of the failed exchange was not reused
@@ -381,14 +430,29 @@ async def test_a_streamed_body_that_does_not_match_its_content_length_fails_and_
     assert server.received[-1].endswith(b"\r\n\r\nnext")
 
 
-async def test_a_status_over_599_is_an_upstream_error_not_relayed() -> None:
+async def test_a_streamed_body_with_an_unusable_content_length_is_not_sent(
+    make_transport: MakeTransport,
+) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"abcdef"
+
+    async with await serving(keep_answering()) as server:
+        async with aclosing(make_transport(api())) as transport:
+            for declared in ([("Content-Length", "6"), ("Content-Length", "6")], [("Content-Length", "+6")]):
+                with pytest.raises(UpstreamError, match="unusable Content-Length"):
+                    await transport.request("POST", server.base, "/v1/files", declared, body())
+    assert server.connections == 0
+
+
+async def test_a_status_over_599_is_an_upstream_error_not_relayed(make_transport: MakeTransport) -> None:
     weird = b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\n{}"
     async with await serving(keep_answering(lambda request: weird)) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
+        async with aclosing(make_transport(api())) as transport:
             with pytest.raises(UpstreamError, match="invalid status 999"):
-                await pool.request("GET", server.base, "/v1/models", [])
+                await transport.request("GET", server.base, "/v1/models", [])
 
 
+# pool only: aiohttp fails a HEAD answered with a body (read as the next answer); the pool drops the bytes
 async def test_the_answer_to_head_has_no_body_even_with_a_length() -> None:
     async with await serving(keep_answering()) as server:
         async with aclosing(UpstreamPool(api())) as pool:
@@ -398,48 +462,62 @@ async def test_the_answer_to_head_has_no_body_even_with_a_length() -> None:
             response.release()
 
 
-async def test_an_interim_100_continue_is_skipped() -> None:
+async def test_a_head_answer_is_complete_at_its_headers_whatever_its_length(
+    make_transport: MakeTransport,
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n"  # what a GET would get, no body
+    async with await serving(keep_answering(lambda request: head)) as server:
+        async with aclosing(make_transport(api(response_header=5))) as transport:
+            response = await transport.request("HEAD", server.base, "/v1/models", [])
+            assert response.headers["Content-Length"] == "11"
+            assert await response.readany() == b"" and response.is_eof()
+            response.release()
+
+
+async def test_an_interim_100_continue_is_skipped(make_transport: MakeTransport) -> None:
     async with await serving(keep_answering(lambda request: b"HTTP/1.1 100 Continue\r\n\r\n" + OK)) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
-            response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("POST", server.base, "/v1/chat/completions", [], b"{}")
             assert response.status == 200
             assert await read_all(response) == b'{"ok":true}'
             response.release()
 
 
-async def test_garbage_instead_of_http_is_an_upstream_error() -> None:
+async def test_garbage_instead_of_http_is_an_upstream_error(make_transport: MakeTransport) -> None:
     async with await serving(keep_answering(lambda request: b"SSH-2.0-OpenSSH_9.2\r\n\r\n")) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
-            with pytest.raises(UpstreamError, match="invalid HTTP response"):
-                await pool.request("GET", server.base, "/v1/models", [])
+        async with aclosing(make_transport(api())) as transport:
+            with upstream_error(transport, "invalid HTTP response"):
+                await transport.request("GET", server.base, "/v1/models", [])
 
 
-async def test_nothing_is_sent_when_a_header_carries_a_line_break() -> None:
+async def test_nothing_is_sent_when_a_header_carries_a_line_break(make_transport: MakeTransport) -> None:
     async with await serving(keep_answering()) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
+        async with aclosing(make_transport(api())) as transport:
             with pytest.raises(UpstreamError, match="CR or LF"):
-                await pool.request(
+                await transport.request(
                     "GET", server.base, "/v1/models", [("Authorization", "Bearer a\r\nX-Evil: 1")]
                 )
     assert server.connections == 0
 
 
-async def test_an_unreachable_upstream_is_an_upstream_error() -> None:
+async def test_an_unreachable_upstream_is_an_upstream_error(make_transport: MakeTransport) -> None:
     async with await serving(keep_answering()) as server:
         base = server.base
-    async with aclosing(UpstreamPool(api())) as pool:
-        with pytest.raises(UpstreamError, match="cannot connect"):
-            await pool.request("GET", base, "/v1/models", [])
+    async with aclosing(make_transport(api())) as transport:
+        with upstream_error(transport, "cannot connect"):
+            await transport.request("GET", base, "/v1/models", [])
 
 
-async def test_no_headers_within_the_read_timeout_is_a_timeout() -> None:
+async def test_no_headers_within_the_read_timeout_is_a_timeout(make_transport: MakeTransport) -> None:
     async with await serving(silent) as server:
-        async with aclosing(UpstreamPool(api(response_header=0.2))) as pool:
+        async with aclosing(make_transport(api(response_header=0.2))) as transport:
             with pytest.raises(TimeoutError):
-                await pool.request("GET", server.base, "/v1/models", [])
+                await transport.request("GET", server.base, "/v1/models", [])
 
 
-async def test_a_body_that_keeps_trickling_is_cut_at_the_request_timeout() -> None:
+async def test_a_body_that_keeps_trickling_is_cut_at_the_request_timeout(
+    make_transport: MakeTransport,
+) -> None:
     def script_for(server: RawServer) -> Script:
         async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await server.read_request(reader)
@@ -452,21 +530,23 @@ async def test_a_body_that_keeps_trickling_is_cut_at_the_request_timeout() -> No
         return script
 
     async with await serving(script_for) as server:
-        async with aclosing(UpstreamPool(api(response_header=5, request=0.5))) as pool:
-            response = await pool.request("GET", server.base, "/v1/models", [])
+        async with aclosing(make_transport(api(response_header=5, request=0.5))) as transport:
+            response = await transport.request("GET", server.base, "/v1/models", [])
             with pytest.raises(TimeoutError):
                 await read_all(response)
             response.close()
 
 
-async def test_an_idle_connection_the_upstream_closed_is_not_used_again() -> None:
+async def test_an_idle_connection_the_upstream_closed_is_not_used_again(
+    make_transport: MakeTransport,
+) -> None:
     async with await serving(answer_once(OK)) as server:  # keep-alive announced, then closed right after
-        async with aclosing(UpstreamPool(api())) as pool:
+        async with aclosing(make_transport(api())) as transport:
             for _ in range(3):
-                response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+                response = await transport.request("POST", server.base, "/v1/chat/completions", [], b"{}")
                 assert await read_all(response) == b'{"ok":true}'
                 response.release()
-                await asyncio.sleep(0.05)  # the close reaches the pool
+                await asyncio.sleep(0.05)  # the close reaches the transport
             assert server.connections == 3
 
 
@@ -475,25 +555,25 @@ async def test_an_idle_connection_the_upstream_closed_is_not_used_again() -> Non
     [("GET", None), ("OPTIONS", None), ("PUT", b"{}"), ("DELETE", None)],  # HEAD: OK carries a body
 )
 async def test_an_idempotent_request_on_a_reused_connection_closed_unanswered_is_retried_once_a_post_is_not(
-    method: str, body: bytes | None
+    make_transport: MakeTransport, method: str, body: bytes | None
 ) -> None:
     async with await serving(dropping_the_second_request()) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
-            response = await pool.request("GET", server.base, "/v1/models", [])
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("GET", server.base, "/v1/models", [])
             await read_all(response)
             response.release()
-            response = await pool.request(
+            response = await transport.request(
                 method, server.base, "/v1/models", [], body
             )  # dropped, then retried
             assert await read_all(response) == b'{"ok":true}'
             response.release()
             assert server.connections == 2
             with pytest.raises(UpstreamError):
-                await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+                await transport.request("POST", server.base, "/v1/chat/completions", [], b"{}")
             assert server.connections == 2
 
 
-async def test_max_connections_bounds_the_exchanges_in_flight() -> None:
+async def test_max_connections_bounds_the_exchanges_in_flight(make_transport: MakeTransport) -> None:
     gate = asyncio.Event()
 
     def script_for(server: RawServer) -> Script:
@@ -507,10 +587,10 @@ async def test_max_connections_bounds_the_exchanges_in_flight() -> None:
         return script
 
     async with await serving(script_for) as server:
-        pool = UpstreamPool(msgspec.structs.replace(ApiConfig(), max_connections=2))
+        transport = make_transport(msgspec.structs.replace(ApiConfig(), max_connections=2))
 
         async def one() -> bytes:
-            response = await pool.request("GET", server.base, "/v1/models", [])
+            response = await transport.request("GET", server.base, "/v1/models", [])
             body = await read_all(response)
             response.release()
             return body
@@ -526,9 +606,10 @@ async def test_max_connections_bounds_the_exchanges_in_flight() -> None:
             assert await asyncio.gather(*tasks) == [b'{"ok":true}'] * 5
             assert server.most_open <= 2
         finally:
-            await pool.aclose()
+            await transport.aclose()
 
 
+# pool only: the read pause is the pool's own flow control (aiohttp has its own, unobservable here)
 async def test_a_large_answer_arrives_intact_through_the_read_pause() -> None:
     payload = bytes(range(256)) * (16 * 1024)  # 4 MiB, well past the pool's read high-water mark
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
@@ -538,6 +619,16 @@ async def test_a_large_answer_arrives_intact_through_the_read_pause() -> None:
             async with asyncio.timeout(5):  # unread, the answer fills the buffer and the socket is paused
                 while not response._conn._reading_paused:
                     await asyncio.sleep(0.01)
+            assert await read_all(response) == payload
+            response.release()
+
+
+async def test_a_large_answer_arrives_intact(make_transport: MakeTransport) -> None:
+    payload = bytes(range(256)) * (16 * 1024)  # 4 MiB: more than either transport buffers unread
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload
+    async with await serving(keep_answering(lambda request: answer)) as server:
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("GET", server.base, "/v1/files/f/content", [])
             assert await read_all(response) == payload
             response.release()
 
@@ -575,7 +666,9 @@ def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, client
 
 
-async def test_https_upstreams_are_verified_and_kept_alive(tmp_path: Path) -> None:
+async def test_https_upstreams_are_verified_and_kept_alive(
+    make_transport: MakeTransport, tmp_path: Path
+) -> None:
     server_tls, client_tls = self_signed(tmp_path)
     holder: list[RawServer] = []
 
@@ -584,31 +677,34 @@ async def test_https_upstreams_are_verified_and_kept_alive(tmp_path: Path) -> No
 
     async with RawServer(script, tls=server_tls) as server:
         holder.append(server)
-        async with aclosing(UpstreamPool(api(), ssl_context=client_tls)) as pool:
+        async with aclosing(make_transport(api(), ssl_context=client_tls)) as transport:
             for _ in range(2):
-                response = await pool.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+                response = await transport.request("POST", server.base, "/v1/chat/completions", [], b"{}")
                 assert await read_all(response) == b'{"ok":true}'
                 response.release()
             assert server.connections == 1
         async with aclosing(
-            UpstreamPool(api())
+            make_transport(api())
         ) as untrusting:  # the system's CAs: the self-signed certificate is refused
             with pytest.raises(UpstreamError, match="CERTIFICATE_VERIFY_FAILED"):
                 await untrusting.request("GET", server.base, "/v1/models", [])
     assert server.received[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost:")
 
 
-async def test_a_connection_idle_past_idle_connection_is_closed_not_reused() -> None:
+async def test_a_connection_idle_past_idle_connection_is_closed_not_reused(
+    make_transport: MakeTransport,
+) -> None:
     async with await serving(keep_answering()) as server:
-        async with aclosing(UpstreamPool(api(idle_connection=0.05))) as pool:
+        async with aclosing(make_transport(api(idle_connection=0.05))) as transport:
             for pause in (0.0, 0.2):
                 await asyncio.sleep(pause)
-                response = await pool.request("GET", server.base, "/v1/models", [])
+                response = await transport.request("GET", server.base, "/v1/models", [])
                 await read_all(response)
                 response.release()
             assert server.connections == 2
 
 
+# pool only: pruning the oldest on reuse is the pool's rule; aiohttp prunes on a timer of its own
 async def test_connections_idle_past_idle_connection_are_closed_even_when_newer_ones_are_reused() -> None:
     async with await serving(keep_answering()) as server:
         async with aclosing(UpstreamPool(api(idle_connection=0.5))) as pool:
@@ -625,20 +721,21 @@ async def test_connections_idle_past_idle_connection_are_closed_even_when_newer_
             assert (server.connections, server.open_now) == (2, 1)
 
 
-async def test_a_streamed_get_is_not_retried_it_cannot_be_replayed() -> None:
+async def test_a_streamed_get_is_not_retried_it_cannot_be_replayed(make_transport: MakeTransport) -> None:
     async def body() -> AsyncIterator[bytes]:
         yield b"{}"
 
     async with await serving(dropping_the_second_request()) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
-            response = await pool.request("GET", server.base, "/v1/models", [])
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("GET", server.base, "/v1/models", [])
             await read_all(response)
             response.release()
             with pytest.raises(UpstreamError):
-                await pool.request("GET", server.base, "/v1/models", [("Content-Length", "2")], body())
+                await transport.request("GET", server.base, "/v1/models", [("Content-Length", "2")], body())
             assert server.connections == 1
 
 
+# pool only: aiohttp retries an idempotent request once after any drop, even one partly answered
 async def test_a_get_answered_in_part_before_the_drop_is_not_retried() -> None:
     async with await serving(dropping_the_second_request(b"HTTP/1.1 2")) as server:
         async with aclosing(UpstreamPool(api())) as pool:
@@ -650,6 +747,7 @@ async def test_a_get_answered_in_part_before_the_drop_is_not_retried() -> None:
             assert server.connections == 1
 
 
+# pool only: aiohttp retries an idempotent request once after any drop, even on a new connection
 async def test_a_get_dropped_on_a_new_connection_is_not_retried() -> None:
     async with await serving(answer_once(abort=True)) as server:
         async with aclosing(UpstreamPool(api())) as pool:
@@ -658,7 +756,7 @@ async def test_a_get_dropped_on_a_new_connection_is_not_retried() -> None:
             assert server.connections == 1
 
 
-async def test_a_connect_that_hangs_is_cut_at_the_connect_timeout() -> None:
+async def test_a_connect_that_hangs_is_cut_at_the_connect_timeout(make_transport: MakeTransport) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)  # never accepted: once its queue is full, the kernel drops further SYNs
@@ -670,23 +768,25 @@ async def test_a_connect_that_hangs_is_cut_at_the_connect_timeout() -> None:
             filler.setblocking(False)
             filler.connect_ex(("127.0.0.1", port))
             fillers.append(filler)
-        async with aclosing(UpstreamPool(api(connect=0.3))) as pool:
+        async with aclosing(make_transport(api(connect=0.3))) as transport:
             with pytest.raises(TimeoutError):
-                await pool.request("GET", f"http://127.0.0.1:{port}", "/v1/models", [])
+                await transport.request("GET", f"http://127.0.0.1:{port}", "/v1/models", [])
     finally:
         for sock in (*fillers, listener):
             sock.close()
 
 
-async def test_a_slow_upload_is_bounded_by_the_request_timeout_not_the_read_timeout() -> None:
+async def test_a_slow_upload_is_bounded_by_the_request_timeout_not_the_read_timeout(
+    make_transport: MakeTransport,
+) -> None:
     async def slowly() -> AsyncIterator[bytes]:
         for part in (b"ab", b"cd", b"ef"):
             await asyncio.sleep(0.2)  # 0.6 s in all, past the 0.3 s read timeout
             yield part
 
     async with await serving(keep_answering()) as server:  # the whole body first (Content-Length: 6)
-        async with aclosing(UpstreamPool(api(response_header=0.3, request=5))) as pool:
-            response = await pool.request(
+        async with aclosing(make_transport(api(response_header=0.3, request=5))) as transport:
+            response = await transport.request(
                 "PUT", server.base, "/v1/files", [("Content-Length", "6")], slowly()
             )
             assert await read_all(response) == b'{"ok":true}'
@@ -694,52 +794,58 @@ async def test_a_slow_upload_is_bounded_by_the_request_timeout_not_the_read_time
     assert server.received[0].endswith(b"\r\n\r\nabcdef")
 
 
-async def test_waiting_for_a_free_slot_is_bounded_by_the_connect_timeout() -> None:
+async def test_waiting_for_a_free_slot_is_bounded_by_the_connect_timeout(
+    make_transport: MakeTransport,
+) -> None:
     async with await serving(silent) as server:
         limited = msgspec.structs.replace(api(connect=0.2, request=30), max_connections=1)
-        async with aclosing(UpstreamPool(limited)) as pool:
-            holder = asyncio.ensure_future(pool.request("GET", server.base, "/v1/models", []))
+        async with aclosing(make_transport(limited)) as transport:
+            holder = asyncio.ensure_future(transport.request("GET", server.base, "/v1/models", []))
             async with asyncio.timeout(5):
                 while not server.received:
                     await asyncio.sleep(0.01)
             started = asyncio.get_running_loop().time()
             with pytest.raises(TimeoutError):
-                await pool.request("GET", server.base, "/v1/models", [])
+                await transport.request("GET", server.base, "/v1/models", [])
             assert asyncio.get_running_loop().time() - started < 5  # the connect timeout, not the request's
             holder.cancel()
 
 
-async def test_a_failed_exchange_gives_its_slot_back() -> None:
+async def test_a_failed_exchange_gives_its_slot_back(make_transport: MakeTransport) -> None:
     answers = iter([b"SSH-2.0-OpenSSH_9.2\r\n\r\n", OK])
     async with await serving(keep_answering(lambda request: next(answers))) as server:
         limited = msgspec.structs.replace(api(connect=0.5), max_connections=1)
-        async with aclosing(UpstreamPool(limited)) as pool:
+        async with aclosing(make_transport(limited)) as transport:
             with pytest.raises(UpstreamError):
-                await pool.request("GET", server.base, "/v1/models", [])
-            response = await pool.request("GET", server.base, "/v1/models", [])  # would wait 0.5 s, then fail
+                await transport.request("GET", server.base, "/v1/models", [])
+            response = await transport.request(
+                "GET", server.base, "/v1/models", []
+            )  # would wait 0.5 s, then fail
             assert await read_all(response) == b'{"ok":true}'
             response.release()
 
 
-async def test_max_connections_per_host_holds_each_origin_apart() -> None:
+async def test_max_connections_per_host_holds_each_origin_apart(make_transport: MakeTransport) -> None:
     async with await serving(silent) as busy, await serving(keep_answering()) as other:
         limited = msgspec.structs.replace(api(connect=0.2), max_connections_per_host=1)
-        async with aclosing(UpstreamPool(limited)) as pool:
-            holder = asyncio.ensure_future(pool.request("GET", busy.base, "/v1/models", []))
+        async with aclosing(make_transport(limited)) as transport:
+            holder = asyncio.ensure_future(transport.request("GET", busy.base, "/v1/models", []))
             async with asyncio.timeout(5):
                 while not busy.received:
                     await asyncio.sleep(0.01)
             with pytest.raises(TimeoutError):
-                await pool.request("GET", busy.base, "/v1/models", [])
-            response = await pool.request("GET", other.base, "/v1/models", [])  # another origin: a free slot
+                await transport.request("GET", busy.base, "/v1/models", [])
+            response = await transport.request(
+                "GET", other.base, "/v1/models", []
+            )  # another origin: a free slot
             assert await read_all(response) == b'{"ok":true}'
             response.release()
             holder.cancel()
 
 
-async def test_switching_protocols_is_an_upstream_error() -> None:
+async def test_switching_protocols_is_an_upstream_error(make_transport: MakeTransport) -> None:
     upgrade = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     async with await serving(keep_answering(lambda request: upgrade)) as server:
-        async with aclosing(UpstreamPool(api())) as pool:
+        async with aclosing(make_transport(api())) as transport:
             with pytest.raises(UpstreamError, match="101"):
-                await pool.request("GET", server.base, "/v1/models", [])
+                await transport.request("GET", server.base, "/v1/models", [])
