@@ -25,8 +25,8 @@ from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.capture import BodyCapture, Exchange, Observer, bounded
 from llmproxy.proxy.keys import REQUEST_ID
 from llmproxy.proxy.policy import Policy, split_target
-from llmproxy.proxy.pool import UpstreamPool, UpstreamResponse
 from llmproxy.proxy.relay import Flight, relay
+from llmproxy.proxy.transport import UpstreamAnswer, UpstreamTransport
 from llmproxy.proxy.upstream import request_headers
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class ResponseCache(Protocol):
 
 
 class ProxyHandler:
-    """The proxy as one aiohttp handler; owns the upstream pool between ``start`` and ``aclose``.
+    """The proxy as one aiohttp handler, sending upstream through ``transport`` (owned by its creator).
 
     ``observers`` is kept by reference: observers added to that sequence later are called too.
     """
@@ -78,6 +78,7 @@ class ProxyHandler:
         settings: Settings,
         authority: Authority,
         auditor: Auditor,
+        transport: UpstreamTransport,
         *,
         cache: ResponseCache | None = None,
         observers: Sequence[Observer] = (),
@@ -91,16 +92,7 @@ class ProxyHandler:
         self._base_url = settings.upstream.base_url.rstrip("/")
         self._max_request_capture = settings.events.max_request_body_bytes
         self._max_response_capture = settings.events.max_response_body_bytes
-        self._pool: UpstreamPool | None = None
-
-    async def start(self) -> None:
-        if self._pool is None:
-            self._pool = UpstreamPool(self._settings.upstream.api)
-
-    async def aclose(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.aclose()
+        self._transport = transport
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         arrived = perf_counter()
@@ -251,9 +243,6 @@ class ProxyHandler:
         arrived: float,
         started_at: float,
     ) -> web.StreamResponse:
-        pool = self._pool
-        if pool is None:
-            raise RuntimeError("ProxyHandler.start() was not awaited")
         request_id = request.get(REQUEST_ID) or uuid4_hex()
         observing = bool(self._observers)
         flight = Flight()
@@ -271,10 +260,10 @@ class ProxyHandler:
         base = grant.upstream_base_url.rstrip("/") if grant.upstream_base_url else self._base_url
 
         forwarded_at = perf_counter()
-        up: UpstreamResponse | None = None
+        up: UpstreamAnswer | None = None
         try:
             try:
-                up = await pool.request(request.method, base, request.raw_path, up_headers, data)
+                up = await self._transport.request(request.method, base, request.raw_path, up_headers, data)
             except TimeoutError:
                 flight.error = "upstream_timeout"
                 raise ProxyError(Refusal.UPSTREAM_TIMEOUT) from None
@@ -316,7 +305,7 @@ class ProxyHandler:
         request: web.Request,
         grant: Grant,
         plain: bytes,
-        up: UpstreamResponse,
+        up: UpstreamAnswer,
         flight: Flight,
         request_id: str,
         timing: str,

@@ -37,7 +37,8 @@ def _origin(base_url: str) -> Origin:
 
 
 class UpstreamPool:
-    """Keep-alive connections per origin, ``ApiConfig`` limits and timeouts; owned by the proxy handler.
+    """The ``UpstreamTransport`` the server uses: keep-alive connections per origin, ``ApiConfig`` limits
+    and timeouts; closed by a cleanup context of ``build_app``.
 
     ``timeouts.connect`` bounds each connect, ``response_header`` the wait for the headers and then each
     gap between body chunks, ``request`` the whole exchange; idle connections older than

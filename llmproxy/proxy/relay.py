@@ -10,7 +10,7 @@ from aiohttp import web
 
 from llmproxy.errors import ProxyError, Refusal
 from llmproxy.proxy.capture import BodyCapture
-from llmproxy.proxy.pool import UpstreamResponse
+from llmproxy.proxy.transport import UpstreamAnswer
 from llmproxy.proxy.upstream import response_headers
 
 __all__ = ("Flight", "relay")
@@ -59,7 +59,7 @@ def _vary_origin(resp: web.StreamResponse) -> None:
 
 async def relay(
     request: web.Request,
-    up: UpstreamResponse,
+    up: UpstreamAnswer,
     flight: Flight,
     own_headers: list[tuple[str, str]],
     *,
@@ -115,7 +115,7 @@ def _feed(flight: Flight, chunk: bytes) -> None:
 
 
 async def _stream(
-    request: web.Request, resp: web.StreamResponse, up: UpstreamResponse, chunk: bytes, flight: Flight
+    request: web.Request, resp: web.StreamResponse, up: UpstreamAnswer, chunk: bytes, flight: Flight
 ) -> None:
     capturing = flight.response_capture is not None or flight.kept is not None
     while chunk:

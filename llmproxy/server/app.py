@@ -22,6 +22,7 @@ from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
 from llmproxy.proxy.handler import ProxyHandler
 from llmproxy.proxy.keys import SETTINGS
+from llmproxy.proxy.pool import UpstreamPool
 from llmproxy.server.health import HealthRoutes
 from llmproxy.server.middleware import request_middleware
 from llmproxy.server.observability import Observability
@@ -61,7 +62,8 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     auditor = Auditor(settings.audit, store)
     pipeline = EventPipeline(settings)
     cache: HttpCache | None = make_cache(settings) if settings.cache.enabled else None
-    proxy = ProxyHandler(settings, authority, auditor, cache=cache, observers=pipeline.observers)
+    transport = UpstreamPool(settings.upstream.api)  # connects on demand: nothing opened before startup
+    proxy = ProxyHandler(settings, authority, auditor, transport, cache=cache, observers=pipeline.observers)
     purge = cache.purge if cache is not None else None
     admin = AdminUI(settings, auditor)
     manage = ManageAPI(
@@ -80,10 +82,9 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         yield
         await pipeline.aclose()
 
-    async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
-        await proxy.start()
+    async def transport_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
-        await proxy.aclose()
+        await transport.aclose()  # the server has drained its in-flight requests by now
 
     async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
@@ -101,7 +102,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
             _owned_task("usage-flusher", authority.run, authority.flush),
             pipeline_ctx,
             cache_ctx,
-            proxy_ctx,
+            transport_ctx,
         ]
     )
     health = HealthRoutes({"store": store.ping, **pipeline.probes})

@@ -20,6 +20,7 @@ from llmproxy.config import ApiConfig, Settings, Timeouts
 from llmproxy.errors import ProxyError, Refusal
 from llmproxy.proxy.capture import Exchange
 from llmproxy.proxy.handler import ProxyHandler
+from llmproxy.proxy.pool import UpstreamPool
 from llmproxy.server.middleware import request_middleware
 from llmproxy.server.routing import add_proxy_route, route_proxy_first
 from llmproxy.store.base import AuditRecord
@@ -136,15 +137,15 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         authority = AuthorityDouble(generate_token(), grant)
         auditor = AuditorDouble()
         observers: list[Callable[[Exchange], None]] = []
-        handler = ProxyHandler(settings, authority, auditor, cache=cache, observers=observers)  # type: ignore[arg-type]
+        transport = UpstreamPool(settings.upstream.api)
+        handler = ProxyHandler(settings, authority, auditor, transport, cache=cache, observers=observers)  # type: ignore[arg-type]
 
-        async def handler_ctx(app: web.Application) -> AsyncIterator[None]:
-            await handler.start()
+        async def transport_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
-            await handler.aclose()
+            await transport.aclose()
 
         app = web.Application(middlewares=[request_middleware])
-        app.cleanup_ctx.append(handler_ctx)
+        app.cleanup_ctx.append(transport_ctx)
         add_proxy_route(app, handler.handle)
         client = TestClient(TestServer(app, host="127.0.0.1", auto_decompress=False))  # as make_runner
         await client.start_server()
