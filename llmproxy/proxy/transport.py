@@ -125,7 +125,7 @@ class SessionTransport:
         except TimeoutError as exc:
             raise TimeoutError(str(exc)) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"{method} {base_url}: {exc!r}") from exc
+            raise UpstreamError(_said(exc)) from exc
         if response.status == 101 or response.status > 599:  # neither can be relayed: as the pool
             response.close()
             what = "switched protocols (101)" if response.status == 101 else "an invalid status"
@@ -174,7 +174,7 @@ class SessionAnswer:
         except TimeoutError as exc:
             raise TimeoutError(str(exc)) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"reading the answer: {exc!r}") from exc
+            raise UpstreamError(_said(exc)) from exc
 
     def is_eof(self) -> bool:
         return self._response.content.at_eof()
@@ -184,6 +184,13 @@ class SessionAnswer:
 
     def close(self) -> None:
         self._response.close()
+
+
+def _said(exc: BaseException) -> str:
+    """What went wrong, without the request aiohttp's errors carry (its headers hold the upstream key)."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}: {exc.status} {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def _exactly(body: AsyncIterator[bytes], length: int) -> AsyncIterator[bytes]:

@@ -490,6 +490,16 @@ async def test_garbage_instead_of_http_is_an_upstream_error(make_transport: Make
                 await transport.request("GET", server.base, "/v1/models", [])
 
 
+async def test_an_upstream_error_does_not_carry_the_request_headers(make_transport: MakeTransport) -> None:
+    async with await serving(keep_answering(lambda request: b"SSH-2.0-OpenSSH_9.2\r\n\r\n")) as server:
+        async with aclosing(make_transport(api())) as transport:
+            with pytest.raises(UpstreamError) as caught:
+                await transport.request("GET", server.base, "/v1/models", [("Authorization", "Bearer sk-x")])
+    assert "sk-x" not in str(caught.value) + repr(
+        caught.value
+    )  # the proxy logs it: the key must not be there
+
+
 async def test_nothing_is_sent_when_a_header_carries_a_line_break(make_transport: MakeTransport) -> None:
     async with await serving(keep_answering()) as server:
         async with aclosing(make_transport(api())) as transport:
