@@ -130,7 +130,7 @@ def body_digest(body: bytes) -> str:
     ``{"a":1,"b":2}`` and ``{"b": 2, "a": 1}`` share an entry. Only the key sees the canonical form."""
     try:
         canonical = _json_encode(_json_decode(body))
-    except (msgspec.DecodeError, msgspec.EncodeError):
+    except (msgspec.DecodeError, msgspec.EncodeError, RecursionError):  # (RecursionError: nested ~1000 deep)
         canonical = body
     return hashlib.sha256(canonical).hexdigest()
 

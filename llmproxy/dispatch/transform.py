@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any
 
 import msgspec
@@ -17,10 +19,12 @@ import msgspec
 from llmproxy.events.model import Event
 
 __all__ = (
+    "MAX_JSON_DEPTH",
     "LlmCall",
     "body_bytes",
     "ended_epoch",
     "iso_ms",
+    "json_depth",
     "merge_chunks",
     "read_call",
     "run_uuid",
@@ -32,6 +36,13 @@ __all__ = (
 _NOT_PARAMS = frozenset({"messages", "prompt", "input", "model", "user", "stream_options"})
 _TERMINAL_RESPONSE_EVENTS = ("response.completed", "response.failed", "response.incomplete")
 _RUN_NAMESPACE = uuid.UUID("6f6d1d3c-52a4-4c41-9c1b-6c6c6d70726f")
+# JSON nested deeper than this is read as not JSON: decoding it, re-encoding it inside a backend's
+# payload, or parsing that payload on the backend's server may each hit a recursion limit (~1000).
+# Real requests nest far less: a structured-output schema of 40 objects is 80 levels.
+MAX_JSON_DEPTH = 128
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
 
 
 class LlmCall(msgspec.Struct, kw_only=True):
@@ -60,8 +71,8 @@ def read_call(event: Event) -> LlmCall:
     kind = _kind(event.path)
     req = request or {}
     usage = response.get("usage") if response else None
-    if not isinstance(usage, dict):
-        usage = msgspec.structs.asdict(event.usage) if event.usage is not None else None
+    if event.usage is not None and (event.response_body_truncated or not isinstance(usage, dict)):
+        usage = msgspec.structs.asdict(event.usage)  # read from the whole response, not the captured part
     return LlmCall(
         kind=kind,
         model=event.model or _str(req.get("model")) or _str((response or {}).get("model")),
@@ -93,9 +104,9 @@ def sse_data(text: str) -> list[Any]:
         if not data or data[0].startswith("[DONE]"):
             continue
         try:
-            payloads.append(msgspec.json.decode("\n".join(data)))
+            payloads.append(_decode("\n".join(data).encode()))
         except msgspec.DecodeError:
-            continue  # a chunk cut by the capture limit, or not JSON
+            continue  # a chunk cut by the capture limit, not JSON, or nested too deeply
     return payloads
 
 
@@ -239,11 +250,24 @@ def _kind(path: str) -> str:
     return "other"
 
 
+def json_depth(data: bytes) -> int:
+    """How deeply JSON text nests its arrays and objects (brackets inside strings left out)."""
+    steps = _JSON_STRING.sub(b"", data).translate(_BRACKETS, _NOT_BRACKETS)
+    return max(accumulate(memoryview(steps).cast("b")), default=0)
+
+
+def _decode(data: bytes) -> Any:
+    """The JSON value of ``data``; msgspec.DecodeError for what is not JSON or nests past MAX_JSON_DEPTH."""
+    if data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and json_depth(data) > MAX_JSON_DEPTH:
+        raise msgspec.DecodeError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return msgspec.json.decode(data)
+
+
 def _json_object(data: bytes) -> dict[str, Any] | None:
     if not data:
         return None
     try:
-        value = msgspec.json.decode(data)
+        value = _decode(data)
     except msgspec.DecodeError:
         return None
     return value if isinstance(value, dict) else None

@@ -22,7 +22,7 @@ from llmproxy.codings import DecodedTooLarge, Undecodable, decode
 from llmproxy.config import Settings
 from llmproxy.errors import ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
-from llmproxy.proxy.capture import BodyCapture, Exchange, Observer, bounded
+from llmproxy.proxy.capture import TAIL_BYTES, BodyCapture, Exchange, Observer, bounded
 from llmproxy.proxy.keys import REQUEST_ID
 from llmproxy.proxy.policy import Policy, split_target
 from llmproxy.proxy.relay import Flight, relay
@@ -314,7 +314,7 @@ class ProxyHandler:
         flight.stream = up_headers.get("Content-Type", "").startswith("text/event-stream")
         if self._observers:
             flight.response_headers = dict(up_headers)
-            flight.response_capture = BodyCapture(self._max_response_capture)
+            flight.response_capture = BodyCapture(self._max_response_capture, tail=TAIL_BYTES)
         own_headers = [("X-Request-ID", request_id), ("Server-Timing", timing)]
         cache = self._cache
         if cache is not None:
@@ -369,6 +369,7 @@ class ProxyHandler:
             request_body_truncated=request_truncated,
             response_body=response.value() if response is not None else b"",
             response_body_truncated=response.truncated if response is not None else False,
+            response_tail=response.tail() if response is not None else b"",
             stream=flight.stream,
             error=flight.error,
         )

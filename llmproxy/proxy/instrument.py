@@ -1,7 +1,8 @@
 """Turns each finished Exchange into the SPEC §6 Event and publishes it: the proxy's observer of traffic.
 
-Building is cheap and runs on the loop (header redaction, bounded decompression, a usage read from the
-body's tail). Token estimation, needed only when the upstream sent no usage, runs in a thread owned here.
+Building is cheap and runs on the loop (redaction, bounded decompression, a usage read from the body's
+end). What is not cheap runs in a thread owned here: decoding all of a compressed answer longer than the
+capture bound to read its usage, and token estimation when the upstream sent no usage.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import math
 import re
 import zlib
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
@@ -23,9 +23,10 @@ import msgspec
 from llmproxy.config import EventSettings
 from llmproxy.events.model import Event, Usage
 from llmproxy.ids import uuid4_text
-from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.capture import TAIL_BYTES, Exchange, inflated_tail
+from llmproxy.proxy.redact import REDACTED, redact_headers, redact_query
 from llmproxy.proxy.tokencount import TokenCounter
-from llmproxy.proxy.usage import endpoint_kind, estimate_usage, response_model, response_usage
+from llmproxy.proxy.usage import endpoint_kind, estimate_usage, response_model, response_usage, usage_in
 
 try:  # aiohttp decodes br when one of these is installed; we never add one
     import brotli  # type: ignore[import-not-found]
@@ -39,19 +40,13 @@ __all__ = (
     "build_event",
     "decode_body",
     "redact_headers",
+    "redact_query",
     "request_model",
     "rfc3339",
 )
 
 log = logging.getLogger(__name__)
 
-REDACTED = "[REDACTED]"
-_SECRET_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
-)
-_SECRET_NAME_PARTS = ("key", "token", "secret", "auth")
-_PUBLIC_PREFIXES = ("x-ratelimit-",)  # x-ratelimit-remaining-tokens etc. are counts, not credentials
-_SECRET_VALUE = re.compile(r"\b(?:bearer|basic)\s+\S|sk-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
 # Exchanges that finish within HOLD_S of each other are built into events in one pass (at most
 # HOLD_MAX at a time): back to back, the build and encode code stays in the CPU's caches, which it does
 # not between two requests' aiohttp work (in the server, one event cost about twice what it costs in
@@ -89,40 +84,6 @@ def rfc3339(timestamp: float) -> str:
         prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _second = (second, prefix)
     return f"{prefix}.{micro:06d}Z"
-
-
-_names: dict[str, bool] = {}  # lower-cased header name -> whether it names a secret (bounded below)
-
-
-def _secret_name(name: str) -> bool:
-    secret = name in _SECRET_HEADERS or (
-        not name.startswith(_PUBLIC_PREFIXES) and any(part in name for part in _SECRET_NAME_PARTS)
-    )
-    if len(_names) >= 1024:  # clients may send any names: keep the table small
-        _names.clear()
-    _names[name] = secret
-    return secret
-
-
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Lower-cased names; credentials (by name, or a bearer/sk- value under any name) become [REDACTED]."""
-    redacted = {}
-    names = _names
-    for name, value in headers.items():
-        lower = name.lower()
-        secret = names.get(lower)
-        if secret is None:
-            secret = _secret_name(lower)
-        if not secret:
-            if value.isascii():  # the common case: three substring scans decide most values, no regex
-                folded = value.lower()
-                secret = (
-                    "sk-" in folded or "bearer" in folded or "basic" in folded
-                ) and _SECRET_VALUE.search(value) is not None
-            else:
-                secret = _SECRET_VALUE.search(value) is not None
-        redacted[lower] = REDACTED if secret else value
-    return redacted
 
 
 def _inflate(body: bytes, coding: str, limit: int) -> tuple[bytes, bool] | None:
@@ -184,7 +145,7 @@ def request_model(body: bytes) -> str | None:
     if body.lstrip()[:1] == b"{":
         try:
             return _request_head.decode(body).model
-        except msgspec.ValidationError:
+        except (msgspec.ValidationError, RecursionError):  # (nested ~1000 levels: which model is unknowable)
             return None
         except msgspec.DecodeError:
             pass
@@ -201,6 +162,8 @@ class _Estimate(msgspec.Struct, frozen=True):
     response_body: bytes
     stream: bool
     model: str | None
+    encoded: bytes = b""  # a whole compressed answer that decodes past the bound: its usage is at its end
+    coding: str = ""
 
 
 def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Estimate | None]:
@@ -223,7 +186,15 @@ def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Es
     binary = request_text is None or response_text is None  # one body_encoding covers both bodies
     model = request_model(request) or response_model(response, exchange.stream)
     ok = exchange.error is None and 200 <= exchange.status < 300
-    usage = response_usage(response, exchange.stream) if ok else None
+    usage, encoded = None, b""
+    if ok:
+        if not response_truncated:
+            usage = response_usage(response, exchange.stream)
+        elif exchange.response_body_truncated or response is exchange.response_body:
+            # past the capture bound: the tail has the usage (a compressed one cannot be read, the head may)
+            usage = usage_in(exchange.response_tail) or usage_in(response)
+        else:  # compressed, captured whole, cut once decoded: decoding it all is for the thread
+            encoded = exchange.response_body
     event = Event(
         id=uuid4_text(),
         request_id=exchange.request_id,
@@ -231,7 +202,7 @@ def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Es
         token_id=exchange.token_id,
         method=exchange.method,
         path=exchange.path,
-        query=exchange.query,
+        query=redact_query(exchange.query),
         status=exchange.status,
         started_at=rfc3339(exchange.started_at),
         duration_ms=round(exchange.duration_ms, 1),
@@ -251,8 +222,28 @@ def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Es
     )
     estimate = None
     if ok and usage is None and exchange.method == "POST" and endpoint_kind(exchange.path) is not None:
-        estimate = _Estimate(exchange.path, request, response, exchange.stream, model)
+        coding = response_headers.get("content-encoding", "").strip().lower() if encoded else ""
+        estimate = _Estimate(exchange.path, request, response, exchange.stream, model, encoded, coding)
     return event, estimate
+
+
+def _bare_event(exchange: Exchange) -> Event:
+    """The event of an exchange whose full event could not be built (a bug): what is known, nothing
+    taken from headers, query or bodies, so that no secret can slip through."""
+    return Event(
+        id=uuid4_text(),
+        request_id=exchange.request_id,
+        project_id=exchange.project_id,
+        token_id=exchange.token_id,
+        method=exchange.method,
+        path=exchange.path,
+        status=exchange.status,
+        started_at=rfc3339(exchange.started_at),
+        duration_ms=round(exchange.duration_ms, 1),
+        ttfb_ms=None if exchange.ttfb_ms is None else round(exchange.ttfb_ms, 1),
+        stream=exchange.stream,
+        error=exchange.error,
+    )
 
 
 def _b64(body: bytes) -> str:
@@ -262,8 +253,9 @@ def _b64(body: bytes) -> str:
 class Instrumentation:
     """The proxy's Observer: one Event per finished exchange, published without ever blocking or raising.
 
-    Exchanges are held for up to HOLD_S and built together. Counting tokens for usage-less responses
-    happens in one owned thread. `aclose` publishes what waits.
+    Exchanges are held for up to HOLD_S and built together; one that cannot be built still gets a bare
+    event. Counting tokens for usage-less responses happens in one owned thread. `aclose` publishes
+    what waits.
     """
 
     def __init__(
@@ -273,7 +265,7 @@ class Instrumentation:
         self._settings = settings
         self._counter = counter if counter is not None else TokenCounter()
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: set[asyncio.Future[Usage | None]] = set()
+        self._pending: set[asyncio.Future[tuple[Usage | None, bool]]] = set()
         self._held: list[Exchange] = []
         self._timer: asyncio.TimerHandle | None = None  # builds what is held, on _timer_loop
         self._timer_loop: asyncio.AbstractEventLoop | None = None
@@ -307,7 +299,11 @@ class Instrumentation:
             event, estimate = build_event(exchange, self._settings)
         except Exception:
             self.failures += 1
-            log.exception("no event for request %s: building it failed", getattr(exchange, "request_id", "?"))
+            log.exception("event for request %s published bare: building it failed", exchange.request_id)
+            try:
+                self._publish(_bare_event(exchange))
+            except Exception:
+                log.exception("no event for request %s", exchange.request_id)
             return
         if estimate is None:
             self._publish(event)
@@ -319,7 +315,7 @@ class Instrumentation:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside a loop (a script): count right here
-            self._finish(event, self._estimate(estimate))
+            self._finish(event, *self._estimate(estimate))
             return True
         if self._closed or len(self._pending) >= self._settings.buffer_size:
             return False
@@ -354,9 +350,15 @@ class Instrumentation:
             self._executor.shutdown(wait=False)
             self._executor = None
 
-    def _estimate(self, estimate: _Estimate) -> Usage | None:
+    def _estimate(self, estimate: _Estimate) -> tuple[Usage | None, bool]:
+        """(usage, whether it was counted locally): the upstream's, read from the end of the decoded
+        answer, else the local count. Runs in the counting thread."""
         try:
-            return estimate_usage(
+            if estimate.encoded:
+                tail = inflated_tail(estimate.encoded, estimate.coding, TAIL_BYTES)
+                if (reported := usage_in(tail)) is not None:
+                    return reported, False
+            counted = estimate_usage(
                 estimate.path,
                 estimate.request_body,
                 estimate.response_body,
@@ -366,18 +368,21 @@ class Instrumentation:
             )
         except Exception:
             log.exception("token estimation failed for %s", estimate.path)
-            return None
+            return None, True
+        return counted, True
 
-    def _estimated(self, event: Event, future: asyncio.Future[Usage | None]) -> None:
+    def _estimated(self, event: Event, future: asyncio.Future[tuple[Usage | None, bool]]) -> None:
         self._pending.discard(future)
-        self._finish(event, None if future.cancelled() else future.result())
+        self._finish(event, *((None, True) if future.cancelled() else future.result()))
 
-    def _finish(self, event: Event, usage: Usage | None) -> None:
+    def _finish(self, event: Event, usage: Usage | None, counted: bool) -> None:
         if usage is None:
             self.unestimated += 1
-        else:
+        elif counted:
             event.usage, event.usage_source = usage, "estimated"
             self.estimated += 1
+        else:
+            event.usage, event.usage_source = usage, "response"
         self._publish(event)
 
     def _publish(self, event: Event) -> None:

@@ -86,10 +86,19 @@ def normalise_path(raw_path: str) -> str:
     raise _refuse_path("too many levels of percent-encoding")
 
 
+def _too_deep() -> ProxyError:
+    # JSON nested ~1000 levels deep cannot be decoded here, nor its values re-encoded: unchecked, the
+    # whitelist could not tell what it hides, so it is refused whatever its declared type
+    return ProxyError(Refusal.BAD_REQUEST, "Request body is nested too deeply")
+
+
 def _stringify(value: Any) -> str:
     if isinstance(value, str):
         return value
-    return _encode_json(value).decode()
+    try:
+        return _encode_json(value).decode()
+    except RecursionError:
+        raise _too_deep() from None
 
 
 class _Whitelist:
@@ -212,6 +221,8 @@ class Policy:
         """Top-level values of whitelisted params must match one of their globs."""
         try:
             doc = _decode_json(body)
+        except RecursionError:
+            raise _too_deep() from None
         except (
             msgspec.DecodeError,
             UnicodeDecodeError,

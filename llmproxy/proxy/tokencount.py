@@ -13,7 +13,7 @@ import hashlib
 import importlib.metadata
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,11 +162,21 @@ class TokenCounter:
 
 def spoken_text(value: Any, silent: frozenset[str] = _SILENT_KEYS) -> str:
     """The text a message value carries: strings, text parts, tool names and arguments, every string
-    found in lists and objects except under the keys in ``silent``."""
+    found in lists and objects except under the keys in ``silent``. Iterative: any nesting depth."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list):
-        return "".join(spoken_text(item, silent) for item in value)
-    if isinstance(value, dict):
-        return "".join(spoken_text(v, silent) for k, v in value.items() if k not in silent)
-    return ""
+    texts: list[str] = []
+    pending: list[Iterator[Any]] = [iter((value,))]  # one iterator per list or object being read
+    while pending:
+        for item in pending[-1]:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, list):
+                pending.append(iter(item))
+                break
+            elif isinstance(item, dict):
+                pending.append(v for k, v in item.items() if k not in silent)
+                break
+        else:
+            pending.pop()
+    return "".join(texts)

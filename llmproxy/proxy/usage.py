@@ -6,6 +6,7 @@ parses the whole body and runs the tokenizer, so callers run `estimate_usage` of
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,10 +15,14 @@ import msgspec
 from llmproxy.events.model import Usage
 from llmproxy.proxy.tokencount import TokenCounter, spoken_text
 
-__all__ = ("endpoint_kind", "estimate_usage", "response_model", "response_usage")
+__all__ = ("endpoint_kind", "estimate_usage", "response_model", "response_usage", "usage_in")
 
 # a final usage chunk sits right before [DONE] (chat) or is the last event (responses API)
 _TAIL_EVENTS = 16
+_USAGE_KEY = b'"usage"'
+_OBJECT_FOLLOWS = re.compile(rb"\s*:\s*\{")
+_USAGE_KEYS_TRIED = 64  # "usage" keys looked at, from the end (SSE chunks say "usage":null)
+_USAGE_BRACES_TRIED = 8  # a usage object nests one level (…_tokens_details): its end is a few braces on
 
 
 class _Counts(msgspec.Struct):
@@ -42,6 +47,7 @@ class _Payload(msgspec.Struct):
 
 
 _payload = msgspec.json.Decoder(_Payload)
+_counts = msgspec.json.Decoder(_Counts)
 
 
 def endpoint_kind(path: str) -> str | None:
@@ -73,8 +79,36 @@ def _usage(counts: _Counts | None) -> Usage | None:
 def _decode(data: bytes) -> _Payload | None:
     try:
         return _payload.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # (nested ~1000 levels deep)
         return None
+
+
+def usage_in(text: bytes) -> Usage | None:
+    """The last `"usage": {...}` object in a fragment of JSON or SSE text: the tail of a body past the
+    capture bound, or a body nested too deeply to decode. A key is found only outside strings (a quote
+    inside a JSON string is escaped), so only the upstream itself can put one there."""
+    end = len(text)
+    for _ in range(_USAGE_KEYS_TRIED):
+        key = text.rfind(_USAGE_KEY, 0, end)
+        if key < 0:
+            return None
+        end = key
+        follows = _OBJECT_FOLLOWS.match(text, key + len(_USAGE_KEY))
+        if follows is None or (key > 0 and text[key - 1] == 0x5C):  # not an object, or \"usage\" in a string
+            continue
+        start = close = follows.end() - 1
+        for _ in range(_USAGE_BRACES_TRIED):
+            close = text.find(b"}", close + 1)
+            if close < 0:
+                break
+            try:
+                counts = _counts.decode(text[start : close + 1])
+            except msgspec.DecodeError:  # (ValidationError included) not the object's end yet, or not usage
+                continue
+            if (found := _usage(counts)) is not None:
+                return found
+            break
+    return None
 
 
 def _payload_usage(payload: _Payload) -> Usage | None:
@@ -116,8 +150,13 @@ def _sse_payloads_backwards(body: bytes) -> Iterator[bytes]:
 def response_usage(body: bytes, stream: bool) -> Usage | None:
     """The usage the upstream reported: the JSON body's `usage`, or the last SSE chunk carrying one."""
     if not stream:  # msgspec skips what it does not need faster than a substring search would
-        payload = _decode(body)
-        return None if payload is None else _payload_usage(payload)
+        try:
+            payload = _payload.decode(body)
+        except RecursionError:  # too deeply nested to decode; its usage can still be read
+            return usage_in(body)
+        except msgspec.DecodeError:
+            return None
+        return _payload_usage(payload)
     for n, data in enumerate(_sse_payloads_backwards(body)):
         if n >= _TAIL_EVENTS:
             break
@@ -152,7 +191,7 @@ _RESPONSES_OUTPUT_DELTAS = frozenset(
 def _json(body: bytes) -> Any:
     try:
         return msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, cut by the capture bound, or nested too deeply
         return None
 
 
@@ -161,15 +200,20 @@ def _text(value: Any) -> str:
     return spoken_text(value, _SILENT_KEYS)
 
 
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) for v in value)
+
+
 def _input_tokens(value: Any, model: str | None, counter: TokenCounter) -> int:
-    """Completions `prompt` / embeddings `input`: a string, token ids, or lists of either."""
-    if isinstance(value, str):
-        return counter.count_text(value, model)
-    if isinstance(value, list):
-        if all(isinstance(v, int) for v in value):
-            return len(value)
-        return sum(_input_tokens(v, model, counter) for v in value)
-    return 0
+    """Completions `prompt` / embeddings `input`: a string, token ids, or a list of either (the text of
+    anything else counted, however nested)."""
+    total = 0
+    for item in value if isinstance(value, list) and not _token_ids(value) else (value,):
+        if _token_ids(item):
+            total += len(item)
+        elif isinstance(item, str | list | dict):
+            total += counter.count_text(spoken_text(item, frozenset()), model)
+    return total
 
 
 def _prompt_tokens(kind: str, request: Any, raw: bytes, model: str | None, counter: TokenCounter) -> int:

@@ -114,6 +114,8 @@ def helicone_log(event: Event) -> dict[str, Any]:
     response = _response_body(event, call)
     if request.get("stream") is True and "streamed_data" not in response["json"]:
         request = {**request, "stream": False}  # else Helicone parses the body as SSE and fails
+    elif request.get("stream") is not True and "streamed_data" in response["json"]:
+        request = {**request, "stream": True}  # (a request body that could not be read) else it does not
     return {
         "providerRequest": {"url": url, "json": request, "meta": meta},
         "providerResponse": {
@@ -141,6 +143,10 @@ def _response_body(event: Event, call: LlmCall) -> dict[str, Any]:
         text = f"<{len(body_bytes(event.response_body, 'base64'))} bytes, not text>"
     else:
         text = event.response_body or event.error or ""
+    if call.usage and event.status < 400:
+        # An answer that cannot be sent as JSON (cut by the capture bound, nested too deeply) still has
+        # usage; Helicone reads it from `json` only, ignoring `json` when there is a `textBody`.
+        return {"json": {"model": call.model, "usage": call.usage, "body": text}}
     return {"json": {}, "textBody": text}
 
 

@@ -88,6 +88,21 @@ async def test_opted_in_post_with_the_same_json_in_another_key_order_is_a_hit(ma
     assert len(stack.upstream.requests) == 2
 
 
+async def test_opted_in_post_with_json_nested_too_deeply_to_canonicalise_is_keyed_on_its_bytes(
+    make_stack: MakeStack,
+) -> None:
+    stack = await make_stack()
+    body = b'{"model":"gpt-4o-mini","x":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    first = await stack.post(body, **{"Cache-Control": "public, max-age=60"})
+    first_body = await stack.read(first)
+    second = await stack.post(body, **{"Cache-Control": "public, max-age=60"})
+    second_body = await stack.read(second)
+
+    assert (first.status, first.headers["Cache-Status"]) == (200, "stored")
+    assert (second.headers["Cache-Status"], second_body) == ("hit", first_body)
+    assert [r.body for r in stack.upstream.requests] == [body]
+
+
 async def test_request_no_store_bypasses_and_no_cache_refreshes_the_entry(make_stack: MakeStack) -> None:
     stack = await make_stack()
     stack.upstream.script(json_reply({"v": 1}), json_reply({"v": 2}), json_reply({"v": 3}))

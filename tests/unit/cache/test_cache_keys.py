@@ -310,3 +310,8 @@ def test_a_compressed_entry_is_served_only_to_clients_accepting_its_coding(
     accept_encoding: str | None, coding: str, accepted: bool
 ) -> None:
     assert accepts_encoding(accept_encoding, coding) is accepted
+
+
+def test_json_nested_too_deeply_to_canonicalise_is_hashed_as_sent() -> None:
+    body = b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert body_digest(body) == hashlib.sha256(body).hexdigest()

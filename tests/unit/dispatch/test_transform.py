@@ -168,3 +168,41 @@ def test_run_ids_are_canonical_uuids_stable_for_the_same_event() -> None:
     odd = make_event(id="evt-42")
     assert run_uuid(odd) == run_uuid(make_event(id="evt-42")) != run_uuid(make_event(id="evt-43"))
     assert len(run_uuid(odd)) == 36
+
+
+# --- bodies nested too deeply, responses cut by the capture bound -----------------------------------
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_json_nested_deeper_than_a_backend_can_take_is_read_as_not_json() -> None:
+    deep_request = json.dumps({**CHAT_REQUEST, "user": "u"})[:-1] + ', "x": ' + nested(990) + "}"
+    deep_answer = '{"x": ' + nested(5000) + ', "usage": {"prompt_tokens": 1}}'
+    call = read_call(make_event(request_body=deep_request, response_body=deep_answer))
+    assert (call.request, call.response, call.input, call.params) == (None, None, None, {})
+    assert call.usage == {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}  # the event's
+    chunks = sse([STREAM_CHUNKS[1]])
+    call = read_call(stream_event(response_body='data: {"x": ' + nested(300) + "}\n\n" + chunks))
+    assert call.chunks == [STREAM_CHUNKS[1]]
+
+
+def test_json_as_deep_as_real_requests_nest_is_read() -> None:
+    schema: dict = {"type": "string"}
+    for _ in range(40):  # a structured-output schema nests a few levels per object
+        schema = {"type": "object", "properties": {"a": schema}}
+    request = {**CHAT_REQUEST, "response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+    call = read_call(make_event(request_body=json.dumps(request)))
+    assert call.request == request
+    many = {**CHAT_REQUEST, "messages": [{"role": "user", "content": "[{}]"}] * 500}  # brackets in strings
+    assert read_call(make_event(request_body=json.dumps(many))).request == many
+
+
+def test_the_usage_of_a_response_cut_by_the_capture_bound_is_the_events() -> None:
+    running = {**STREAM_CHUNKS[1], "usage": {"prompt_tokens": 20, "completion_tokens": 1}}  # a count so far
+    head = sse([*STREAM_CHUNKS[:2], running], done=False)
+    event = stream_event(response_body=head, response_body_truncated=True)
+    assert read_call(event).usage == {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27}
+    event = make_event(response_body=json.dumps(CHAT_RESPONSE)[:100], response_body_truncated=True)
+    assert read_call(event).usage == {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}

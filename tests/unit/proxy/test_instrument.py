@@ -22,6 +22,7 @@ from llmproxy.proxy.instrument import (
     build_event,
     decode_body,
     redact_headers,
+    redact_query,
     request_model,
     rfc3339,
 )
@@ -445,13 +446,6 @@ def test_a_bus_failure_is_counted_not_raised() -> None:
     assert instrumentation.failures == 1
 
 
-def test_an_exchange_that_cannot_be_built_is_counted_not_raised() -> None:
-    bus = RecordingBus()
-    instrumentation = Instrumentation(bus, EventSettings())
-    instrumentation(exchange(request_headers=None))
-    assert (bus.events, instrumentation.failures) == ([], 1)
-
-
 @pytest.mark.parametrize(
     "timestamp",
     [
@@ -468,3 +462,127 @@ def test_an_exchange_that_cannot_be_built_is_counted_not_raised() -> None:
 def test_started_at_is_formatted_exactly_as_datetime_would(timestamp: float) -> None:
     for _ in range(2):  # the second is cached after the first call: both must agree
         assert rfc3339(timestamp) == datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- credentials in the query string ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "redacted"),
+    [
+        ("", ""),
+        ("api-version=2024-06-01&trace=1", "api-version=2024-06-01&trace=1"),
+        ("api_key=sk-abcdefgh12345&x=1", "api_key=[REDACTED]&x=1"),
+        (
+            "key=AIzaSy0&token=t&access_token=a&apiKey=k&api-key=k",
+            "key=[REDACTED]&token=[REDACTED]&access_token=[REDACTED]&apiKey=[REDACTED]&api-key=[REDACTED]",
+        ),
+        (
+            "client_secret=s&password=p&sig=abc&X-Amz-Signature=f&jwt=e",
+            "client_secret=[REDACTED]"
+            "&password=[REDACTED]&sig=[REDACTED]&X-Amz-Signature=[REDACTED]&jwt=[REDACTED]",
+        ),
+        ("note=Bearer%20abc&q=basic+dXNlcg&v=sk-proj-abcdefgh1", "note=[REDACTED]&q=[REDACTED]&v=[REDACTED]"),
+        ("API%5FKEY=x&a=b", "API%5FKEY=[REDACTED]&a=b"),  # names are compared decoded and folded
+        ("sk-abcdefgh12345&&flag&token", "[REDACTED]&&flag&token"),  # bare parts: only a secret value
+        ("max_tokens=5&monkey=1&author=me", "max_tokens=5&monkey=[REDACTED]&author=me"),
+        ("token=a=b=c&x=%ZZ", "token=[REDACTED]&x=%ZZ"),
+    ],
+)
+def test_credentials_in_the_query_are_redacted_and_the_rest_kept_byte_for_byte(
+    query: str, redacted: str
+) -> None:
+    assert redact_query(query) == redacted
+    assert event_of(exchange(query=query)).query == redacted
+
+
+# --- responses past the capture bound, bodies nested too deeply ------------------------------------
+
+BIG_ANSWER = (
+    b'{"id":"chatcmpl-1","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"'
+    + b"word " * 60_000
+    + b'"}}],"usage":{"prompt_tokens":3,"completion_tokens":60000,"total_tokens":60003},"system_fingerprint":"fp"}'
+)
+
+
+def cut(body: bytes, limit: int, tail: int = 16384) -> dict[str, Any]:
+    return {"response_body": body[:limit], "response_body_truncated": True, "response_tail": body[-tail:]}
+
+
+def test_the_usage_of_a_response_past_the_bound_is_read_from_its_tail() -> None:
+    event, estimate = build_event(
+        exchange(**cut(BIG_ANSWER, 1000)), EventSettings(max_response_body_bytes=1000)
+    )
+    assert (event.usage, event.usage_source, estimate) == (Usage(3, 60000, 60003), "response", None)
+    assert (len(event.response_body), event.response_body_truncated) == (1000, True)
+
+
+def test_a_response_past_the_bound_whose_tail_has_no_usage_is_estimated() -> None:
+    answer = BIG_ANSWER.replace(b'"usage"', b'"other"')
+    event, estimate = build_event(exchange(**cut(answer, 1000)), EventSettings(max_response_body_bytes=1000))
+    assert event.usage is None and estimate is not None
+
+
+async def test_a_compressed_response_decoding_past_the_bound_gets_its_usage_off_the_loop() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings(max_response_body_bytes=1000))
+    packed = gzip.compress(BIG_ANSWER)
+    instrumentation(exchange(response_headers={"Content-Encoding": "gzip"}, response_body=packed))
+    await instrumentation.aclose()
+    [event] = bus.events
+    assert (event.usage, event.usage_source) == (Usage(3, 60000, 60003), "response")
+    assert (len(event.response_body), event.response_body_truncated) == (1000, True)
+    assert instrumentation.stats() == {"failures": 0, "estimated": 0, "unestimated": 0, "estimating": 0}
+
+
+async def test_a_compressed_response_past_the_bound_without_usage_is_estimated_from_its_head() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings(max_response_body_bytes=1000))
+    packed = gzip.compress(BIG_ANSWER.replace(b'"usage"', b'"other"'))
+    instrumentation(exchange(response_headers={"Content-Encoding": "gzip"}, response_body=packed))
+    await instrumentation.aclose()
+    [event] = bus.events
+    assert event.usage_source == "estimated" and instrumentation.estimated == 1
+
+
+DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"request_body": b'{"model":"gpt-4o","x":' + DEEP + b"}"},
+        {"request_body": b'{"x":' + DEEP + b',"model":"gpt-4o"}', "request_body_truncated": True},
+        {"response_body": b'{"x":' + DEEP + b',"model":"gpt-4o","usage":{"prompt_tokens":1}}'},
+        {"response_body": b'data: {"usage":null,"x":' + DEEP + b"}\n\n", "stream": True},
+    ],
+)
+async def test_a_deeply_nested_body_still_makes_exactly_one_event(changes: dict[str, Any]) -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings())
+    instrumentation(exchange(**changes))
+    await instrumentation.aclose()
+    [event] = bus.events
+    assert instrumentation.failures == 0 and event.status == 200
+    assert event.request_body == changes.get("request_body", CHAT).decode()
+
+
+def test_a_deeply_nested_request_names_no_model() -> None:
+    assert request_model(b'{"model":"gpt-4o","x":' + DEEP + b"}") is None
+    assert request_model(b'{"x":' + DEEP + b',"model":"gpt-4o"}') is None
+
+
+def test_an_exchange_the_builder_fails_on_still_gets_a_bare_event_and_is_counted_not_raised() -> None:
+    bus = RecordingBus()
+    instrumentation = Instrumentation(bus, EventSettings())
+    instrumentation(exchange(request_headers=None, query="token=secret"))  # not headers: a bug
+    [event] = bus.events
+    assert (event.request_id, event.status, event.path, event.duration_ms) == (
+        "req-1",
+        200,
+        "/v1/chat/completions",
+        812.4,
+    )
+    assert (event.query, event.request_headers, event.request_body, event.response_body) == ("", {}, "", "")
+    assert (event.model, event.usage, event.error) == (None, None, None)
+    assert instrumentation.failures == 1

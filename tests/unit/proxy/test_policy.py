@@ -227,6 +227,30 @@ def test_invalid_utf8_inside_a_json_string_is_invalid_json_not_a_crash() -> None
     assert policy(param_whitelist=WHITELIST).params(body, "text/plain") is None  # not JSON for anybody
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain", ""])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model":"gpt-4o","x":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        b'{"x":' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b',"model":"gpt-5"}',  # hiding what follows
+        b'{"model":"gpt-4o","model":' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+)
+def test_json_nested_too_deeply_to_check_is_refused_with_400_whatever_its_declared_type(
+    body: bytes, content_type: str
+) -> None:
+    exc = refusal_of(policy(param_whitelist=WHITELIST).params, body, content_type)
+    assert (exc.refusal, exc.message) == (Refusal.BAD_REQUEST, "Request body is nested too deeply")
+
+
+def test_a_whitelisted_value_nested_near_the_decoders_limit_is_refused_not_a_crash() -> None:
+    for depth in range(900, 1001):  # somewhere here decoding passes and re-encoding the value does not
+        exc = refusal_of(
+            policy(param_whitelist=WHITELIST).params, b'{"model":' + b"[" * depth + b"]" * depth + b"}", ""
+        )
+        assert exc.refusal in (Refusal.PARAM_NOT_ALLOWED, Refusal.BAD_REQUEST)
+
+
 @pytest.mark.parametrize(
     ("content_type", "inspected"),
     [

@@ -10,7 +10,7 @@ import pytest
 from llmproxy.events.model import Usage
 from llmproxy.proxy import tokencount
 from llmproxy.proxy.tokencount import TokenCounter, encoding_name
-from llmproxy.proxy.usage import endpoint_kind, estimate_usage, response_model, response_usage
+from llmproxy.proxy.usage import endpoint_kind, estimate_usage, response_model, response_usage, usage_in
 
 FOX = "The quick brown fox jumps over the lazy dog."  # 10 tokens in cl100k_base and o200k_base
 
@@ -295,3 +295,76 @@ def test_a_truncated_request_is_counted_as_raw_text(counter: TokenCounter) -> No
 
 def test_other_endpoints_are_not_estimated(counter: TokenCounter) -> None:
     assert estimate_usage("/v1/models", b"", b'{"data":[]}', False, None, counter) is None
+
+
+# --- bodies the event builder cannot take apart: cut by the capture bound, or nested too deeply ------
+
+DEEP = b"[" * 5000 + b"]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("text", "usage"),
+    [
+        (b'"completion_tokens":2,"total_tokens":5}}', None),  # the key itself was cut off
+        (b'":1}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}', Usage(3, 2, 5)),
+        (
+            b'ge":null}\n\ndata: {"usage": {"prompt_tokens": 12, "completion_tokens": 2500}}\n\n',
+            Usage(12, 2500, 2512),
+        ),
+        (
+            b'"usage":{"input_tokens":20,"output_tokens":7,"output_tokens_details":{"r":1}},"user":null}}',
+            Usage(20, 7, 27),
+        ),
+        (b'"usage":{"prompt_tokens":1},"usage":null', Usage(1, 0, 1)),  # the last usage object counts
+        (b'"usage":{"prompt_tokens":1,"completion_tokens":1}' + b"...cut", Usage(1, 1, 2)),
+        (
+            b'"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}, "x":{"usage": "none"}',
+            Usage(1, 1, 2),
+        ),
+        (
+            b'{"content":"say \\"usage\\": {\\"prompt_tokens\\": 99}"}',
+            None,
+        ),  # inside a string: text, not usage
+        (b'"usage":{"prompt_tokens":"many"}', None),
+        (b'"usage":{"prompt_tokens":1', None),
+        (b"", None),
+    ],
+)
+def test_usage_is_found_in_a_fragment_of_json_or_sse_text(text: bytes, usage: Usage | None) -> None:
+    assert usage_in(text) == usage
+
+
+def test_the_usage_of_a_json_answer_too_deep_to_decode_is_still_read() -> None:
+    body = b'{"x":' + DEEP + b',"model":"gpt-4o","usage":{"prompt_tokens":9,"completion_tokens":3}}'
+    assert response_usage(body, stream=False) == Usage(9, 3, 12)
+    assert response_model(body, stream=False) is None
+
+
+def test_deeply_nested_stream_chunks_are_skipped() -> None:
+    deep = b'data: {"model":"x","usage":null,"y":' + DEEP + b"}\n\n"
+    body = deep + sse(
+        chat_chunk("Hi"), {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+    )
+    assert response_usage(body + deep, stream=True) == Usage(1, 1, 2)
+    assert response_model(body, stream=True) == "gpt-4o-mini-2024-07-18"
+
+
+def test_deeply_nested_bodies_are_estimated_from_their_text(counter: TokenCounter) -> None:
+    too_deep = b'{"model":"gpt-4o","messages":' + DEEP + b"}"
+    deep_but_decodable = json.dumps(
+        {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": json.loads("[" * 900 + FOX.join('""') + "]" * 900)}],
+        }
+    ).encode()
+    answer = b'{"choices":[{"message":{"content":' + DEEP + b"}}]}"
+    usage = estimate_usage("/v1/chat/completions", too_deep, answer, False, "gpt-4o", counter)
+    assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    usage = estimate_usage("/v1/chat/completions", deep_but_decodable, answer, False, "gpt-4o", counter)
+    assert usage is not None and usage.prompt_tokens == 3 + 3 + 1 + 10  # the string 900 lists down counts
+    stream = b'data: {"choices":[{"index":0,"delta":{"content":' + DEEP + b"}}]}\n\n" + sse(chat_chunk(FOX))
+    usage = estimate_usage("/v1/chat/completions", too_deep, stream, True, "gpt-4o", counter)
+    assert usage is not None and usage.completion_tokens == 10
+    embeddings = json.dumps({"input": json.loads("[" * 900 + FOX.join('""') + "]" * 900)}).encode()
+    usage = estimate_usage("/v1/embeddings", embeddings, b"{}", False, None, counter)
+    assert usage == Usage(10, 0, 10)
