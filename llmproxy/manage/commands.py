@@ -71,6 +71,11 @@ def _limit(value: str) -> int | None:
     return number
 
 
+def _with_offset(moment: datetime) -> str:
+    """RFC 3339 with an offset, which the API requires: a time given without one is UTC."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
 def _moment(value: str) -> str:
     """RFC 3339 (UTC when it has no offset), or a duration back from now (``30m``, ``2h``)."""
     try:
@@ -82,7 +87,7 @@ def _moment(value: str) -> str:
             raise argparse.ArgumentTypeError(
                 f"expected a time like 2026-12-06T09:00:00Z or a duration ago like 30m, got {value!r}"
             ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    return _with_offset(moment)
 
 
 def _expiry(value: str) -> str | None:
@@ -95,7 +100,7 @@ def _expiry(value: str) -> str | None:
         raise argparse.ArgumentTypeError(
             f"expected a time like 2026-12-31T00:00:00Z or never, got {value!r}"
         ) from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    return _with_offset(moment)
 
 
 # --- requests ----------------------------------------------------------------------------------
