@@ -15,7 +15,6 @@ import re
 import uuid
 from collections import deque
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -23,6 +22,7 @@ from aiohttp import web
 
 from llmproxy.config import AuditSettings
 from llmproxy.context import REQUEST_ID
+from llmproxy.filemodes import PRIVATE, PRIVATE_DIR, create_file, make_dirs, warn_if_exposed
 from llmproxy.store.base import AuditRecord, Store
 from llmproxy.store.rows import utc
 
@@ -94,6 +94,8 @@ class Auditor:
 
     async def run(self) -> None:
         """Write queued records as they come, retry unstored rows every second; cancel to stop."""
+        if self._enabled and self._path:  # at start: an audit log others may read is worth a warning
+            await asyncio.to_thread(warn_if_exposed, self._path, PRIVATE)
         while True:
             timeout = RETRY_INTERVAL if self._unstored else None
             try:
@@ -272,8 +274,8 @@ def _line(record: AuditRecord) -> _Line:
 
 def _append_to_file(path: str, data: bytes) -> None:
     """Append and fsync (runs in a worker thread). Opened per batch, so a rotated file is followed."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    make_dirs(os.path.dirname(path), PRIVATE_DIR)
+    fd = create_file(path, PRIVATE)
     try:
         view = memoryview(data)
         while view:

@@ -164,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_manage_arguments(p: argparse.ArgumentParser) -> None:
-    from llmproxy.manage import client
+    from llmproxy.manage import commands
 
-    client.add_arguments(p)
+    commands.add_arguments(p)
 
 
 def _add_tail_arguments(p: argparse.ArgumentParser) -> None:

@@ -65,6 +65,7 @@ class ServerSettings(msgspec.Struct):
     listen_addr: str = "127.0.0.1:8080"
     management_token: str = ""
     shutdown_timeout: float = 30.0
+    manage_url: str = "http://127.0.0.1:8080"  # LLM_PROXY_URL: the server `llm-proxy manage` calls
 
 
 class UpstreamSettings(msgspec.Struct):
@@ -263,6 +264,7 @@ _VARS: dict[str, tuple[str, str, Any]] = {
     "LISTEN_ADDR": ("server", "listen_addr", _listen_addr),
     "MANAGEMENT_TOKEN": ("server", "management_token", _str),
     "SHUTDOWN_TIMEOUT": ("server", "shutdown_timeout", parse_duration),
+    "LLM_PROXY_URL": ("server", "manage_url", _url),
     "UPSTREAM_BASE_URL": ("upstream", "base_url", _url),
     "API_CONFIG_PATH": ("upstream", "api_config_path", _str),
     "DATABASE_URL": ("store", "database_url", _database_url),

@@ -17,6 +17,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Literal
 
+from llmproxy.filemodes import PRIVATE, create_file
+
 __all__ = (
     "READY_TIMEOUT",
     "AlreadyRunning",
@@ -97,7 +99,7 @@ def write_pid_file(pid_file: str, pid: int) -> None:
     """Write `pid` to `pid_file` atomically (a reader sees the old file or the new one, never a
     partial one). Raises AlreadyRunning if the file meanwhile names another live llm-proxy."""
     tmp = f"{pid_file}.{pid}.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
+    with os.fdopen(create_file(tmp, PRIVATE, os.O_WRONLY | os.O_TRUNC), "w", encoding="ascii") as f:
         f.write(f"{pid}\n")
     try:
         try:

@@ -285,7 +285,8 @@ class ManageAPI:
         query = decode_query(request.query, TokenFilter)
         project_id = query.project_id.lower() if query.project_id else None
         tokens = await self._store.list_tokens(project_id, active_only=query.active_only)
-        return json_response([token_out(t) for t in tokens])
+        shown = [token_out(t) for t in tokens]  # active_only: usable now (status), not just is_active
+        return json_response([t for t in shown if t.status == "active"] if query.active_only else shown)
 
     async def get_token(self, request: web.Request) -> web.Response:
         return json_response(token_out(await self._token(path_id(request, "Token"))))

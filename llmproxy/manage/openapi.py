@@ -147,6 +147,8 @@ def _paths() -> dict[str, Any]:
                 ("200", "Tokens; `token` is a hint (sk-abcd…wxyz), never the usable token", tokens),
                 _READ_ERRORS,
                 params=_query_params(schemas.TokenFilter),
+                description="Each token carries one computed status: active, expired, revoked or "
+                "exhausted (max_requests used up); active_only=true lists only the active ones.",
             ),
             "post": _op(
                 "Generate a withering token",

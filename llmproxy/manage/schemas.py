@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -33,6 +33,7 @@ __all__ = (
     "TokenCreated",
     "TokenFilter",
     "TokenOut",
+    "TokenStatus",
     "TokenUpdate",
     "audit_event_out",
     "audit_page",
@@ -43,6 +44,7 @@ __all__ = (
     "obfuscate_api_key",
     "project_out",
     "token_out",
+    "token_status",
 )
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -68,6 +70,7 @@ Positive = Annotated[int, Meta(ge=1, le=2**62)]
 RateLimit = Annotated[int, Meta(ge=1, le=1_000_000)]
 Minutes = Annotated[int, Meta(ge=1, le=MAX_DURATION_MINUTES)]
 AwareTime = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a UTC offset")]
+TokenStatus = Literal["active", "expired", "revoked", "exhausted"]
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -114,7 +117,9 @@ class TokenFilter(Struct, kw_only=True, forbid_unknown_fields=True):
     """Query of ``GET /manage/tokens``."""
 
     project_id: Uuid | None = None
-    active_only: bool = False
+    active_only: Annotated[
+        bool, Meta(description="only tokens usable now: status active (not revoked, expired or exhausted)")
+    ] = False
 
 
 class AuditFilter(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -170,6 +175,10 @@ class TokenOut(Struct, kw_only=True):
     created_at: datetime
     last_used_at: datetime | None
     deactivated_at: datetime | None
+    status: Annotated[
+        TokenStatus,
+        Meta(description="revoked (is_active false), expired, exhausted (max_requests used) or active"),
+    ]
 
 
 class TokenCreated(Struct, kw_only=True):
@@ -270,7 +279,19 @@ def project_out(project: Project) -> ProjectOut:
     )
 
 
-def token_out(token: Token) -> TokenOut:
+def token_status(token: Token, now: datetime) -> TokenStatus:
+    """What the proxy would do with the token now, in one word; revoked before expired before exhausted."""
+    if not token.is_active:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "expired"
+    if token.max_requests is not None and token.request_count >= token.max_requests:
+        return "exhausted"
+    return "active"
+
+
+def token_out(token: Token, now: datetime | None = None) -> TokenOut:
+    """The token as the API shows it, with its ``status`` at ``now`` (default: this instant)."""
     return TokenOut(
         id=token.id,
         token=token.token_hint,
@@ -284,6 +305,7 @@ def token_out(token: Token) -> TokenOut:
         created_at=token.created_at,
         last_used_at=token.last_used_at,
         deactivated_at=token.deactivated_at,
+        status=token_status(token, now or datetime.now(UTC)),
     )
 
 

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from llmproxy.errors import StoreUnavailable
+from llmproxy.filemodes import PRIVATE, PRIVATE_DIR, create_file, make_dirs, warn_if_exposed
 from llmproxy.store.base import AuditQuery, AuditRecord, Project, Token, TokenUsage
 from llmproxy.store.crypto import check_key
 from llmproxy.store.migrate import load_migrations, pending_migrations, split_statements
@@ -83,6 +84,7 @@ class SqliteStore:
         self._lock = asyncio.Lock()
         self._migrated = False
         self._closed = False
+        self._checked = False  # for readable files, once
 
     # -- lifecycle
     async def open(self) -> None:
@@ -134,7 +136,7 @@ class SqliteStore:
             raise StoreUnavailable(f"SQLite database {self.path} is closed")
         if self._db is None:
             if self.path != ":memory:":
-                await asyncio.to_thread(Path(self.path).parent.mkdir, parents=True, exist_ok=True)
+                await asyncio.to_thread(self._prepare_file)
             # isolation_level=None: no implicit transactions; this class says BEGIN and COMMIT itself.
             db = await aiosqlite.connect(self.path, isolation_level=None)
             try:
@@ -148,6 +150,16 @@ class SqliteStore:
                 raise
             self._db = db
         return self._db
+
+    def _prepare_file(self) -> None:
+        """The directory (0700) and the file (0600) before SQLite makes them 0755/0644; its WAL and SHM
+        files take the database's mode. Existing ones that others may read are warned about, once."""
+        make_dirs(os.path.dirname(self.path), PRIVATE_DIR)
+        if not self._checked:
+            self._checked = True
+            for path in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+                warn_if_exposed(path, PRIVATE)
+        os.close(create_file(self.path, PRIVATE, os.O_RDONLY))
 
     @contextlib.asynccontextmanager
     async def _session(

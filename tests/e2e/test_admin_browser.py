@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from llmproxy.store.sqlite import SqliteStore
 from tests.e2e.conftest import MANAGEMENT_TOKEN
 from tests.fakes.upstream import FakeUpstream
 
@@ -181,3 +183,47 @@ async def test_an_operator_hands_out_and_revokes_a_token_in_the_browser_and_the_
     assert MANAGEMENT_TOKEN not in on_disk and token not in on_disk
     logins = [json.loads(line) for line in server.audit_file.read_text().splitlines()]
     assert [r["result"] for r in logins if r["action"] == "admin.login"] == ["success"]
+
+
+async def test_the_tokens_page_shows_the_api_s_status_and_active_only_hides_unusable_tokens(
+    make_server: Any,
+) -> None:
+    async with FakeUpstream() as upstream:
+        server = await make_server(UPSTREAM_BASE_URL=upstream.url)
+        auth = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
+        async with aiohttp.ClientSession(base_url=server.url, headers=auth) as api:
+            async with api.post("/manage/projects", json={"name": "acme", "api_key": UPSTREAM_KEY}) as r:
+                project_id = (await r.json())["id"]
+            tokens = {}
+            for name, limits in (("active", {}), ("exhausted", {"max_requests": 1}), ("expired", {})):
+                async with api.post("/manage/tokens", json={"project_id": project_id, **limits}) as r:
+                    tokens[name] = await r.json()
+        assert (await chat(server.url, tokens["exhausted"]["token"]))[0] == 200  # its one request
+        store = SqliteStore(str(server.dir / "llm-proxy.db"), None)
+        await store.open()
+        try:  # expired a second ago: an expiry the API would not accept as a new one
+            await store.update_token(
+                tokens["expired"]["id"], {"expires_at": datetime.now(UTC) - timedelta(seconds=1)}
+            )
+        finally:
+            await store.close()
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+            )
+            try:
+                page = await browser.new_page()
+                await page.goto(f"{server.url}/admin/login")
+                await page.fill("#management_token", MANAGEMENT_TOKEN)
+                await page.click("button[type=submit]")
+                await page.wait_for_url("**/admin/projects", timeout=WAIT_MS)
+                await page.goto(f"{server.url}/admin/tokens")
+                for name, token in tokens.items():
+                    row = page.locator("#tokens tbody tr", has_text=token["token_hint"])
+                    await expect(row.locator(".badge")).to_have_text(name, timeout=WAIT_MS)
+                await page.check("#token-filter [name=active_only]")
+                await expect(page.locator("#tokens tbody tr")).to_have_count(1, timeout=WAIT_MS)
+                await expect(page.locator("#tokens tbody tr")).to_contain_text(tokens["active"]["token_hint"])
+            finally:
+                await browser.close()
+        assert await server.stop() == 0

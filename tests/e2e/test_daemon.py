@@ -246,7 +246,8 @@ def test_logrotate_config_rotates_every_log_and_recreates_it(tmp_path: Path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "hup").read_text() == "hup\n"  # once for all files (sharedscripts)
-    for name in ("llm-proxy.log", "audit.log", "events.jsonl"):
-        assert (logs / name).read_text() == ""  # recreated, empty
+    for name, mode in (("llm-proxy.log", 0o640), ("audit.log", 0o600), ("events.jsonl", 0o640)):
+        assert (logs / name).read_text() == ""  # recreated, empty, as private as llm-proxy makes it
+        assert (logs / name).stat().st_mode & 0o777 == mode
         rotated = [p for p in logs.iterdir() if p.name.startswith(f"{name}-")]
         assert [p.read_text() for p in rotated] == ["a line\n"]

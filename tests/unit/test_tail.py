@@ -89,7 +89,8 @@ def test_every_event_is_printed_and_a_malformed_line_is_skipped_with_a_note(tmp_
     log.write_bytes(line(request_id="a") + b"{not json\n\n" + b'{"id":"x"}\n' + line(request_id="b"))
     out, err = tail(log)
     assert [row.rsplit("req=", 1)[1] for row in out.splitlines()] == ["a", "b"]
-    assert "skipping malformed line 2 of" in err and "skipping malformed line 3 of" in err
+    assert "skipping a malformed line of" in err and err.endswith(': b\'{"id":"x"}\'\n')
+    assert err.count("\n") == 2 and "b'{not json'" in err
 
 
 def test_json_prints_the_raw_lines(tmp_path: Path) -> None:
@@ -228,3 +229,45 @@ def test_follow_prints_events_appended_later_until_stopped(tmp_path: Path) -> No
         follower.close()
     assert not worker.is_alive()
     assert [r.rsplit("req=", 1)[1] for r in out.lines()] == ["old", "new", "rotated"]
+
+
+def test_the_last_n_events_are_found_looking_back_across_blocks(tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    padding = "x" * 3000  # lines far longer than a block's share: they straddle the 64 KiB reads
+    log.write_bytes(
+        b"".join(line(request_id=f"{i}-{padding}", status=500 if i % 3 else 200) for i in range(200))
+    )
+    out, _ = tail(log, "-n", "4", "--status", "200")
+    shown = [row.rsplit("req=", 1)[1].split("-")[0] for row in out.splitlines()]
+    assert shown == ["189", "192", "195", "198"]
+    out, _ = tail(log, "--from-start")
+    assert out.count("\n") == 200
+
+
+def test_following_from_the_end_waits_for_an_unfinished_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    complete, unfinished = line(request_id="a"), line(request_id="b")
+    log.write_bytes(complete + unfinished[:20])
+    follower = EventLogFollower(str(log))
+    assert follower.start_at_end(complete_only=True)
+    assert list(follower.lines_before_start()) == [complete[:-1]]
+    with log.open("ab") as f:
+        f.write(unfinished[20:])
+    assert follower.read_lines() == [unfinished[:-1]]
+    follower.close()
+
+
+def test_follower_still_reads_the_old_file_after_the_new_one_appeared(tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    writer = log.open("ab", buffering=0)
+    writer.write(b"1\n")
+    follower = EventLogFollower(str(log))
+    assert follower.read_lines() == [b"1"]
+    os.rename(log, tmp_path / "events.jsonl.1")
+    log.touch()  # logrotate's `create`, before the writer's SIGHUP
+    assert follower.read_lines() == []
+    writer.write(b"2\n")
+    writer.close()
+    log.write_bytes(b"3\n")
+    assert follower.read_lines() == [b"2", b"3"]
+    follower.close()

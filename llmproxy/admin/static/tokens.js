@@ -11,10 +11,11 @@
   const createdValue = document.getElementById("created-token-value");
   let names = new Map();
 
+  // the API's one computed status, so the UI, the CLI and active_only agree
+  const STATUS_KINDS = { active: "ok", expired: "warn", exhausted: "warn", revoked: "bad" };
+
   function status(token) {
-    if (!token.is_active) return badge("revoked", "bad");
-    if (token.expires_at && new Date(token.expires_at) <= new Date()) return badge("expired", "warn");
-    return badge("active", "ok");
+    return badge(token.status, STATUS_KINDS[token.status] || "");
   }
 
   async function revoke(token) {

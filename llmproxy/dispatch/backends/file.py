@@ -22,6 +22,7 @@ import msgspec
 
 from llmproxy.dispatch.backends.base import DeliveryError, RecentIds
 from llmproxy.events.model import Event, encode_event
+from llmproxy.filemodes import GROUP_DIR, GROUP_READABLE, create_file, make_dirs, warn_if_exposed
 
 __all__ = ("FileBackend",)
 
@@ -109,10 +110,10 @@ class FileBackend:
     def _open(self) -> None:
         self._close()
         self._reopen_requested = False
-        directory = os.path.dirname(self.path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if self._inode is None:  # first open: one warning if others may read the log
+            warn_if_exposed(self.path, GROUP_READABLE)
+        make_dirs(os.path.dirname(self.path), GROUP_DIR)
+        fd = create_file(self.path, GROUP_READABLE, os.O_RDWR | os.O_APPEND)  # the operators' group reads it
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != self._inode:  # a new file (first open, or rotated): scan its tail
             self._inode = (st.st_dev, st.st_ino)

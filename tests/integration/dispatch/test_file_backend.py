@@ -31,7 +31,7 @@ async def test_each_event_is_one_line_exactly_as_encoded(tmp_path: Path) -> None
     await backend.aclose()
     assert path.read_bytes() == b"".join(encode_event(e) + b"\n" for e in batch)
     assert [decode_event(line) for line in lines(path)] == batch
-    assert (path.stat().st_mode & 0o777) == 0o600  # events carry prompts: not world-readable
+    assert (path.stat().st_mode & 0o777) == 0o640  # events carry prompts: the operators' group only
 
 
 async def test_lines_are_written_as_given_each_id_once(tmp_path: Path) -> None:

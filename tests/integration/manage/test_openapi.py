@@ -124,3 +124,12 @@ async def test_the_document_needs_no_token_but_every_route_declares_the_bearer_s
     assert document["paths"]["/manage/openapi.json"]["get"]["security"] == []
     authorized = await manage.client.get("/manage/openapi.json", headers=AUTH)
     assert json.loads(await authorized.read()) == document
+
+
+async def test_a_token_s_status_and_the_active_only_filter_are_documented(manage: Manage) -> None:
+    document = await fetch(manage)
+    token = document["components"]["schemas"]["TokenOut"]
+    assert "status" in token["required"]
+    assert set(token["properties"]["status"]["enum"]) == {"active", "expired", "revoked", "exhausted"}
+    params = {p["name"]: p for p in document["paths"]["/manage/tokens"]["get"]["parameters"]}
+    assert "usable now" in params["active_only"]["schema"]["description"]

@@ -34,6 +34,7 @@ LISTED_KEYS = {
     "created_at",
     "last_used_at",
     "deactivated_at",
+    "status",
 }
 
 
@@ -108,6 +109,29 @@ async def test_listing_tokens_filters_by_project_and_activity(manage: Manage) ->
     assert await ids(f"?project_id={a['id']}&active_only=true") == [a2["id"]]
     assert await ids("?active_only=1") == [a2["id"], b1["id"]]
     assert await ids(f"?project_id={UNKNOWN_ID}") == []
+
+
+async def test_every_token_has_one_status_and_active_only_means_usable_now(manage: Manage) -> None:
+    project = await manage.create_project()
+    active = await manage.create_token(project["id"], max_requests=5)
+    expired = await manage.create_token(project["id"], duration_minutes=60)
+    exhausted = await manage.create_token(project["id"], max_requests=1)
+    revoked = await manage.create_token(project["id"], duration_minutes=60)
+    now = datetime.now(UTC)
+    await manage.store.update_token(expired["id"], {"expires_at": now - timedelta(seconds=1)})
+    assert await manage.store.consume_request(exhausted["id"], now)  # its one request, used
+    assert (await manage.client.delete(f"/manage/tokens/{revoked['id']}", headers=AUTH)).status == 204
+    await manage.store.update_token(revoked["id"], {"expires_at": now - timedelta(seconds=1)})
+    wanted = {active["id"]: "active", expired["id"]: "expired", exhausted["id"]: "exhausted"}
+    wanted[revoked["id"]] = "revoked"  # revoked wins over expired: it can never come back by itself
+
+    listing = await (await manage.client.get("/manage/tokens", headers=AUTH)).json()
+    assert {t["id"]: t["status"] for t in listing} == wanted
+    for token_id, status in wanted.items():
+        one = await (await manage.client.get(f"/manage/tokens/{token_id}", headers=AUTH)).json()
+        assert one["status"] == status
+    usable = await (await manage.client.get("/manage/tokens?active_only=true", headers=AUTH)).json()
+    assert [t["id"] for t in usable] == [active["id"]]
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,12 @@ import io
 
 import pytest
 
-from llmproxy.manage import client
+from llmproxy.manage import client, commands, tables
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="manage")
-    client.add_arguments(parser)
+    commands.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -86,10 +86,13 @@ async def test_a_base_url_that_is_not_http_is_exit_2() -> None:
 
 def test_a_table_aligns_its_columns() -> None:
     out = io.StringIO()
-    client._table(
-        [{"id": "a", "name": "long name", "ok": True}, {"id": "bbb", "name": None, "ok": False}],
-        ("id", "name", "ok"),
-        out,
+    columns = (
+        tables.Column("ID", lambda r: r["id"]),
+        tables.Column("NAME", lambda r: r["name"]),
+        tables.Column("OK", lambda r: r["ok"]),
+    )
+    tables.table(
+        [{"id": "a", "name": "long name", "ok": True}, {"id": "bbb", "name": None, "ok": False}], columns, out
     )
     assert out.getvalue() == "ID   NAME       OK\na    long name  yes\nbbb  -          no\n"
 
@@ -101,3 +104,57 @@ def test_an_id_cannot_reach_another_route() -> None:
         None,
         None,
     )
+
+
+def test_the_new_commands_make_the_documented_requests() -> None:
+    update = parse("token", "update", "T", "--max-requests", "none", "--expires-at", "2031-01-02T03:04:05")
+    assert request_of(update) == (
+        "PATCH",
+        "/manage/tokens/T",
+        {"max_requests": None, "expires_at": "2031-01-02T03:04:05+00:00"},
+        None,
+    )
+    assert request_of(parse("token", "update", "T", "--rate-limit-per-minute", "3")) == (
+        "PATCH", "/manage/tokens/T", {"rate_limit_per_minute": 3}, None,
+    )  # fmt: skip
+    assert request_of(parse("project", "deactivate", "P", "--revoke-tokens")) == (
+        "PATCH", "/manage/projects/P", {"is_active": False, "revoke_tokens": True}, None,
+    )  # fmt: skip
+    assert request_of(parse("project", "activate", "P")) == (
+        "PATCH", "/manage/projects/P", {"is_active": True}, None,
+    )  # fmt: skip
+    audit = parse("audit", "list", "--action", "token.create", "--result", "denied", "--page", "2",
+                  "--since", "2026-12-06T09:00:00+01:00")  # fmt: skip
+    assert request_of(audit) == (
+        "GET",
+        "/manage/audit",
+        None,
+        {"action": "token.create", "result": "denied", "since": "2026-12-06T09:00:00+01:00", "page": "2"},
+    )
+    assert request_of(parse("cache", "purge")) == ("DELETE", "/manage/cache", None, {})
+    assert request_of(parse("cache", "purge", "--prefix", "p1")) == (
+        "DELETE",
+        "/manage/cache",
+        None,
+        {"prefix": "p1"},
+    )
+
+
+def test_project_and_token_arguments_are_marked_for_name_and_prefix_lookup() -> None:
+    assert parse("project", "get", "acme").manage_refs == {"id": "project"}
+    assert parse("token", "generate", "--project", "acme").manage_refs == {"project_id": "project"}
+    assert parse("token", "revoke", "abc").manage_refs == {"id": "token"}
+    assert parse("audit", "list").manage_refs == {"project_id": "project", "token_id": "token"}
+
+
+def test_a_table_shortens_its_free_text_columns_to_fit_100_columns() -> None:
+    row = {"id": "7bf25ab2-dbeb-49a1-855f-136decbdd488", "name": "n" * 80, "is_active": True,
+           "api_key": "sk-…WXYZ", "upstream_base_url": "https://" + "u" * 80, "created_at": "2026-12-06T09:01:37Z"}  # fmt: skip
+    out = io.StringIO()
+    tables.table([row], tables.PROJECT_COLUMNS, out)
+    header, line = out.getvalue().splitlines()
+    assert len(header) <= 100 and len(line) <= 100
+    assert line.startswith("7bf25ab2  nnnn") and "…" in line and line.endswith("2026-12-06 09:01")
+    wide = io.StringIO()
+    tables.table([row], tables.PROJECT_COLUMNS, wide, wide=True)
+    assert row["id"] in wide.getvalue() and row["upstream_base_url"] in wide.getvalue()
