@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT = 1.0  # a scrape never waits longer than this for Redis
 # The server's own routes: not proxy traffic, so not counted in llm_proxy_requests_total.
-_OWN_PATHS = ("/manage", "/admin", "/health", "/live", "/ready", "/metrics")
-_OWN_PREFIXES = tuple(p + "/" for p in _OWN_PATHS)
+_OWN_PATHS = ("/manage", "/admin", "/health", "/live", "/ready", "/metrics", "/")
+_OWN_PREFIXES = tuple(p + "/" for p in _OWN_PATHS if p != "/")  # "/", the home page, is no prefix
 _CLIENT_CLOSED = 499  # nginx's "client closed request": the client went away before the answer
 
 
