@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable
 
 import msgspec
+from redis.exceptions import RedisError
 
 from llmproxy import logs
 from llmproxy.config import Settings
 from llmproxy.dispatch.dispatcher import Dispatcher, DispatchStats
 from llmproxy.dispatch.registry import make_backend
-from llmproxy.errors import ConfigError
-from llmproxy.events.bus import EventBus, connect_redis, make_source
+from llmproxy.errors import ConfigError, StartupError
+from llmproxy.events.bus import BusUnavailable, EventBus, connect_redis, make_source
 from llmproxy.loop import run_loop
 
 __all__ = ("STATS_INTERVAL", "run_dispatcher_command", "run_service", "stats_key", "worker_main")
@@ -136,28 +137,50 @@ def worker_main(settings: Settings, service: str, index: int = 0) -> None:
     # The server owns Ctrl-C: it stops workers with SIGTERM once it has drained its requests.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure(settings.log.level, settings.log.format, settings.log.file)
-    run_loop(_worker(settings, service))
+    try:
+        run_loop(_worker(settings, service))
+    except BusUnavailable as exc:  # one line, not a traceback; the supervisor (or systemd) restarts us
+        log.error("dispatcher %s #%d cannot start: %s", service, index + 1, exc)
+        raise SystemExit(1) from None
 
 
 def run_dispatcher_command(
     settings: Settings, service: str, on_ready: Callable[[], None] | None = None
 ) -> int:
-    """`llm-proxy dispatcher --service S`: one service read from Redis, in 1..N processes."""
-    if settings.events.bus == "in-memory":
-        raise ConfigError(
-            "the standalone dispatcher reads Redis: set LLM_PROXY_EVENT_BUS=redis-streams (or redis)"
-        )
+    """`llm-proxy dispatcher --service S`: one service read from Redis, in 1..N processes.
+
+    A mistake in the command (exit 2) is named before Redis is tried; unreachable Redis is one line
+    naming the address (exit 1), as for the server."""
     try:
         make_backend(service, service_endpoint(settings, service), settings.dispatch.api_key)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if settings.events.bus == "in-memory":
+        raise ConfigError(
+            "the standalone dispatcher reads Redis: set LLM_PROXY_EVENT_BUS=redis-streams (or redis)"
+        )
 
     logs.configure(settings.log.level, settings.log.format, settings.log.file)
-    if settings.dispatch.workers <= 1:
-        run_loop(_worker(settings, service, on_started=on_ready))
-    else:
-        _run_children(settings, service, on_ready)
+    try:
+        run_loop(_reach_redis(settings))
+        if settings.dispatch.workers <= 1:
+            run_loop(_worker(settings, service, on_started=on_ready))
+        else:
+            _run_children(settings, service, on_ready)
+    except BusUnavailable as exc:
+        raise StartupError(f"event bus unavailable at start: {exc}") from None
     return 0
+
+
+async def _reach_redis(settings: Settings) -> None:
+    """Raise BusUnavailable naming the address unless Redis answers a PING (before any worker starts)."""
+    redis = connect_redis(settings.redis, socket_timeout=2.0)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        raise BusUnavailable(f"Redis at {settings.redis.addr} unreachable: {exc}") from None
+    finally:
+        await redis.aclose()
 
 
 def _run_children(settings: Settings, service: str, ready: Callable[[], None] | None) -> None:
