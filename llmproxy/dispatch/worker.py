@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import msgspec
 from redis.exceptions import RedisError
+from setproctitle import setproctitle
 
 from llmproxy import logs
 from llmproxy.config import Settings
@@ -27,7 +28,14 @@ from llmproxy.errors import ConfigError, StartupError
 from llmproxy.events.bus import BusUnavailable, EventBus, connect_redis, make_source
 from llmproxy.loop import run_loop
 
-__all__ = ("STATS_INTERVAL", "run_dispatcher_command", "run_service", "stats_key", "worker_main")
+__all__ = (
+    "STATS_INTERVAL",
+    "run_dispatcher_command",
+    "run_service",
+    "stats_key",
+    "worker_main",
+    "worker_title",
+)
 
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,11 @@ STATS_INTERVAL = 2.0  # seconds between a worker's counter reports
 def stats_key(settings: Settings) -> str:
     """The Redis hash where every worker reports its counters (field = service:consumer)."""
     return f"{settings.streams.key}:dispatcher-stats"
+
+
+def worker_title(service: str, index: int) -> str:
+    """What ``ps`` shows for worker ``index`` (0-based) of ``service``: ``llm-proxy: dispatcher file #1``."""
+    return f"llm-proxy: dispatcher {service} #{index + 1}"
 
 
 def service_endpoint(settings: Settings, service: str) -> str:
@@ -136,6 +149,7 @@ def worker_main(settings: Settings, service: str, index: int = 0) -> None:
     """Process entry point (multiprocessing spawn target and the standalone command)."""
     # The server owns Ctrl-C: it stops workers with SIGTERM once it has drained its requests.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setproctitle(worker_title(service, index))  # in ps: not "python -B -c from multiprocessing.spawn …"
     logs.configure(settings.log.level, settings.log.format, settings.log.file)
     try:
         run_loop(_worker(settings, service))
@@ -164,8 +178,10 @@ def run_dispatcher_command(
     try:
         run_loop(_reach_redis(settings))
         if settings.dispatch.workers <= 1:
+            setproctitle(worker_title(service, 0))
             run_loop(_worker(settings, service, on_started=on_ready))
         else:
+            setproctitle(f"llm-proxy: dispatcher {service}")
             _run_children(settings, service, on_ready)
     except BusUnavailable as exc:
         raise StartupError(f"event bus unavailable at start: {exc}") from None

@@ -29,7 +29,7 @@ def worker_pids(server_pid: int) -> list[int]:
     for task in Path(f"/proc/{server_pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in cmdline:
+            if cmdline.startswith(b"llm-proxy: dispatcher"):
                 pids.append(int(child))
     return pids
 
