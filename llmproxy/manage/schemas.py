@@ -133,9 +133,11 @@ class AuditFilter(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class CachePurgeQuery(Struct, kw_only=True, forbid_unknown_fields=True):
-    """Query of ``DELETE /manage/cache``: no prefix purges every cached response."""
+    """Query of ``DELETE /manage/cache``: ``key`` (as X-PROXY-CACHE-KEY shows it) purges that entry,
+    ``prefix`` every key starting with it (REDIS_CACHE_KEY_PREFIX optional); neither purges everything."""
 
     prefix: Annotated[str, Meta(min_length=1, max_length=1024)] | None = None
+    key: Annotated[str, Meta(max_length=2048, pattern=r":[0-9a-f]{64}$")] | None = None
 
 
 # --- responses ---------------------------------------------------------------------------------
