@@ -97,6 +97,13 @@ class InMemoryBus:
             self._subscribers.remove(source)
             self._unsubscribed_dropped += source.dropped
 
+    def queued_by_subscriber(self) -> dict[str, int]:
+        """Events waiting in each subscriber's queue, by name (a dispatcher service's lag)."""
+        queued: dict[str, int] = {}
+        for source in self._subscribers:
+            queued[source.name] = queued.get(source.name, 0) + source.queued
+        return queued
+
     def publish(self, event: Event) -> None:
         self._published += 1
         for source in self._subscribers:

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from llmproxy.config import Settings
 from llmproxy.dispatch.worker import stats_key
 from llmproxy.events.bus import connect_redis
+from llmproxy.events.memory import InMemoryBus
 from llmproxy.events.redis_list import list_key
 from llmproxy.events.redis_streams import group_name
 from llmproxy.metrics import (
@@ -183,7 +184,7 @@ class Observability:
                 pending=bus.get("pending", 0),
                 stream_length=self._remote.stream_length,
             ),
-            dispatchers=self._remote_dispatchers() if self._redis_bus else self._local_dispatchers(bus),
+            dispatchers=self._remote_dispatchers() if self._redis_bus else self._local_dispatchers(),
             redis_up=self._remote.up,
             process=ProcessFigures(tasks=_task_count()),
         )
@@ -194,18 +195,18 @@ class Observability:
         s = self._cache.stats
         return CacheFigures(enabled=True, hits=s.hits, misses=s.misses, bypass=s.bypass, stores=s.stores)
 
-    def _local_dispatchers(self, bus: dict[str, int]) -> dict[str, DispatcherFigures]:
-        """In-memory bus: the dispatcher tasks' own counters. Per-service backlog is only known with one
-        service (the bus reports its queues summed)."""
+    def _local_dispatchers(self) -> dict[str, DispatcherFigures]:
+        """In-memory bus: the dispatcher tasks' own counters; lag is what waits in each service's queue."""
         stats = self._pipeline.stats
-        queued = bus.get("queued") if len(stats) == 1 else None
+        bus = self._pipeline.bus
+        queued = bus.queued_by_subscriber() if isinstance(bus, InMemoryBus) else {}
         return {
             service: DispatcherFigures(
                 delivered=s.delivered,
                 failed=s.failed,
                 retried=s.retried,
                 dead_lettered=s.dead_lettered,
-                lag=queued,
+                lag=queued.get(service),
                 pending=0,
                 reports=1,
             )
