@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = (
     "EVENT_FIELD",
     "ID_FIELD",
+    "SERVICE_FIELD",
     "RedisStreamBus",
     "StreamSource",
     "dead_letter_key",
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 # --- key and field names: the one place they are spelled -----------------------------------------
 EVENT_FIELD = "event"  # the msgspec-JSON Event
 ID_FIELD = "id"  # the event id, for humans reading XRANGE
+# On a replayed dead letter (``llm-proxy events dead replay``): the one service it is for. Every other
+# service's consumer acks it unread, so a replay reaches its service once and no other one again.
+SERVICE_FIELD = "service"
 
 
 def dead_letter_key(stream: str) -> str:
@@ -157,6 +161,8 @@ class StreamSource:
         self._claim_cursor = "0-0"
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         self._max_block_s = max(0.001, socket_timeout - 1.0) if socket_timeout else float("inf")
+        self._service_field = SERVICE_FIELD.encode()
+        self._service_value = service.encode()
         self._position = "$"  # where the group stood / this consumer last read: recreate it there
         self._group_ready = False
         self._closed = False
@@ -298,10 +304,11 @@ class StreamSource:
         for entry_id, _ in entries:
             pipe.xpending_range(self._key, self.group, entry_id, entry_id, 1)
         pending = await pipe.execute()
-        return [
-            self._delivery(entry_id, fields, rows[0]["times_delivered"] if rows else 2)
+        counted = [
+            (entry_id, fields, rows[0]["times_delivered"] if rows else 2)
             for (entry_id, fields), rows in zip(entries, pending, strict=True)
         ]
+        return await self._deliveries(counted)
 
     async def _read_new(self, max_count: int, block_s: float) -> list[Delivery]:
         block_s = min(block_s, self._max_block_s)
@@ -312,7 +319,21 @@ class StreamSource:
         entries = response[0][1] if response else []
         if entries:
             self._position = _text(entries[-1][0])
-        return [self._delivery(entry_id, fields, 1) for entry_id, fields in entries]
+        return await self._deliveries([(entry_id, fields, 1) for entry_id, fields in entries])
+
+    async def _deliveries(self, entries: list[tuple[Any, dict[bytes, bytes], int]]) -> list[Delivery]:
+        """Deliveries of ``(entry id, fields, times delivered)``; entries addressed to another service (a
+        replayed dead letter) are acked unread."""
+        field, mine = self._service_field, self._service_value
+        others = [entry_id for entry_id, fields, _ in entries if fields.get(field, mine) != mine]
+        if not others:
+            return [self._delivery(entry_id, fields, n) for entry_id, fields, n in entries]
+        await self._redis.xack(self._key, self.group, *others)
+        return [
+            self._delivery(entry_id, fields, n)
+            for entry_id, fields, n in entries
+            if fields.get(field, mine) == mine
+        ]
 
     def _delivery(self, entry_id: bytes | str, fields: dict[bytes, bytes], deliveries: int) -> Delivery:
         raw = fields.get(EVENT_FIELD.encode())
