@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 from redis.exceptions import RedisError
@@ -26,6 +27,7 @@ from llmproxy.dispatch.dispatcher import Dispatcher, DispatchStats
 from llmproxy.dispatch.registry import make_backend
 from llmproxy.errors import ConfigError, StartupError
 from llmproxy.events.bus import BusUnavailable, EventBus, connect_redis, make_source
+from llmproxy.events.redis_streams import totals_key
 from llmproxy.loop import run_loop
 
 __all__ = (
@@ -38,14 +40,35 @@ __all__ = (
 )
 
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL = 2.0  # seconds between a worker's counter reports
 
 
 def stats_key(settings: Settings) -> str:
-    """The Redis hash where every worker reports its counters (field = service:consumer)."""
+    """The Redis hash where every live worker reports its counters (field = service:consumer)."""
     return f"{settings.streams.key}:dispatcher-stats"
+
+
+# A gone worker's field, folded into the per-service totals (totals_key) and deleted, atomically: a scrape
+# sees its counts once, never twice or not at all. Only the counters not already counted at ack time.
+_FOLD = """
+local doc = redis.call('HGET', KEYS[1], ARGV[1])
+if not doc then return 0 end
+local ok, report = pcall(cjson.decode, doc)
+if ok and type(report) == 'table' then
+  for _, name in ipairs({'retried', 'failed'}) do
+    local n = tonumber(report[name])
+    if n and n > 0 then redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':' .. name, math.floor(n)) end
+  end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 def worker_title(service: str, index: int) -> str:
@@ -102,21 +125,54 @@ async def run_service(
         await backend.aclose()
 
 
-async def _report_stats(settings: Settings, field: str, stats: DispatchStats, stop: asyncio.Event) -> None:
-    """Publish this worker's counters every STATS_INTERVAL, and once more when stopping."""
+async def _report_stats(
+    settings: Settings, service: str, field: str, stats: DispatchStats, stop: asyncio.Event
+) -> None:
+    """Publish this worker's counters every STATS_INTERVAL; when stopping, fold them into the totals.
+    First fold the fields of this host's workers that died without doing so (kill -9): their replacement
+    is this worker, so the hash keeps one field per live worker."""
     redis = connect_redis(settings.redis, socket_timeout=2.0)
     key = stats_key(settings)
+    fold = redis.register_script(_FOLD)
+    totals = totals_key(settings.streams.key)
     try:
+        with contextlib.suppress(Exception):  # Redis down: the next worker to start folds them
+            await _fold_dead_workers(redis, fold, key, totals)
         while True:
             doc = msgspec.json.encode({**msgspec.structs.asdict(stats), "at": time.time()})
             with contextlib.suppress(Exception):  # Redis down: the next report carries the totals
                 await redis.hset(key, field, doc)
+                if stop.is_set():
+                    await fold(keys=[key, totals], args=[field, service])
             if stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STATS_INTERVAL)
     finally:
         await redis.aclose()
+
+
+async def _fold_dead_workers(redis: Redis, fold: AsyncScript, key: str, totals: str) -> None:
+    """Fold the fields ``<service>:<this host>-<pid>`` whose process is gone."""
+    prefix = f"{socket.gethostname()}-"
+    for raw in await redis.hkeys(key):
+        field = raw.decode(errors="replace")
+        service, _, consumer = field.partition(":")
+        pid = consumer.removeprefix(prefix)
+        if consumer.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            await fold(keys=[key, totals], args=[field, service])
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now: not ours to judge
+        return True
+    return True
 
 
 async def _worker(settings: Settings, service: str, on_started: Callable[[], None] | None = None) -> None:
@@ -129,7 +185,7 @@ async def _worker(settings: Settings, service: str, on_started: Callable[[], Non
     reopeners: list[Callable[[], None]] = []
     loop.add_signal_handler(signal.SIGHUP, lambda: [reopen() for reopen in reopeners])  # logrotate
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the supervisor until now
-    reporter = loop.create_task(_report_stats(settings, f"{service}:{consumer}", stats, stop))
+    reporter = loop.create_task(_report_stats(settings, service, f"{service}:{consumer}", stats, stop))
     try:
         await run_service(
             settings,

@@ -35,6 +35,7 @@ __all__ = (
     "StreamSource",
     "dead_letter_key",
     "group_name",
+    "totals_key",
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,14 @@ SERVICE_FIELD = "service"
 
 def dead_letter_key(stream: str) -> str:
     return f"{stream}:dead"
+
+
+def totals_key(stream: str) -> str:
+    """The hash where dispatchers count, per service, what they acked and dead-lettered (field
+    ``<service>:delivered``, ``<service>:dead_lettered``), in the same transaction as the ack: exact
+    whatever happens to the worker. Counters of workers gone are folded in beside them
+    (``<service>:retried``, ``<service>:failed``)."""
+    return f"{stream}:dispatcher-totals"
 
 
 def group_name(group: str, service: str) -> str:
@@ -143,8 +152,10 @@ class StreamSource:
         group: str,
         consumer: str,
         owns_redis: bool = False,
+        counters: str | None = None,
     ) -> None:
         streams = settings.streams
+        self._counters = counters  # totals_key(), or None: not counted
         self.service = service
         self.group = group
         self.consumer = consumer
@@ -205,7 +216,13 @@ class StreamSource:
             return
         with self._reaching_redis():
             try:
-                await self._redis.xack(self._key, self.group, *entry_ids)
+                if self._counters is None:
+                    await self._redis.xack(self._key, self.group, *entry_ids)
+                else:
+                    pipe = self._redis.pipeline(transaction=True)
+                    pipe.xack(self._key, self.group, *entry_ids)
+                    pipe.hincrby(self._counters, f"{self.service}:delivered", len(entry_ids))
+                    await pipe.execute()
             except ResponseError as exc:
                 if not _is_nogroup(exc):
                     raise
@@ -226,6 +243,8 @@ class StreamSource:
             }
             pipe.xadd(self._dead_key, fields, maxlen=self._max_len, approximate=True)
         pipe.xack(self._key, self.group, *[d.entry_id for d in deliveries])
+        if self._counters is not None:
+            pipe.hincrby(self._counters, f"{self.service}:dead_lettered", len(deliveries))
         with self._reaching_redis():
             try:
                 await pipe.execute()

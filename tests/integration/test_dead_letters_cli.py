@@ -209,6 +209,8 @@ async def test_replay_from_the_stream_reaches_its_service_once_and_no_other(
             assert await wait_for(lambda: _all_acked(redis, stream_key), timeout=30)
             assert len(events.read_text().splitlines()) == 1
             assert len(lunary_run_ids(lunary)) == lunary_before + 1
+            # counted at ack time: the file service delivered the event once, the replay not again
+            assert await redis.hget(f"{stream_key}:dispatcher-totals", "file:delivered") == b"1"
     finally:
         await redis.aclose()
 
