@@ -60,7 +60,7 @@ async def stream_key():
     key = f"test-e2e-{uuid.uuid4().hex}"
     yield key
     r = aioredis.Redis(host="127.0.0.1", port=6379)
-    await r.delete(key, f"{key}:dead", f"{key}:dispatcher-stats")
+    await r.delete(key, f"{key}:dead", f"{key}:dispatcher-stats", f"{key}:dispatcher-totals")
     await r.aclose()
 
 
