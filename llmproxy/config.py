@@ -110,7 +110,7 @@ class EventSettings(msgspec.Struct):
     max_request_body_bytes: int = 65536
     max_response_body_bytes: int = 262144
     file_event_log: str = ""
-    dead_letter_file: str = ""  # "" = off; load() puts it beside the event log by default
+    dead_letter_file: str | None = None  # "" = off; None (unset) until load() puts it beside the event log
 
 
 class DispatchSettings(msgspec.Struct):
@@ -285,7 +285,7 @@ _VARS: dict[str, tuple[str, str, Any]] = {
     "OBSERVABILITY_MAX_REQUEST_BODY_BYTES": ("events", "max_request_body_bytes", _int),
     "OBSERVABILITY_MAX_RESPONSE_BODY_BYTES": ("events", "max_response_body_bytes", _int),
     "FILE_EVENT_LOG": ("events", "file_event_log", _str),
-    "DEAD_LETTER_FILE": ("events", "dead_letter_file", _str),
+    "DEAD_LETTER_FILE": ("events", "dead_letter_file", lambda v: "" if str(v).lower() == "off" else str(v)),
     "DISPATCHER_SERVICES": ("dispatch", "services", _services),
     "DISPATCHER_WORKERS": ("dispatch", "workers", lambda v: _int(v, 1)),
     "DISPATCHER_MAX_DELIVERIES": ("dispatch", "max_deliveries", lambda v: _int(v, 1)),
@@ -385,19 +385,10 @@ def load(
         settings.streams.consumer_name = f"{socket.gethostname()}-{os.getpid()}"
     if not settings.dispatch.services and settings.events.file_event_log:
         settings.dispatch.services = ("file",)
-    settings.events.dead_letter_file = _dead_letter_file(settings.events)
+    if settings.events.dead_letter_file is None:  # DEAD_LETTER_FILE unset: beside the event log, else ./data
+        directory = os.path.dirname(settings.events.file_event_log or "./data/") or "."
+        settings.events.dead_letter_file = os.path.join(directory, "dead-letters.jsonl")
     return settings
-
-
-def _dead_letter_file(events: EventSettings) -> str:
-    """DEAD_LETTER_FILE, ``off`` for none; unset: ``dead-letters.jsonl`` beside the event log, else in ./data."""
-    given = events.dead_letter_file.strip()
-    if given.lower() == "off":
-        return ""
-    if given:
-        return given
-    directory = os.path.dirname(events.file_event_log) if events.file_event_log else "./data"
-    return os.path.join(directory or ".", "dead-letters.jsonl")
 
 
 def require_management_token(settings: Settings) -> None:

@@ -133,7 +133,7 @@ def make_bus(settings: Settings, redis_factory: RedisFactory = connect_redis) ->
     if kind == "in-memory":
         from llmproxy.events.memory import InMemoryBus
 
-        return InMemoryBus(settings.events.buffer_size, settings.events.dead_letter_file)
+        return InMemoryBus(settings.events.buffer_size, settings.events.dead_letter_file or "")
     redis = redis_factory(settings.redis, socket_timeout=5.0)
     if kind == "redis":
         from llmproxy.events.redis_list import RedisListBus

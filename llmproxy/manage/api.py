@@ -358,8 +358,6 @@ class ManageAPI:
 
     async def purge_cache(self, request: web.Request) -> web.Response:
         query = decode_query(request.query, CachePurgeQuery)
-        if query.key is not None and query.prefix is not None:
-            raise ProxyError(Refusal.INVALID_FIELD, "Give key or prefix, not both", param="key")
         prefix = query.key or query.prefix  # a whole key (it ends in its digest) is a prefix of itself only
         if self._purge_cache is None:
             raise ProxyError(Refusal.SERVICE_UNAVAILABLE, "The response cache is disabled")
