@@ -1,10 +1,12 @@
-"""`llm-proxy benchmark`: N requests at concurrency C against a running proxy, then what it saw.
+"""`llm-proxy benchmark`: N requests (or D seconds) at concurrency C against a running proxy, then what it saw.
 
 One aiohttp session whose connection pool is as large as the concurrency; C workers take request
-numbers from a shared counter. Reports requests/s, latency and (for streams) time to the first body
-chunk, status codes, the cache hit ratio (``X-PROXY-CACHE: hit``) and connection errors. The token is
-sent, never printed. Exit 0 when every request got an HTTP answer (whatever its status), 1 when any
-failed to connect or timed out, 2 for bad arguments.
+numbers from a shared counter, each started no earlier than its slot when ``--rate`` paces them. Without
+``--json`` a chat-completions endpoint gets a small chat body (POST), any other endpoint a GET. Reports
+requests/s of 2xx answers only, latency and (for streams) time to the first body chunk, status codes, the
+cache hit ratio (``X-PROXY-CACHE: hit``) and connection errors. The token is sent, never printed. Exit 0
+when a request succeeded (2xx) and every request got an HTTP answer; 1 when none succeeded or any failed
+to connect or timed out; 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -26,11 +28,18 @@ from llmproxy.loop import run_loop
 
 __all__ = ("BenchResult", "add_arguments", "percentile", "run")
 
-EXIT_CONNECTION_ERRORS = 1
+EXIT_CONNECTION_ERRORS = 1  # also: no request got a 2xx answer
 EXIT_USAGE = 2
 _REDRAW_S = 0.1  # the progress bar is redrawn at most 10 times a second
 _BAR_WIDTH = 30
 _SAMPLE_ERRORS = 5  # distinct connection error messages kept for the report
+DEFAULT_REQUESTS = 100
+# What a run without --json sends to a chat-completions endpoint: the smallest real request.
+DEFAULT_CHAT_BODY = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "user", "content": "Say hello"}],
+    "max_tokens": 16,
+}
 _SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
 )
@@ -43,15 +52,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--token", required=True, help="the withering token sent as Bearer")
     parser.add_argument(
-        "--requests", "-n", type=_positive, default=100, help="how many requests (default 100)"
+        "--requests",
+        "-n",
+        type=_positive,
+        help=f"how many requests (default {DEFAULT_REQUESTS}, none with --duration)",
     )
+    parser.add_argument(
+        "--duration", type=_seconds, help="run this long (seconds), then wait for the requests in flight"
+    )
+    parser.add_argument("--rate", type=_rate, help="start at most this many requests per second")
     parser.add_argument(
         "--concurrency", "-c", type=_positive, default=10, help="requests in flight (default 10)"
     )
     parser.add_argument(
-        "--json", metavar="BODY", help="JSON request body, or @FILE to read it (implies POST)"
+        "--json",
+        metavar="BODY",
+        help="JSON request body, or @FILE to read it (implies POST); default: a small chat body for a "
+        "…/chat/completions endpoint, no body (GET) for any other",
     )
-    parser.add_argument("--method", help="HTTP method (default POST with --json, else GET)")
+    parser.add_argument("--method", help="HTTP method (default POST with a body, else GET)")
     parser.add_argument(
         "--stream", action="store_true", help='ask for SSE ("stream": true) and time the first chunk'
     )
@@ -74,6 +93,25 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        return _seconds(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of requests per second, got {text!r}"
+        ) from None
+
+
 class Latencies(msgspec.Struct):
     p50: float
     p90: float
@@ -90,9 +128,10 @@ class BenchResult(msgspec.Struct, kw_only=True):
     requests: int
     concurrency: int
     completed: int  # got an HTTP answer, any status
+    succeeded: int  # got a 2xx answer
     connection_errors: int  # refused, reset, timed out: no answer
     total_seconds: float
-    requests_per_second: float
+    requests_per_second: float  # 2xx answers per second: refusals and errors are no throughput
     latency_ms: Latencies | None
     ttft_ms: Latencies | None  # time to the first body chunk (with --stream)
     status_codes: dict[str, int]
@@ -126,25 +165,34 @@ def _latencies(values: list[float]) -> Latencies | None:
 class _Progress:
     """``[#####.....] 45% 450/1000`` on a terminal, redrawn at most 10 times a second; silent elsewhere."""
 
-    def __init__(self, total: int, out: IO[str]) -> None:
+    def __init__(self, total: int | None, duration: float | None, out: IO[str]) -> None:
         self._total = total
+        self._duration = duration
         self._out = out
         self._enabled = out.isatty()
         self._drawn_at = 0.0
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, elapsed: float) -> None:
         if not self._enabled:
             return
+        fraction = max(
+            done / self._total if self._total else 0.0, elapsed / self._duration if self._duration else 0.0
+        )
+        fraction = min(fraction, 1.0)
         now = time.monotonic()
-        if done < self._total and now - self._drawn_at < _REDRAW_S:
+        if fraction < 1.0 and now - self._drawn_at < _REDRAW_S:
             return
         self._drawn_at = now
-        filled = _BAR_WIDTH * done // self._total
+        filled = int(_BAR_WIDTH * fraction)
         bar = "#" * filled + "." * (_BAR_WIDTH - filled)
-        self._out.write(f"\r[{bar}] {100 * done // self._total:3d}% {done}/{self._total}")
-        if done >= self._total:
-            self._out.write("\n")
+        of = f"/{self._total}" if self._total else f" in {elapsed:.1f}s"
+        self._out.write(f"\r[{bar}] {int(100 * fraction):3d}% {done}{of}")
         self._out.flush()
+
+    def finish(self) -> None:
+        if self._enabled:
+            self._out.write("\n")
+            self._out.flush()
 
 
 class _Load:
@@ -155,7 +203,11 @@ class _Load:
         self.method = (args.method or ("POST" if body is not None else "GET")).upper()
         self.body = body
         self.headers = headers
-        self.total = args.requests
+        self.duration: float | None = args.duration
+        self.total: int | None = args.requests or (None if self.duration else DEFAULT_REQUESTS)
+        self.interval = 1.0 / args.rate if args.rate else 0.0
+        self.started = 0.0
+        self.deadline = float("inf")
         self.stream = args.stream
         self.debug = args.debug
         self.next = 0
@@ -167,10 +219,28 @@ class _Load:
         self.connection_errors = 0
         self.error_samples: list[str] = []
 
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        if self.duration is not None:
+            self.deadline = self.started + self.duration
+
+    async def _take(self) -> int | None:
+        """The next request's number (1-based) once its --rate slot has come; None when the run is over."""
+        if (self.total is not None and self.next >= self.total) or time.perf_counter() >= self.deadline:
+            return None
+        self.next += 1
+        number = self.next
+        if self.interval:
+            wait = self.started + (number - 1) * self.interval - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if time.perf_counter() >= self.deadline:
+                return None
+        return number
+
     async def worker(self, session: aiohttp.ClientSession, progress: _Progress) -> None:
-        while self.next < self.total:
-            self.next += 1
-            first = self.next == 1
+        while (number := await self._take()) is not None:
+            first = number == 1
             started = time.perf_counter()
             try:
                 async with session.request(
@@ -196,7 +266,7 @@ class _Load:
                 if resp.headers.get("X-PROXY-CACHE", "").lower() == "hit":
                     self.cache_hits += 1
             self.done += 1
-            progress.update(self.done)
+            progress.update(self.done, time.perf_counter() - self.started)
 
 
 def _redacted(headers: Mapping[str, str]) -> list[str]:
@@ -210,17 +280,22 @@ def _print_debug(load: _Load, resp: aiohttp.ClientResponse) -> None:
 
 
 def _request_body(args: argparse.Namespace) -> bytes | None:
-    """The --json body (validated), with "stream": true added for --stream; raises ValueError."""
+    """The --json body (validated), or the default chat body; "stream": true added for --stream.
+    Raises ValueError."""
     if args.json is None:
-        return None
-    text = args.json
-    if text.startswith("@"):
-        with open(text[1:], encoding="utf-8") as f:
-            text = f.read()
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--json is not valid JSON: {exc}") from None
+        chat = args.endpoint.split("?")[0].rstrip("/").endswith("/chat/completions")
+        if not chat or (args.method or "POST").upper() != "POST":
+            return None
+        document: Any = dict(DEFAULT_CHAT_BODY)
+    else:
+        text = args.json
+        if text.startswith("@"):
+            with open(text[1:], encoding="utf-8") as f:
+                text = f.read()
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--json is not valid JSON: {exc}") from None
     if args.stream and isinstance(document, dict):
         document.setdefault("stream", True)
     return json.dumps(document, separators=(",", ":")).encode()
@@ -239,28 +314,31 @@ def _request_headers(args: argparse.Namespace, body: bytes | None) -> dict[str, 
 
 async def _run(args: argparse.Namespace, body: bytes | None) -> BenchResult:
     load = _Load(args, body, _request_headers(args, body))
-    progress = _Progress(load.total, sys.stderr)
+    progress = _Progress(load.total, load.duration, sys.stderr)
     connector = aiohttp.TCPConnector(limit=args.concurrency)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
-    started = time.perf_counter()
+    load.start()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True) as session:
-        workers = min(args.concurrency, load.total)
+        workers = min(args.concurrency, load.total or args.concurrency)
         await asyncio.gather(*(load.worker(session, progress) for _ in range(workers)))
-    total_s = time.perf_counter() - started
+    progress.finish()
+    total_s = time.perf_counter() - load.started
     completed = sum(load.statuses.values())
+    succeeded = sum(n for code, n in load.statuses.items() if 200 <= code < 300)
     return BenchResult(
         url=load.url,
         method=load.method,
-        requests=load.total,
+        requests=load.done,
         concurrency=args.concurrency,
         completed=completed,
+        succeeded=succeeded,
         connection_errors=load.connection_errors,
         total_seconds=round(total_s, 4),
-        requests_per_second=round(load.total / total_s, 2) if total_s > 0 else 0.0,
+        requests_per_second=round(succeeded / total_s, 2) if total_s > 0 else 0.0,
         latency_ms=_latencies(load.latencies),
         ttft_ms=_latencies(load.ttfts),
         status_codes={str(code): n for code, n in sorted(load.statuses.items())},
-        non_2xx=sum(n for code, n in load.statuses.items() if not 200 <= code < 300),
+        non_2xx=completed - succeeded,
         cache_hits=load.cache_hits,
         cache_hit_ratio=round(load.cache_hits / completed, 4) if completed else 0.0,
         error_samples=load.error_samples,
@@ -278,8 +356,11 @@ def format_report(r: BenchResult) -> str:
         row("Target", f"{r.method} {r.url}"),
         row("Requests", f"{r.requests} at concurrency {r.concurrency}"),
         row("Total time", f"{r.total_seconds:.3f} s"),
-        row("Requests/sec", f"{r.requests_per_second:.1f}"),
-        row("Completed", f"{r.completed}  (non-2xx {r.non_2xx}, connection errors {r.connection_errors})"),
+        row("Requests/sec", f"{r.requests_per_second:.1f}  (2xx answers only)"),
+        row(
+            "Completed",
+            f"{r.completed}  (2xx {r.succeeded}, non-2xx {r.non_2xx}, connection errors {r.connection_errors})",
+        ),
     ]
     if r.latency_ms is not None:
         lines.append(row("Latency (ms)", dist(r.latency_ms)))
@@ -309,4 +390,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
     else:
         sys.stdout.write(format_report(result) + "\n")
-    return EXIT_CONNECTION_ERRORS if result.connection_errors else 0
+    if result.connection_errors or not result.succeeded:
+        return EXIT_CONNECTION_ERRORS
+    return 0

@@ -89,6 +89,12 @@ def _cmd_events_tail(args: argparse.Namespace) -> int:
     return tail.run(args)
 
 
+def _cmd_events_dead(args: argparse.Namespace) -> int:
+    from llmproxy import events_dead
+
+    return events_dead.run(args, _settings(args, DEAD_LETTER_FILE=args.file))
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from llmproxy import bench
 
@@ -146,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", metavar="FILE")
     _add_tail_arguments(t)
     t.set_defaults(func=_cmd_events_tail)
+    d = events.add_parser("dead", help="list, show, replay or purge the events a backend refused")
+    _add_dead_arguments(d)
+    d.set_defaults(func=_cmd_events_dead)
 
     p = sub.add_parser("benchmark", help="load-test a running proxy")
     _add_bench_arguments(p)
@@ -173,6 +182,12 @@ def _add_tail_arguments(p: argparse.ArgumentParser) -> None:
     from llmproxy import tail
 
     tail.add_arguments(p)
+
+
+def _add_dead_arguments(p: argparse.ArgumentParser) -> None:
+    from llmproxy import events_dead
+
+    events_dead.add_arguments(p, _Parser)
 
 
 def _add_bench_arguments(p: argparse.ArgumentParser) -> None:

@@ -111,6 +111,7 @@ class EventSettings(msgspec.Struct):
     max_request_body_bytes: int = 65536
     max_response_body_bytes: int = 262144
     file_event_log: str = ""
+    dead_letter_file: str | None = None  # "" = off; None (unset) until load() puts it beside the event log
 
 
 class DispatchSettings(msgspec.Struct):
@@ -286,6 +287,7 @@ _VARS: dict[str, tuple[str, str, Any]] = {
     "OBSERVABILITY_MAX_REQUEST_BODY_BYTES": ("events", "max_request_body_bytes", _int),
     "OBSERVABILITY_MAX_RESPONSE_BODY_BYTES": ("events", "max_response_body_bytes", _int),
     "FILE_EVENT_LOG": ("events", "file_event_log", _str),
+    "DEAD_LETTER_FILE": ("events", "dead_letter_file", lambda v: "" if str(v).lower() == "off" else str(v)),
     "DISPATCHER_SERVICES": ("dispatch", "services", _services),
     "DISPATCHER_WORKERS": ("dispatch", "workers", lambda v: _int(v, 1)),
     "DISPATCHER_MAX_DELIVERIES": ("dispatch", "max_deliveries", lambda v: _int(v, 1)),
@@ -385,6 +387,9 @@ def load(
         settings.streams.consumer_name = f"{socket.gethostname()}-{os.getpid()}"
     if not settings.dispatch.services and settings.events.file_event_log:
         settings.dispatch.services = ("file",)
+    if settings.events.dead_letter_file is None:  # DEAD_LETTER_FILE unset: beside the event log, else ./data
+        directory = os.path.dirname(settings.events.file_event_log or "./data/") or "."
+        settings.events.dead_letter_file = os.path.join(directory, "dead-letters.jsonl")
     return settings
 
 

@@ -14,7 +14,7 @@ from string import Template
 
 from llmproxy import __version__
 
-__all__ = ("NAV", "SECURITY_HEADERS", "Pages")
+__all__ = ("LINKED", "NAV", "SECURITY_HEADERS", "Pages")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -35,6 +35,9 @@ NAV = (
     ("events", "/admin/events", "Events"),
     ("dispatchers", "/admin/dispatchers", "Dispatchers"),
 )
+
+# pages reached by a link, not from the navigation bar: (page name → title)
+LINKED = {"dead-letters": "Dead letters"}
 
 _CONTENT_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
@@ -72,7 +75,7 @@ class Pages:
     def page(self, name: str, *, csrf_token: str, **values: str) -> str:
         """A signed-in page: the layout around the page's own template (``values`` are escaped)."""
         content = self._templates[name].substitute({k: html.escape(v) for k, v in values.items()})
-        title = next(label for page, _, label in NAV if page == name)
+        title = LINKED.get(name) or next(label for page, _, label in NAV if page == name)
         nav = "\n".join(
             f'<a href="{path}"{" aria-current=page" if page == name else ""}>{label}</a>'
             for page, path, label in NAV

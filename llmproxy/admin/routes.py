@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from redis.exceptions import RedisError
 
+from llmproxy.admin.dead_letters import read_dead_letters
 from llmproxy.admin.event_tail import EventTail, tail_events
 from llmproxy.admin.login import LoginFormGuard, LoginThrottle
-from llmproxy.admin.pages import NAV, SECURITY_HEADERS, Pages
+from llmproxy.admin.pages import LINKED, NAV, SECURITY_HEADERS, Pages
 from llmproxy.admin.sessions import AdminSession, SessionStore
 from llmproxy.audit import audit_record
 from llmproxy.errors import ProxyError, Refusal
@@ -78,6 +80,7 @@ class AdminUI:
         failed_login_delay: float = FAILED_LOGIN_DELAY,
     ) -> None:
         self._management_token = settings.server.management_token.encode()
+        self._settings = settings
         self._event_log = settings.events.file_event_log
         self._metrics_enabled = settings.metrics_enabled
         self._auditor = auditor
@@ -96,7 +99,9 @@ class AdminUI:
             web.post(_LOGIN, self.login),
             web.post("/admin/logout", self.logout),
             *(web.get(path, self._page(name)) for name, path, _ in NAV),
+            *(web.get(f"/admin/{name}", self._page(name)) for name in LINKED),
             web.get("/admin/api/events", self.events),
+            web.get("/admin/api/dead-letters", self.dead_letters),
             web.get("/admin/static/{name}", self.static),
             web.route("*", "/admin/{tail:.*}", self.not_found),
         ]
@@ -236,6 +241,24 @@ class AdminUI:
                 raise ProxyError(Refusal.SERVICE_UNAVAILABLE, "The event log cannot be read") from None
         return web.Response(
             body=msgspec.json.encode(tail), content_type="application/json", headers=SECURITY_HEADERS
+        )
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        """How many dead letters there are and the newest ``?limit=`` (default 50, at most 500) of them."""
+        if self._session(request) is None:
+            raise ProxyError(
+                Refusal.UNAUTHORIZED, "Sign in to the admin UI first", headers={"Cache-Control": "no-store"}
+            )
+        raw = request.query.get("limit", "50")
+        if not raw.isdigit() or int(raw) > 500:
+            raise ProxyError(Refusal.INVALID_FIELD, "limit must be an integer from 0 to 500", param="limit")
+        try:
+            page = await read_dead_letters(self._settings, int(raw))
+        except (OSError, RedisError) as exc:
+            log.warning("admin UI: cannot read the dead letters: %s", exc)
+            raise ProxyError(Refusal.SERVICE_UNAVAILABLE, "The dead letters cannot be read") from None
+        return web.Response(
+            body=msgspec.json.encode(page), content_type="application/json", headers=SECURITY_HEADERS
         )
 
     async def static(self, request: web.Request) -> web.Response:

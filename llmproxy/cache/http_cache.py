@@ -176,8 +176,12 @@ class HttpCache:
 
     async def purge(self, prefix: str | None) -> int:
         """Delete entries whose key, after REDIS_CACHE_KEY_PREFIX, starts with ``prefix`` (all if None):
-        ``<project_id>:`` for a project, ``<project_id>:POST:/v1/chat/completions`` for an endpoint."""
-        return await self._storage.purge(self._prefix + (prefix or ""))
+        ``<project_id>:`` for a project, ``<project_id>:POST:/v1/chat/completions`` for an endpoint, a
+        whole key for one entry. ``prefix`` may start with REDIS_CACHE_KEY_PREFIX, as X-PROXY-CACHE-KEY does."""
+        prefix = prefix or ""
+        if self._prefix and prefix.startswith(self._prefix):
+            prefix = prefix[len(self._prefix) :]
+        return await self._storage.purge(self._prefix + prefix)
 
     async def aclose(self) -> None:
         await self._storage.aclose()

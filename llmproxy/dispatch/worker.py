@@ -15,19 +15,34 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
+from redis.exceptions import RedisError
+from setproctitle import setproctitle
 
 from llmproxy import logs
 from llmproxy.config import Settings
 from llmproxy.dispatch.dispatcher import Dispatcher, DispatchStats
 from llmproxy.dispatch.registry import make_backend
-from llmproxy.errors import ConfigError
-from llmproxy.events.bus import EventBus, connect_redis, make_source
+from llmproxy.errors import ConfigError, StartupError
+from llmproxy.events.bus import BusUnavailable, EventBus, connect_redis, make_source
+from llmproxy.events.redis_streams import totals_key
 from llmproxy.loop import run_loop
 
-__all__ = ("STATS_INTERVAL", "run_dispatcher_command", "run_service", "stats_key", "worker_main")
+__all__ = (
+    "STATS_INTERVAL",
+    "run_dispatcher_command",
+    "run_service",
+    "stats_key",
+    "worker_main",
+    "worker_title",
+)
 
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +50,30 @@ STATS_INTERVAL = 2.0  # seconds between a worker's counter reports
 
 
 def stats_key(settings: Settings) -> str:
-    """The Redis hash where every worker reports its counters (field = service:consumer)."""
+    """The Redis hash where every live worker reports its counters (field = service:consumer)."""
     return f"{settings.streams.key}:dispatcher-stats"
+
+
+# A gone worker's field, folded into the per-service totals (totals_key) and deleted, atomically: a scrape
+# sees its counts once, never twice or not at all. Only the counters not already counted at ack time.
+_FOLD = """
+local doc = redis.call('HGET', KEYS[1], ARGV[1])
+if not doc then return 0 end
+local ok, report = pcall(cjson.decode, doc)
+if ok and type(report) == 'table' then
+  for _, name in ipairs({'retried', 'failed'}) do
+    local n = tonumber(report[name])
+    if n and n > 0 then redis.call('HINCRBY', KEYS[2], ARGV[2] .. ':' .. name, math.floor(n)) end
+  end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+def worker_title(service: str, index: int) -> str:
+    """What ``ps`` shows for worker ``index`` (0-based) of ``service``: ``llm-proxy: dispatcher file #1``."""
+    return f"llm-proxy: dispatcher {service} #{index + 1}"
 
 
 def service_endpoint(settings: Settings, service: str) -> str:
@@ -88,21 +125,54 @@ async def run_service(
         await backend.aclose()
 
 
-async def _report_stats(settings: Settings, field: str, stats: DispatchStats, stop: asyncio.Event) -> None:
-    """Publish this worker's counters every STATS_INTERVAL, and once more when stopping."""
+async def _report_stats(
+    settings: Settings, service: str, field: str, stats: DispatchStats, stop: asyncio.Event
+) -> None:
+    """Publish this worker's counters every STATS_INTERVAL; when stopping, fold them into the totals.
+    First fold the fields of this host's workers that died without doing so (kill -9): their replacement
+    is this worker, so the hash keeps one field per live worker."""
     redis = connect_redis(settings.redis, socket_timeout=2.0)
     key = stats_key(settings)
+    fold = redis.register_script(_FOLD)
+    totals = totals_key(settings.streams.key)
     try:
+        with contextlib.suppress(Exception):  # Redis down: the next worker to start folds them
+            await _fold_dead_workers(redis, fold, key, totals)
         while True:
             doc = msgspec.json.encode({**msgspec.structs.asdict(stats), "at": time.time()})
             with contextlib.suppress(Exception):  # Redis down: the next report carries the totals
                 await redis.hset(key, field, doc)
+                if stop.is_set():
+                    await fold(keys=[key, totals], args=[field, service])
             if stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STATS_INTERVAL)
     finally:
         await redis.aclose()
+
+
+async def _fold_dead_workers(redis: Redis, fold: AsyncScript, key: str, totals: str) -> None:
+    """Fold the fields ``<service>:<this host>-<pid>`` whose process is gone."""
+    prefix = f"{socket.gethostname()}-"
+    for raw in await redis.hkeys(key):
+        field = raw.decode(errors="replace")
+        service, _, consumer = field.partition(":")
+        pid = consumer.removeprefix(prefix)
+        if consumer.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            await fold(keys=[key, totals], args=[field, service])
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process now: not ours to judge
+        return True
+    return True
 
 
 async def _worker(settings: Settings, service: str, on_started: Callable[[], None] | None = None) -> None:
@@ -115,7 +185,7 @@ async def _worker(settings: Settings, service: str, on_started: Callable[[], Non
     reopeners: list[Callable[[], None]] = []
     loop.add_signal_handler(signal.SIGHUP, lambda: [reopen() for reopen in reopeners])  # logrotate
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by the supervisor until now
-    reporter = loop.create_task(_report_stats(settings, f"{service}:{consumer}", stats, stop))
+    reporter = loop.create_task(_report_stats(settings, service, f"{service}:{consumer}", stats, stop))
     try:
         await run_service(
             settings,
@@ -135,29 +205,54 @@ def worker_main(settings: Settings, service: str, index: int = 0) -> None:
     """Process entry point (multiprocessing spawn target and the standalone command)."""
     # The server owns Ctrl-C: it stops workers with SIGTERM once it has drained its requests.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    setproctitle(worker_title(service, index))  # in ps: not "python -B -c from multiprocessing.spawn …"
     logs.configure(settings.log.level, settings.log.format, settings.log.file)
-    run_loop(_worker(settings, service))
+    try:
+        run_loop(_worker(settings, service))
+    except BusUnavailable as exc:  # one line, not a traceback; the supervisor (or systemd) restarts us
+        log.error("dispatcher %s #%d cannot start: %s", service, index + 1, exc)
+        raise SystemExit(1) from None
 
 
 def run_dispatcher_command(
     settings: Settings, service: str, on_ready: Callable[[], None] | None = None
 ) -> int:
-    """`llm-proxy dispatcher --service S`: one service read from Redis, in 1..N processes."""
-    if settings.events.bus == "in-memory":
-        raise ConfigError(
-            "the standalone dispatcher reads Redis: set LLM_PROXY_EVENT_BUS=redis-streams (or redis)"
-        )
+    """`llm-proxy dispatcher --service S`: one service read from Redis, in 1..N processes.
+
+    A mistake in the command (exit 2) is named before Redis is tried; unreachable Redis is one line
+    naming the address (exit 1), as for the server."""
     try:
         make_backend(service, service_endpoint(settings, service), settings.dispatch.api_key)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if settings.events.bus == "in-memory":
+        raise ConfigError(
+            "the standalone dispatcher reads Redis: set LLM_PROXY_EVENT_BUS=redis-streams (or redis)"
+        )
 
     logs.configure(settings.log.level, settings.log.format, settings.log.file)
-    if settings.dispatch.workers <= 1:
-        run_loop(_worker(settings, service, on_started=on_ready))
-    else:
-        _run_children(settings, service, on_ready)
+    try:
+        run_loop(_reach_redis(settings))
+        if settings.dispatch.workers <= 1:
+            setproctitle(worker_title(service, 0))
+            run_loop(_worker(settings, service, on_started=on_ready))
+        else:
+            setproctitle(f"llm-proxy: dispatcher {service}")
+            _run_children(settings, service, on_ready)
+    except BusUnavailable as exc:
+        raise StartupError(f"event bus unavailable at start: {exc}") from None
     return 0
+
+
+async def _reach_redis(settings: Settings) -> None:
+    """Raise BusUnavailable naming the address unless Redis answers a PING (before any worker starts)."""
+    redis = connect_redis(settings.redis, socket_timeout=2.0)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        raise BusUnavailable(f"Redis at {settings.redis.addr} unreachable: {exc}") from None
+    finally:
+        await redis.aclose()
 
 
 def _run_children(settings: Settings, service: str, ready: Callable[[], None] | None) -> None:

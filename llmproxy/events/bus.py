@@ -133,7 +133,7 @@ def make_bus(settings: Settings, redis_factory: RedisFactory = connect_redis) ->
     if kind == "in-memory":
         from llmproxy.events.memory import InMemoryBus
 
-        return InMemoryBus(settings.events.buffer_size)
+        return InMemoryBus(settings.events.buffer_size, settings.events.dead_letter_file or "")
     redis = redis_factory(settings.redis, socket_timeout=5.0)
     if kind == "redis":
         from llmproxy.events.redis_list import RedisListBus
@@ -170,10 +170,13 @@ def make_source(
         return bus.subscribe(service)
     # the socket must outlive the longest blocking read
     redis = redis_factory(settings.redis, socket_timeout=settings.streams.block_time + 5.0)
+    from llmproxy.events.redis_streams import totals_key
+
+    counters = totals_key(settings.streams.key)
     if kind == "redis":
         from llmproxy.events.redis_list import ListSource
 
-        return ListSource(redis, settings, service, owns_redis=True)
+        return ListSource(redis, settings, service, owns_redis=True, counters=counters)
     if kind == "redis-streams":
         from llmproxy.events.redis_streams import StreamSource, group_name
 
@@ -184,5 +187,6 @@ def make_source(
             group=group or group_name(settings.streams.consumer_group, service),
             consumer=consumer or settings.streams.consumer_name or f"{service}-consumer",
             owns_redis=True,
+            counters=counters,
         )
     raise ValueError(f"unknown event bus: {kind!r}")

@@ -1,7 +1,7 @@
 """In-process bus: every subscriber (one per dispatcher service) gets each event in its own bounded queue.
 
 Nothing survives a restart and a slow subscriber loses its oldest events (counted) rather than slowing
-the request path or the other subscribers.
+the request path or the other subscribers. Events a backend refused for good go to the dead-letter file.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import logging
 from collections import deque
 
 from llmproxy.events.bus import Delivery
-from llmproxy.events.model import Event
+from llmproxy.events.dead_letters import DeadLetterFile, new_letter
+from llmproxy.events.model import Event, encode_event
 
 __all__ = ("InMemoryBus", "MemorySource")
 
@@ -23,9 +24,12 @@ class MemorySource:
 
     redelivers = False
 
-    def __init__(self, bus: InMemoryBus, name: str, buffer_size: int) -> None:
+    def __init__(
+        self, bus: InMemoryBus, name: str, buffer_size: int, dead_letters: DeadLetterFile | None = None
+    ) -> None:
         self.name = name
         self._bus = bus
+        self._dead_letters = dead_letters
         self._queue: deque[Event] = deque()
         self._max = max(1, buffer_size)
         self._ready = asyncio.Event()
@@ -68,7 +72,28 @@ class MemorySource:
         return None
 
     async def dead_letter(self, deliveries: list[Delivery], error: str) -> None:
+        """Append them to DEAD_LETTER_FILE (in a thread); without one (``off``) or when it cannot be
+        written, their ids are only logged."""
         ids = [d.event_id for d in deliveries]
+        if self._dead_letters is not None:
+            letters = [
+                new_letter(
+                    encode_event(d.event) if d.event is not None else d.raw,
+                    self.name,
+                    error,
+                    deliveries=d.deliveries,
+                    original_id=d.event_id,
+                )
+                for d in deliveries
+            ]
+            try:
+                await self._dead_letters.add(letters)
+            except OSError as exc:
+                log.error("in-memory bus: cannot write dead letters to %s: %s", self._dead_letters.path, exc)
+            else:
+                log.warning("in-memory bus: %s gave up on %d events (%s): kept in %s",
+                            self.name, len(deliveries), error, self._dead_letters.path)  # fmt: skip
+                return
         log.warning("in-memory bus: %s gave up on %d events (%s): %s", self.name, len(deliveries), error, ids)
 
     async def lag(self) -> dict[str, int]:
@@ -81,14 +106,15 @@ class MemorySource:
 class InMemoryBus:
     """Fan-out to the subscribers registered with ``subscribe``; with none, events are counted and gone."""
 
-    def __init__(self, buffer_size: int = 1000) -> None:
+    def __init__(self, buffer_size: int = 1000, dead_letter_file: str = "") -> None:
         self._buffer_size = buffer_size
+        self._dead_letters = DeadLetterFile(dead_letter_file) if dead_letter_file else None
         self._subscribers: list[MemorySource] = []
         self._published = 0
         self._unsubscribed_dropped = 0
 
     def subscribe(self, name: str) -> MemorySource:
-        source = MemorySource(self, name, self._buffer_size)
+        source = MemorySource(self, name, self._buffer_size, self._dead_letters)
         self._subscribers.append(source)
         return source
 
@@ -96,6 +122,13 @@ class InMemoryBus:
         if source in self._subscribers:
             self._subscribers.remove(source)
             self._unsubscribed_dropped += source.dropped
+
+    def queued_by_subscriber(self) -> dict[str, int]:
+        """Events waiting in each subscriber's queue, by name (a dispatcher service's lag)."""
+        queued: dict[str, int] = {}
+        for source in self._subscribers:
+            queued[source.name] = queued.get(source.name, 0) + source.queued
+        return queued
 
     def publish(self, event: Event) -> None:
         self._published += 1

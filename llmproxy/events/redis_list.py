@@ -85,8 +85,17 @@ class ListSource:
 
     redelivers = False
 
-    def __init__(self, redis: Redis, settings: Settings, service: str, *, owns_redis: bool = False) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        service: str,
+        *,
+        owns_redis: bool = False,
+        counters: str | None = None,
+    ) -> None:
         self.service = service
+        self._counters = counters  # redis_streams.totals_key(), or None: not counted
         self._redis = redis
         self._owns_redis = owns_redis
         self._key = list_key(settings.streams.key)
@@ -123,7 +132,10 @@ class ListSource:
         return [self._delivery(raw) for raw in first + (rest or [])]
 
     async def ack(self, entry_ids: list[str]) -> None:
-        return None
+        """Nothing to acknowledge (popped is gone); counted as delivered in ``counters``."""
+        if self._counters is not None and entry_ids:
+            with self._reaching_redis():
+                await self._redis.hincrby(self._counters, f"{self.service}:delivered", len(entry_ids))
 
     async def dead_letter(self, deliveries: list[Delivery], error: str) -> None:
         """LPUSH a record per entry to ``<key>:list:dead`` (error, service, payload), bounded like the list."""
@@ -143,6 +155,8 @@ class ListSource:
         ]
         pipe = self._redis.pipeline(transaction=False)
         pipe.lpush(self._dead_key, *records)
+        if self._counters is not None:
+            pipe.hincrby(self._counters, f"{self.service}:dead_lettered", len(deliveries))
         if self._max_len:
             pipe.ltrim(self._dead_key, 0, self._max_len - 1)
         with self._reaching_redis():

@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 __all__ = (
     "EVENT_FIELD",
     "ID_FIELD",
+    "SERVICE_FIELD",
     "RedisStreamBus",
     "StreamSource",
     "dead_letter_key",
     "group_name",
+    "totals_key",
 )
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,21 @@ log = logging.getLogger(__name__)
 # --- key and field names: the one place they are spelled -----------------------------------------
 EVENT_FIELD = "event"  # the msgspec-JSON Event
 ID_FIELD = "id"  # the event id, for humans reading XRANGE
+# On a replayed dead letter (``llm-proxy events dead replay``): the one service it is for. Every other
+# service's consumer acks it unread, so a replay reaches its service once and no other one again.
+SERVICE_FIELD = "service"
 
 
 def dead_letter_key(stream: str) -> str:
     return f"{stream}:dead"
+
+
+def totals_key(stream: str) -> str:
+    """The hash where dispatchers count, per service, what they acked and dead-lettered (field
+    ``<service>:delivered``, ``<service>:dead_lettered``), in the same transaction as the ack: exact
+    whatever happens to the worker. Counters of workers gone are folded in beside them
+    (``<service>:retried``, ``<service>:failed``)."""
+    return f"{stream}:dispatcher-totals"
 
 
 def group_name(group: str, service: str) -> str:
@@ -139,8 +152,10 @@ class StreamSource:
         group: str,
         consumer: str,
         owns_redis: bool = False,
+        counters: str | None = None,
     ) -> None:
         streams = settings.streams
+        self._counters = counters  # totals_key(), or None: not counted
         self.service = service
         self.group = group
         self.consumer = consumer
@@ -157,6 +172,8 @@ class StreamSource:
         self._claim_cursor = "0-0"
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         self._max_block_s = max(0.001, socket_timeout - 1.0) if socket_timeout else float("inf")
+        self._service_field = SERVICE_FIELD.encode()
+        self._service_value = service.encode()
         self._position = "$"  # where the group stood / this consumer last read: recreate it there
         self._group_ready = False
         self._closed = False
@@ -199,7 +216,13 @@ class StreamSource:
             return
         with self._reaching_redis():
             try:
-                await self._redis.xack(self._key, self.group, *entry_ids)
+                if self._counters is None:
+                    await self._redis.xack(self._key, self.group, *entry_ids)
+                else:
+                    pipe = self._redis.pipeline(transaction=True)
+                    pipe.xack(self._key, self.group, *entry_ids)
+                    pipe.hincrby(self._counters, f"{self.service}:delivered", len(entry_ids))
+                    await pipe.execute()
             except ResponseError as exc:
                 if not _is_nogroup(exc):
                     raise
@@ -220,6 +243,8 @@ class StreamSource:
             }
             pipe.xadd(self._dead_key, fields, maxlen=self._max_len, approximate=True)
         pipe.xack(self._key, self.group, *[d.entry_id for d in deliveries])
+        if self._counters is not None:
+            pipe.hincrby(self._counters, f"{self.service}:dead_lettered", len(deliveries))
         with self._reaching_redis():
             try:
                 await pipe.execute()
@@ -298,10 +323,11 @@ class StreamSource:
         for entry_id, _ in entries:
             pipe.xpending_range(self._key, self.group, entry_id, entry_id, 1)
         pending = await pipe.execute()
-        return [
-            self._delivery(entry_id, fields, rows[0]["times_delivered"] if rows else 2)
+        counted = [
+            (entry_id, fields, rows[0]["times_delivered"] if rows else 2)
             for (entry_id, fields), rows in zip(entries, pending, strict=True)
         ]
+        return await self._deliveries(counted)
 
     async def _read_new(self, max_count: int, block_s: float) -> list[Delivery]:
         block_s = min(block_s, self._max_block_s)
@@ -312,7 +338,21 @@ class StreamSource:
         entries = response[0][1] if response else []
         if entries:
             self._position = _text(entries[-1][0])
-        return [self._delivery(entry_id, fields, 1) for entry_id, fields in entries]
+        return await self._deliveries([(entry_id, fields, 1) for entry_id, fields in entries])
+
+    async def _deliveries(self, entries: list[tuple[Any, dict[bytes, bytes], int]]) -> list[Delivery]:
+        """Deliveries of ``(entry id, fields, times delivered)``; entries addressed to another service (a
+        replayed dead letter) are acked unread."""
+        field, mine = self._service_field, self._service_value
+        others = [entry_id for entry_id, fields, _ in entries if fields.get(field, mine) != mine]
+        if not others:
+            return [self._delivery(entry_id, fields, n) for entry_id, fields, n in entries]
+        await self._redis.xack(self._key, self.group, *others)
+        return [
+            self._delivery(entry_id, fields, n)
+            for entry_id, fields, n in entries
+            if fields.get(field, mine) == mine
+        ]
 
     def _delivery(self, entry_id: bytes | str, fields: dict[bytes, bytes], deliveries: int) -> Delivery:
         raw = fields.get(EVENT_FIELD.encode())

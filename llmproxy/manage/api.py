@@ -358,7 +358,8 @@ class ManageAPI:
     # -- cache and audit
 
     async def purge_cache(self, request: web.Request) -> web.Response:
-        prefix = decode_query(request.query, CachePurgeQuery).prefix
+        query = decode_query(request.query, CachePurgeQuery)
+        prefix = query.key or query.prefix  # a whole key (it ends in its digest) is a prefix of itself only
         if self._purge_cache is None:
             raise ProxyError(Refusal.SERVICE_UNAVAILABLE, "The response cache is disabled")
         try:

@@ -182,7 +182,12 @@ def _paths() -> dict[str, Any]:
                 ("200", "How many entries were deleted", _ref("CachePurged")),
                 _READ_ERRORS,
                 params=_query_params(schemas.CachePurgeQuery),
-                description="Without prefix every cached response is purged. 503 when the cache is disabled.",
+                description=(
+                    "key: the X-PROXY-CACHE-KEY an answer showed purges that one entry. prefix: every key "
+                    "starting with it, written with or without REDIS_CACHE_KEY_PREFIX: `<project_id>:` for a "
+                    "project, `<project_id>:POST:/v1/chat/completions` for an endpoint. Not both (422). "
+                    "Neither purges every cached response. 503 when the cache is disabled."
+                ),
             ),
         },
         "/manage/audit": {

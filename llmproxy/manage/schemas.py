@@ -54,6 +54,7 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 NAME_PATTERN = r"\S"
 API_KEY_PATTERN = r"^\S+$"
 URL_PATTERN = r"^https?://[^\s/]+\S*$"
+CACHE_KEY_PATTERN = r":[0-9a-f]{64}$"  # a key ends in its SHA-256: it is a prefix of itself only
 Uuid = Annotated[str, Meta(pattern=UUID_PATTERN, description="a UUID")]
 Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NAME_PATTERN, description="not blank")]
 ApiKey = Annotated[
@@ -138,9 +139,15 @@ class AuditFilter(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class CachePurgeQuery(Struct, kw_only=True, forbid_unknown_fields=True):
-    """Query of ``DELETE /manage/cache``: no prefix purges every cached response."""
+    """Query of ``DELETE /manage/cache``: ``key`` (as X-PROXY-CACHE-KEY shows it) purges that entry,
+    ``prefix`` every key starting with it (REDIS_CACHE_KEY_PREFIX optional); neither purges everything."""
 
     prefix: Annotated[str, Meta(min_length=1, max_length=1024)] | None = None
+    key: Annotated[str, Meta(max_length=2048, pattern=CACHE_KEY_PATTERN)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.key is not None and self.prefix is not None:
+            raise ValueError("Give key or prefix, not both")
 
 
 # --- responses ---------------------------------------------------------------------------------
@@ -329,6 +336,7 @@ _FIELD_NAMED = re.compile(r"(?:unknown|required) field `([^`]+)`")
 _AT_PATH = re.compile(r" - at `\$(.*)`$")
 # msgspec quotes the regex a string failed; people would rather read what it stands for
 _PATTERN_MEANINGS = {
+    CACHE_KEY_PATTERN: "a whole cache key, as X-PROXY-CACHE-KEY shows it",
     UUID_PATTERN: "a UUID",
     NAME_PATTERN: "a string that is not blank",
     API_KEY_PATTERN: "a string without whitespace",

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from llmproxy.admin.routes import AdminUI
 from llmproxy.audit import Auditor
@@ -35,6 +35,8 @@ __all__ = ("STORE", "build_app")
 
 log = logging.getLogger(__name__)
 
+SERVER_HEADER = "llmproxy"  # no versions: they only help someone looking for a known hole
+
 STORE: web.AppKey[Store] = web.AppKey("store")
 PIPELINE: web.AppKey[EventPipeline] = web.AppKey("pipeline", EventPipeline)
 
@@ -55,8 +57,22 @@ def _owned_task(
     return ctx
 
 
+def name_the_server() -> None:
+    """``Server: llmproxy`` on every answer that has none (a proxied answer keeps the upstream's own).
+
+    aiohttp adds ``Server: Python/3.x aiohttp/3.x`` with ``headers.setdefault`` from the module global
+    ``web_response.SERVER_SOFTWARE`` when it prepares a response: replacing that string costs requests
+    nothing, where a header set per response would. An aiohttp internal, hence the upper bound on aiohttp
+    in pyproject.toml; tests/integration/test_server_front.py fails loudly if it stops working.
+    """
+    if not hasattr(web_response, "SERVER_SOFTWARE"):
+        log.warning("aiohttp has no web_response.SERVER_SOFTWARE: answers will name aiohttp's version")
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
+
+
 def build_app(settings: Settings, *, store: Store | None = None) -> web.Application:
     """The whole server: proxy, management API, health. ``store`` may be injected by tests."""
+    name_the_server()
     store = store or make_store(settings.store)
     authority = Authority(store, settings.auth)
     auditor = Auditor(settings.audit, store)

@@ -1,4 +1,5 @@
-"""/health and /live (the process answers) and /ready (the store and the event bus answer)."""
+"""/health and /live (the process answers), /ready (the store and the event bus answer), and ``/``: where
+to go from here (a user opening the server's address finds the admin UI and the API docs, not a 404)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ __all__ = ("HealthRoutes",)
 Probe = Callable[[], Awaitable[None]]
 
 _LIVE = msgspec.json.encode({"status": "ok", "version": __version__})
+_HOME = msgspec.json.encode(
+    {
+        "service": "llm-proxy",
+        "version": __version__,
+        "admin": "/admin/",
+        "openapi": "/manage/openapi.json",
+        "health": "/health",
+        "docs": "README.md: OpenAI-compatible paths such as /v1/chat/completions take a withering token as Bearer",
+    }
+)
 
 
 class HealthRoutes:
@@ -26,6 +37,7 @@ class HealthRoutes:
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            web.get("/", self.home),
             web.get("/health", self.live),
             web.get("/live", self.live),
             web.get("/ready", self.ready),
@@ -33,6 +45,9 @@ class HealthRoutes:
 
     async def live(self, request: web.Request) -> web.Response:
         return web.Response(body=_LIVE, content_type="application/json")
+
+    async def home(self, request: web.Request) -> web.Response:
+        return web.Response(body=_HOME, content_type="application/json")
 
     async def ready(self, request: web.Request) -> web.Response:
         checks: dict[str, str] = {}

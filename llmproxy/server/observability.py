@@ -25,8 +25,9 @@ from redis.exceptions import RedisError
 from llmproxy.config import Settings
 from llmproxy.dispatch.worker import stats_key
 from llmproxy.events.bus import connect_redis
+from llmproxy.events.memory import InMemoryBus
 from llmproxy.events.redis_list import list_key
-from llmproxy.events.redis_streams import group_name
+from llmproxy.events.redis_streams import group_name, totals_key
 from llmproxy.metrics import (
     CacheFigures,
     DispatcherFigures,
@@ -49,8 +50,8 @@ log = logging.getLogger(__name__)
 
 REDIS_TIMEOUT = 1.0  # a scrape never waits longer than this for Redis
 # The server's own routes: not proxy traffic, so not counted in llm_proxy_requests_total.
-_OWN_PATHS = ("/manage", "/admin", "/health", "/live", "/ready", "/metrics")
-_OWN_PREFIXES = tuple(p + "/" for p in _OWN_PATHS)
+_OWN_PATHS = ("/manage", "/admin", "/health", "/live", "/ready", "/metrics", "/")
+_OWN_PREFIXES = tuple(p + "/" for p in _OWN_PATHS if p != "/")  # "/", the home page, is no prefix
 _CLIENT_CLOSED = 499  # nginx's "client closed request": the client went away before the answer
 
 
@@ -78,6 +79,7 @@ class _WorkerReport(msgspec.Struct):
 
 
 _decode_report = msgspec.json.Decoder(_WorkerReport)
+_COUNTED = frozenset({"delivered", "dead_lettered", "retried", "failed"})  # fields of totals_key()
 
 
 class _RedisFigures:
@@ -183,7 +185,7 @@ class Observability:
                 pending=bus.get("pending", 0),
                 stream_length=self._remote.stream_length,
             ),
-            dispatchers=self._remote_dispatchers() if self._redis_bus else self._local_dispatchers(bus),
+            dispatchers=self._remote_dispatchers() if self._redis_bus else self._local_dispatchers(),
             redis_up=self._remote.up,
             process=ProcessFigures(tasks=_task_count()),
         )
@@ -194,18 +196,18 @@ class Observability:
         s = self._cache.stats
         return CacheFigures(enabled=True, hits=s.hits, misses=s.misses, bypass=s.bypass, stores=s.stores)
 
-    def _local_dispatchers(self, bus: dict[str, int]) -> dict[str, DispatcherFigures]:
-        """In-memory bus: the dispatcher tasks' own counters. Per-service backlog is only known with one
-        service (the bus reports its queues summed)."""
+    def _local_dispatchers(self) -> dict[str, DispatcherFigures]:
+        """In-memory bus: the dispatcher tasks' own counters; lag is what waits in each service's queue."""
         stats = self._pipeline.stats
-        queued = bus.get("queued") if len(stats) == 1 else None
+        bus = self._pipeline.bus
+        queued = bus.queued_by_subscriber() if isinstance(bus, InMemoryBus) else {}
         return {
             service: DispatcherFigures(
                 delivered=s.delivered,
                 failed=s.failed,
                 retried=s.retried,
                 dead_lettered=s.dead_lettered,
-                lag=queued,
+                lag=queued.get(service),
                 pending=0,
                 reports=1,
             )
@@ -247,17 +249,24 @@ class Observability:
         stream = self._settings.streams.key
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(stats_key(self._settings))
+        pipe.hgetall(totals_key(stream))
         if self._settings.events.bus == "redis-streams":
             pipe.xlen(stream)
             pipe.xinfo_groups(stream)
         else:  # the list bus: services share one list, nothing is pending
             pipe.llen(list_key(stream))
         results = await pipe.execute(raise_on_error=False)
-        if isinstance(results[0], Exception):
-            raise results[0]
+        for result in results[:2]:
+            if isinstance(result, Exception):
+                raise result
         return results
 
-    def _apply(self, reports: dict[bytes, bytes], length: Any, groups: Any = None) -> None:
+    def _apply(
+        self, reports: dict[bytes, bytes], counted: dict[bytes, bytes], length: Any, groups: Any = None
+    ) -> None:
+        """Live workers' reports plus the totals: ``delivered`` and ``dead_lettered`` are counted at ack
+        time (exact), so the totals' own replace the reports' sum when present (workers of older versions
+        only report); ``retried``/``failed`` of gone workers were folded into the totals."""
         totals: dict[str, DispatcherFigures] = {}
         for field, value in reports.items():
             service = field.decode(errors="replace").partition(":")[0]
@@ -271,6 +280,15 @@ class Observability:
             t.retried += report.retried
             t.dead_lettered += report.dead_lettered
             t.reports += 1
+        for field, value in counted.items():
+            service, _, counter = field.decode(errors="replace").rpartition(":")
+            if counter in _COUNTED and value.isdigit():
+                t = totals.setdefault(service, DispatcherFigures())
+                n = int(value)
+                if counter in ("delivered", "dead_lettered"):
+                    setattr(t, counter, n)
+                else:
+                    setattr(t, counter, getattr(t, counter) + n)
         self._remote.totals = totals
         self._remote.stream_length = length if isinstance(length, int) else None
         self._remote.backlog = self._backlog(self._remote.stream_length, groups, set(totals))

@@ -9,6 +9,7 @@ import signal
 from collections.abc import Callable
 
 from aiohttp import web
+from setproctitle import setproctitle
 
 from llmproxy import logs
 from llmproxy.config import Settings
@@ -85,6 +86,7 @@ def serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> Non
 
 def run_server_command(settings: Settings, on_ready: Callable[[], None] | None = None) -> int:
     """`llm-proxy server`: configure logging and serve until stopped. Raises StartupError."""
+    setproctitle("llm-proxy: server")  # in ps, beside its "llm-proxy: dispatcher <service> #<n>" workers
     _serve_logged(settings, on_ready)
     return 0
 

@@ -29,7 +29,7 @@ def worker_pids(server_pid: int) -> list[int]:
     for task in Path(f"/proc/{server_pid}/task").iterdir():
         for child in (task / "children").read_text().split():
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in cmdline:
+            if cmdline.startswith(b"llm-proxy: dispatcher"):
                 pids.append(int(child))
     return pids
 
@@ -60,7 +60,7 @@ async def stream_key():
     key = f"test-e2e-{uuid.uuid4().hex}"
     yield key
     r = aioredis.Redis(host="127.0.0.1", port=6379)
-    await r.delete(key, f"{key}:dead", f"{key}:dispatcher-stats")
+    await r.delete(key, f"{key}:dead", f"{key}:dispatcher-stats", f"{key}:dispatcher-totals")
     await r.aclose()
 
 

@@ -177,3 +177,72 @@ async def test_cache_hit_ratio_comes_from_the_x_proxy_cache_header(tmp_path, ups
     report = run.report()
     assert (report["cache_hits"], report["cache_hit_ratio"]) == (3, 0.75)
     assert len(upstream.requests) == 1
+
+
+# --- what a first run without flags does, and how a run that got nothing through ends ----------------
+
+
+async def test_without_a_body_the_chat_endpoint_gets_a_post_with_a_small_chat_body(proxy, upstream):
+    run = await benchmark(*target(proxy, "--requests", "2", "--concurrency", "1", "--output", "json"))
+    assert run.code == 0, run.stderr
+    assert run.report()["method"] == "POST"
+    assert [(r.method, r.path) for r in upstream.requests] == [("POST", CHAT)] * 2
+    sent = json.loads(upstream.requests[0].body)
+    assert sent["model"] and sent["messages"][0]["role"] == "user"
+    assert upstream.requests[0].headers["Content-Type"] == "application/json"
+
+
+async def test_a_run_where_every_request_is_refused_exits_one_with_no_request_rate(tmp_path, upstream):
+    async with running_proxy(tmp_path, upstream) as proxy:
+        run = await benchmark(
+            "--base-url", proxy.base_url, "--token", "sk-not-a-token-of-this-proxy-0000000000",
+            "--requests", "5", "--concurrency", "2", "--output", "json",
+        )  # fmt: skip
+    assert run.code == 1, run.stdout
+    report = run.report()
+    assert report["status_codes"] == {"401": 5}
+    assert (report["succeeded"], report["requests_per_second"]) == (0, 0.0)
+
+
+async def test_with_the_proxy_down_the_text_report_shows_no_request_rate(unused_tcp_port):
+    run = await benchmark(
+        "--base-url", f"http://127.0.0.1:{unused_tcp_port}", "--token", "sk-whatever-token-value",
+        "--requests", "3", "--concurrency", "1",
+    )  # fmt: skip
+    assert run.code == 1
+    assert "Requests/sec      0.0  (2xx answers only)" in run.stdout
+    assert "Completed         0" in run.stdout
+
+
+async def test_the_request_rate_counts_only_2xx_answers(proxy, upstream):
+    upstream.script(error_reply(429, "rate_limit_exceeded", "slow"), error_reply(500, "server_error", "x"))
+    run = await benchmark(*target(proxy, "--requests", "6", "--concurrency", "1", "--output", "json"))
+    assert run.code == 0, run.stderr
+    report = run.report()
+    assert (report["completed"], report["succeeded"]) == (6, 4)
+    assert report["requests_per_second"] == pytest.approx(4 / report["total_seconds"], rel=0.02)
+
+
+async def test_duration_runs_for_that_long_instead_of_a_number_of_requests(proxy, upstream):
+    run = await benchmark(*target(proxy, "--duration", "0.5", "--concurrency", "2", "--output", "json"))
+    assert run.code == 0, run.stderr
+    report = run.report()
+    assert report["total_seconds"] >= 0.5
+    assert report["requests"] == report["completed"] == len(upstream.requests) >= 1
+
+
+async def test_rate_paces_the_requests(proxy, upstream):
+    run = await benchmark(
+        *target(proxy, "--rate", "20", "--requests", "6", "--concurrency", "4", "--output", "json")
+    )
+    assert run.code == 0, run.stderr
+    report = run.report()
+    assert report["completed"] == 6
+    assert report["total_seconds"] >= 5 / 20  # the 6th request may not start before 5/20 s
+
+
+@pytest.mark.parametrize("args", [["--rate", "0"], ["--duration", "-1"], ["--duration", "soon"]])
+async def test_bad_duration_or_rate_exit_two_with_one_line(args):
+    run = await benchmark("--token", "t", *args)
+    assert run.code == 2
+    assert run.stderr.startswith("llm-proxy") and run.stderr.count("\n") == 1

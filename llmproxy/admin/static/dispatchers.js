@@ -56,6 +56,19 @@
     );
   }
 
+  // The dead-letter count comes from the admin API, metrics enabled or not.
+  async function refreshDeadLetters() {
+    const count = document.getElementById("dead-count");
+    try {
+      const page = await Admin.api("GET", "/admin/api/dead-letters?limit=0");
+      count.textContent = page.configured ? String(page.count) : "not kept";
+      count.className = page.count ? "badge bad" : "badge ok";
+    } catch (error) {
+      count.textContent = "unreachable";
+      count.className = "badge warn";
+    }
+  }
+
   async function refresh() {
     try {
       const response = await fetch("/metrics", { headers: { Accept: "application/json" }, cache: "no-store" });
@@ -65,6 +78,7 @@
       }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       render(await response.json());
+      await refreshDeadLetters();
       setStatus(`updated ${new Date().toLocaleTimeString()}`, "ok");
     } catch (error) {
       setStatus(`unreachable: ${error.message}`, "bad");
@@ -72,6 +86,8 @@
     setTimeout(refresh, INTERVAL_MS);
   }
 
-  if (view.dataset.metrics === "disabled") showDisabled();
-  else refresh();
+  if (view.dataset.metrics === "disabled") {
+    showDisabled();
+    refreshDeadLetters();
+  } else refresh();
 })();
