@@ -342,10 +342,13 @@ def decode_body(body: bytes, kind: type[T]) -> T:
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
     try:
+        # parse the whole text first: the typed decoder stops at the first field that does not fit,
+        # and would call '{"a": 1}garbage' an unknown field instead of what it is, not JSON
+        msgspec.json.decode(body)
         value: T = decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ProxyError(Refusal.INVALID_JSON, f"Request body is not valid JSON: {exc}") from None
     check_values(value)
     return value

@@ -1,5 +1,5 @@
 """Values that fit their JSON types but would break later (an upstream URL nobody can dial, an instant
-outside what UTC can hold): refused when they arrive, never a 500.
+outside what UTC can hold) and bodies that are not JSON at all: refused when they arrive, never a 500.
 
 The time tests run over SQLite and PostgreSQL alike.
 """
@@ -15,6 +15,17 @@ from tests.integration.manage.support import AUTH, UNDIALLABLE_URLS, UPSTREAM_KE
 # each is a valid RFC 3339 time whose instant, in UTC, falls before year 1 or after year 9999
 NOT_IN_UTC = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
 EXTREMES_IN_UTC = ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"]
+NOT_JSON = [
+    b'{"name": "x",}',
+    b'{"a":1}garbage',
+    b'{"name": NaN}',
+    b'{"name": "x" "api_key": "k"}',
+    b'{"name": "\xff"}',
+    b'{"owner": "\xff"}',
+    b'{"owner": 1,}',
+    b'{"is_active": true}}',
+    b"[" * 100_000,
+]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -105,3 +116,21 @@ async def test_audit_bounds_at_the_first_and_last_instants_utc_holds_filter_corr
         for query in (f"since={first}", f"until={last}", f"until={first}", f"since={last}")
     }
     assert [page["total_count"] for page in pages.values()] == [1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("body", NOT_JSON, ids=lambda body: repr(body[:24]))
+async def test_a_body_that_is_not_json_is_400_on_every_route_with_a_body(manage: Manage, body: bytes) -> None:
+    project = await manage.create_project()
+    token = await manage.create_token(project["id"])
+    routes = [
+        ("POST", "/manage/projects"),
+        ("PATCH", f"/manage/projects/{project['id']}"),
+        ("POST", "/manage/tokens"),
+        ("PATCH", f"/manage/tokens/{token['id']}"),
+    ]
+    for method, path in routes:
+        response = await manage.client.request(
+            method, path, data=body, headers={**AUTH, "Content-Type": "application/json"}
+        )
+        assert response.status == 400, (method, path, await response.text())
+        assert (await response.json())["error"]["code"] == "invalid_json"
