@@ -241,11 +241,15 @@ class ManageAPI:
 
     async def create_token(self, request: web.Request) -> web.Response:
         body = decode_body(await read_body(request), TokenCreate)
-        project = await self._store.get_project(body.project_id.lower())
+        project_id = body.project_id.lower()  # named in the audit record of a refusal too
+        project = await self._store.get_project(project_id)
         if project is None:
-            raise ProxyError(Refusal.NOT_FOUND, "Project not found", param="project_id")
+            raise ProxyError(
+                Refusal.NOT_FOUND, "Project not found", param="project_id", project_id=project_id
+            )
         if not project.is_active:
-            raise ProxyError(Refusal.PROJECT_INACTIVE, "Cannot create tokens for an inactive project")
+            message = "Cannot create tokens for an inactive project"
+            raise ProxyError(Refusal.PROJECT_INACTIVE, message, project_id=project_id)
         raw, now = generate_token(), _now()
         expires_at = None if body.duration_minutes is None else now + timedelta(minutes=body.duration_minutes)
         token = Token(
@@ -261,7 +265,9 @@ class ManageAPI:
         try:
             token = await self._store.create_token(token)
         except ValueError:  # the project went away between the check and the insert
-            raise ProxyError(Refusal.NOT_FOUND, "Project not found", param="project_id") from None
+            raise ProxyError(
+                Refusal.NOT_FOUND, "Project not found", param="project_id", project_id=project_id
+            ) from None
         self._authority.invalidate_token(token.id)
         limits = _limits(token)
         self._audit("token.create", request, project_id=project.id, token_id=token.id, details=limits)

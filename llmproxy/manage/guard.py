@@ -73,7 +73,7 @@ class Guard:
             return
         status = error.refusal.status
         raw_id = request.match_info.get("id", "")
-        ids: dict[str, str] = {}
+        ids = {"project_id": error.project_id} if error.project_id else {}
         if is_uuid(raw_id):
             ids["token_id" if request.path.startswith("/manage/tokens/") else "project_id"] = raw_id.lower()
         details: dict[str, Any] = {"status": status}

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.integration.manage.support import AUTH, UNDIALLABLE_URLS, UPSTREAM_KEY, Manage
+from tests.integration.manage.support import AUTH, UNDIALLABLE_URLS, UNKNOWN_ID, UPSTREAM_KEY, Manage
 
 # each is a valid RFC 3339 time whose instant, in UTC, falls before year 1 or after year 9999
 NOT_IN_UTC = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
@@ -134,3 +134,21 @@ async def test_a_body_that_is_not_json_is_400_on_every_route_with_a_body(manage:
         )
         assert response.status == 400, (method, path, await response.text())
         assert (await response.json())["error"]["code"] == "invalid_json"
+
+
+async def test_a_refused_token_for_an_inactive_project_is_audited_with_the_project_id(manage: Manage) -> None:
+    project = await manage.create_project()
+    await manage.client.patch(f"/manage/projects/{project['id']}", json={"is_active": False}, headers=AUTH)
+    response = await manage.client.post(
+        "/manage/tokens", json={"project_id": project["id"].upper()}, headers=AUTH
+    )
+    assert response.status == 403
+    [row] = await manage.audit(action="token.create")
+    assert (row.result, row.reason, row.project_id) == ("denied", "project_inactive", project["id"])
+
+
+async def test_a_refused_token_for_an_unknown_project_is_audited_with_the_project_id(manage: Manage) -> None:
+    response = await manage.client.post("/manage/tokens", json={"project_id": UNKNOWN_ID}, headers=AUTH)
+    assert response.status == 404
+    [row] = await manage.audit(action="token.create")
+    assert (row.result, row.reason, row.project_id) == ("error", "not_found", UNKNOWN_ID)
