@@ -124,3 +124,13 @@ async def test_the_document_needs_no_token_but_every_route_declares_the_bearer_s
     assert document["paths"]["/manage/openapi.json"]["get"]["security"] == []
     authorized = await manage.client.get("/manage/openapi.json", headers=AUTH)
     assert json.loads(await authorized.read()) == document
+
+
+async def test_every_operation_that_checks_the_token_documents_the_lockout(manage: Manage) -> None:
+    document = await fetch(manage)
+    operations = [
+        op for item in document["paths"].values() for key, op in item.items() if key != "parameters"
+    ]
+    guarded = [op["responses"] for op in operations if "401" in op["responses"]]
+    assert guarded and all("429" in responses for responses in guarded)
+    assert "too_many_attempts" in document["components"]["responses"]["429"]["description"]
