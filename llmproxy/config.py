@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import yaml
+from yarl import URL
 
 from llmproxy.errors import ConfigError
 
@@ -214,10 +215,16 @@ def _listen_addr(value: Any) -> str:
     return s
 
 
-def _url(value: Any) -> str:
+def upstream_url(value: Any) -> str:
+    """``value`` without trailing slashes if the proxy can dial it: http(s), a host, a port 1-65535 when
+    given. Parsed with yarl, as the upstream pool does; the ValueError says what is wrong."""
     s = str(value).strip().rstrip("/")
-    if not re.match(r"^https?://[^/\s]+", s):
-        raise ValueError(f"not an http(s) URL: {value!r}")
+    try:
+        url = URL(s)
+    except ValueError as exc:  # yarl's reasons: "Port out of range 0-65535", "Invalid IPv6 URL"...
+        raise ValueError(f"not a usable URL ({exc}): {value!r}") from None
+    if not re.match(r"https?://\S+$", s) or not s.isprintable() or not url.raw_host or url.explicit_port == 0:
+        raise ValueError(f"not an http(s) URL with a host and a port 1-65535: {value!r}")
     return s
 
 
@@ -265,8 +272,8 @@ _VARS: dict[str, tuple[str, str, Any]] = {
     "LISTEN_ADDR": ("server", "listen_addr", _listen_addr),
     "MANAGEMENT_TOKEN": ("server", "management_token", _str),
     "SHUTDOWN_TIMEOUT": ("server", "shutdown_timeout", parse_duration),
-    "LLM_PROXY_URL": ("server", "manage_url", _url),
-    "UPSTREAM_BASE_URL": ("upstream", "base_url", _url),
+    "LLM_PROXY_URL": ("server", "manage_url", upstream_url),  # the same rule: a URL we can dial
+    "UPSTREAM_BASE_URL": ("upstream", "base_url", upstream_url),
     "API_CONFIG_PATH": ("upstream", "api_config_path", _str),
     "DATABASE_URL": ("store", "database_url", _database_url),
     "ENCRYPTION_KEY": ("store", "encryption_key", _encryption_key),

@@ -49,6 +49,7 @@ class Refusal(enum.Enum):
     UPSTREAM_TIMEOUT = (504, "upstream_timeout", "upstream_error", "Upstream timed out")
     # management API
     UNAUTHORIZED = (401, "unauthorized", "authentication_error", "Missing or invalid management token")
+    TOO_MANY_ATTEMPTS = (429, "too_many_attempts", "rate_limit_error", "Too many failed attempts")
     INVALID_JSON = (400, "invalid_json", "invalid_request_error", "Request body is not valid JSON")
     INVALID_FIELD = (422, "invalid_field", "invalid_request_error", "Invalid field")
     NOT_FOUND = (404, "not_found", "invalid_request_error", "Not found")

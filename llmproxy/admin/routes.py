@@ -19,10 +19,11 @@ from redis.exceptions import RedisError
 
 from llmproxy.admin.dead_letters import read_dead_letters
 from llmproxy.admin.event_tail import EventTail, tail_events
-from llmproxy.admin.login import LoginFormGuard, LoginThrottle
+from llmproxy.admin.login import LoginFormGuard
 from llmproxy.admin.pages import LINKED, NAV, SECURITY_HEADERS, Pages
 from llmproxy.admin.sessions import AdminSession, SessionStore
 from llmproxy.audit import audit_record
+from llmproxy.auth.throttle import AuthThrottle
 from llmproxy.errors import ProxyError, Refusal
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class AdminUI:
         auditor: Auditor,
         *,
         sessions: SessionStore | None = None,
-        throttle: LoginThrottle | None = None,
+        throttle: AuthThrottle | None = None,
         failed_login_delay: float = FAILED_LOGIN_DELAY,
     ) -> None:
         self._management_token = settings.server.management_token.encode()
@@ -85,7 +86,7 @@ class AdminUI:
         self._metrics_enabled = settings.metrics_enabled
         self._auditor = auditor
         self._sessions = sessions or SessionStore()
-        self._throttle = throttle or LoginThrottle()
+        self._throttle = throttle or AuthThrottle()
         self._failed_login_delay = failed_login_delay
         self._form = LoginFormGuard()
         self._pages = Pages()

@@ -1,7 +1,7 @@
 """The /manage/* routes: projects, withering tokens, cache purge and the audit log over JSON.
 
-Every route but the OpenAPI document checks the management token itself (the proxy routes have
-their own auth), every change is audited and invalidated in the Authority so it applies at once.
+Every route but the OpenAPI document is behind ``guard.Guard`` (the management token; the proxy
+routes have their own auth), every change is audited and invalidated in the Authority so it applies at once.
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET
 
-from llmproxy.audit import audit_record
+from llmproxy.auth.throttle import AuthThrottle
 from llmproxy.auth.tokens import generate_token, hash_token, token_hint
-from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
+from llmproxy.errors import ProxyError, Refusal
 from llmproxy.manage import openapi
 from llmproxy.manage.edge import (
-    Handler,
-    authenticate,
-    is_uuid,
     json_response,
     method_not_allowed,
     no_content,
@@ -31,6 +28,7 @@ from llmproxy.manage.edge import (
     path_id,
     read_body,
 )
+from llmproxy.manage.guard import Guard
 from llmproxy.manage.schemas import (
     AuditFilter,
     CachePurged,
@@ -56,12 +54,10 @@ if TYPE_CHECKING:
     from llmproxy.auth.authority import Authority
     from llmproxy.config import Settings
 
-__all__ = ("ACTOR", "ManageAPI")
+__all__ = ("ManageAPI",)
 
 log = logging.getLogger(__name__)
 
-ACTOR = "management_api"
-_ACTOR: web.RequestKey[str] = web.RequestKey("manage_actor", str)  # who, when not the bearer token
 PurgeCache = Callable[[str | None], Awaitable[int]]
 
 
@@ -85,17 +81,18 @@ class ManageAPI:
         *,
         purge_cache: PurgeCache | None = None,
         authenticate: Callable[[web.Request], str | None] | None = None,  # another way in: its actor
+        throttle: AuthThrottle | None = None,  # wrong tokens per address; share the admin UI's
     ) -> None:
-        self._management_token = settings.server.management_token.encode()
-        self._authenticate_other = authenticate
+        token = settings.server.management_token.encode()
+        self._guard = Guard(token, auditor, throttle or AuthThrottle(), authenticate)
+        self._audit = self._guard.audit
         self._store = store
         self._authority = authority
-        self._auditor = auditor
         self._purge_cache = purge_cache
         self._openapi = msgspec.json.encode(openapi.document())
 
     def routes(self) -> list[web.RouteDef]:
-        g = self._guarded
+        g = self._guard
         return [
             web.get("/manage/openapi.json", self.openapi_document),
             web.route("*", "/manage/openapi.json", method_not_allowed("GET, HEAD")),
@@ -123,51 +120,6 @@ class ManageAPI:
             web.route("*", "/manage/audit", g(method_not_allowed("GET, HEAD"))),
             web.route("*", "/manage/{tail:.*}", g(not_found)),
         ]
-
-    # -- the guard around every route: auth, store errors, audit of refused changes
-
-    def _guarded(self, handler: Handler, action: str | None = None) -> Handler:
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            try:
-                try:
-                    authenticate(request, self._management_token)
-                except ProxyError:  # no valid bearer: the admin UI's session, say, may still let it in
-                    if not (actor := self._authenticate_other and self._authenticate_other(request)):
-                        raise
-                    request[_ACTOR] = actor
-                return await handler(request)
-            except StoreUnavailable as exc:
-                log.warning(
-                    "management API: store unavailable on %s %s: %s", request.method, request.path, exc
-                )
-                refusal = ProxyError(
-                    Refusal.SERVICE_UNAVAILABLE, "The database is unavailable, try again later"
-                )
-                self._audit_refusal(action, request, refusal)
-                raise refusal from None
-            except ProxyError as exc:
-                self._audit_refusal(action, request, exc)
-                raise
-
-        return guarded
-
-    def _audit(self, action: str, request: web.Request, result: str = "success", **fields: Any) -> None:
-        actor = request.get(_ACTOR, ACTOR)
-        self._auditor.record(audit_record(action, result, actor=actor, request=request, **fields))
-
-    def _audit_refusal(self, action: str | None, request: web.Request, error: ProxyError) -> None:
-        if action is None:
-            return
-        status = error.refusal.status
-        raw_id = request.match_info.get("id", "")
-        ids: dict[str, str] = {}
-        if is_uuid(raw_id):
-            ids["token_id" if request.path.startswith("/manage/tokens/") else "project_id"] = raw_id.lower()
-        details: dict[str, Any] = {"status": status}
-        if error.param:
-            details["param"] = error.param
-        result = "denied" if status in (401, 403) else "error"
-        self._audit(action, request, result, reason=error.refusal.code, details=details, **ids)
 
     # -- OpenAPI
 
@@ -293,11 +245,15 @@ class ManageAPI:
 
     async def create_token(self, request: web.Request) -> web.Response:
         body = decode_body(await read_body(request), TokenCreate)
-        project = await self._store.get_project(body.project_id.lower())
+        project_id = body.project_id.lower()  # named in the audit record of a refusal too
+        project = await self._store.get_project(project_id)
         if project is None:
-            raise ProxyError(Refusal.NOT_FOUND, "Project not found", param="project_id")
+            raise ProxyError(
+                Refusal.NOT_FOUND, "Project not found", param="project_id", project_id=project_id
+            )
         if not project.is_active:
-            raise ProxyError(Refusal.PROJECT_INACTIVE, "Cannot create tokens for an inactive project")
+            message = "Cannot create tokens for an inactive project"
+            raise ProxyError(Refusal.PROJECT_INACTIVE, message, project_id=project_id)
         raw, now = generate_token(), _now()
         expires_at = None if body.duration_minutes is None else now + timedelta(minutes=body.duration_minutes)
         token = Token(
@@ -313,7 +269,9 @@ class ManageAPI:
         try:
             token = await self._store.create_token(token)
         except ValueError:  # the project went away between the check and the insert
-            raise ProxyError(Refusal.NOT_FOUND, "Project not found", param="project_id") from None
+            raise ProxyError(
+                Refusal.NOT_FOUND, "Project not found", param="project_id", project_id=project_id
+            ) from None
         self._authority.invalidate_token(token.id)
         limits = _limits(token)
         self._audit("token.create", request, project_id=project.id, token_id=token.id, details=limits)

@@ -36,6 +36,10 @@ _ERRORS: dict[str, tuple[str, str]] = {
     "409": ("A project with this name already exists", "conflict"),
     "413": ("Body larger than 1 MiB", "request_too_large"),
     "422": ("A field has the wrong type, is unknown or out of range; error.param names it", "invalid_field"),
+    "429": (
+        "Too many wrong management tokens from this address: wait Retry-After seconds",
+        "too_many_attempts",
+    ),
     "503": ("The database (or, for the cache, the cache itself) is unavailable", "service_unavailable"),
 }
 _READ_ERRORS = ("401", "422", "503")
@@ -63,7 +67,8 @@ def _op(
     responses: dict[str, Any] = {status: {"description": what}}
     if schema is not None:
         responses[status]["content"] = _json_content(schema)
-    for code in sorted(set(errors)):
+    guarded = {"429"} if "401" in errors else set()  # whoever checks the token throttles wrong ones
+    for code in sorted(set(errors) | guarded):
         responses[code] = {"$ref": f"#/components/responses/{code}"}
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if description:

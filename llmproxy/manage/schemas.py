@@ -15,6 +15,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from llmproxy.errors import ProxyError, Refusal
+from llmproxy.manage.checks import check_values
 from llmproxy.store.base import AuditRecord, Project, Token
 
 __all__ = (
@@ -371,17 +372,24 @@ def decode_body(body: bytes, kind: type[T]) -> T:
     if decoder is None:
         decoder = _decoders[kind] = msgspec.json.Decoder(kind)
     try:
-        return decoder.decode(body)  # type: ignore[no-any-return]
+        # parse the whole text first: the typed decoder stops at the first field that does not fit,
+        # and would call '{"a": 1}garbage' an unknown field instead of what it is, not JSON
+        msgspec.json.decode(body)
+        value: T = decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ProxyError(Refusal.INVALID_JSON, f"Request body is not valid JSON: {exc}") from None
+    check_values(value)
+    return value
 
 
 def decode_query(query: Any, kind: type[T]) -> T:
     """Convert query parameters (first value of each) into ``kind``, strings coerced; 422 if not."""
     values = {key: query.get(key) for key in query.keys()}
     try:
-        return msgspec.convert(values, kind, strict=False)
+        value = msgspec.convert(values, kind, strict=False)
     except msgspec.ValidationError as exc:
         raise _invalid(exc) from None
+    check_values(value)
+    return value

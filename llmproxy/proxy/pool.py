@@ -25,7 +25,10 @@ _EMPTY_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # say Content-Length:
 
 
 def _origin(base_url: str) -> Origin:
-    url = URL(base_url)
+    try:
+        url = URL(base_url)
+    except ValueError as exc:  # a project URL stored before it was checked ("Port out of range"...)
+        raise UpstreamError(f"not a usable upstream URL {base_url!r}: {exc}") from None
     if url.scheme not in ("http", "https") or not url.raw_host or url.port is None:
         raise UpstreamError(f"not an http(s) upstream URL: {base_url!r}")
     host = url.raw_host

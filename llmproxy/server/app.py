@@ -17,6 +17,7 @@ from aiohttp import web, web_response
 from llmproxy.admin.routes import AdminUI
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
+from llmproxy.auth.throttle import AuthThrottle
 from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
@@ -81,9 +82,16 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     transport = UpstreamPool(settings.upstream.api)  # connects on demand: nothing opened before startup
     proxy = ProxyHandler(settings, authority, auditor, transport, cache=cache, observers=pipeline.observers)
     purge = cache.purge if cache is not None else None
-    admin = AdminUI(settings, auditor)
+    throttle = AuthThrottle()  # one count of wrong management tokens, at the sign-in form or the API
+    admin = AdminUI(settings, auditor, throttle=throttle)
     manage = ManageAPI(
-        settings, store, authority, auditor, purge_cache=purge, authenticate=admin.authenticate
+        settings,
+        store,
+        authority,
+        auditor,
+        purge_cache=purge,
+        authenticate=admin.authenticate,
+        throttle=throttle,
     )
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -41,11 +41,12 @@ from llmproxy.store.rows import (
 
 __all__ = ("SqliteStore",)
 
-# Fixed width, so that comparing the text compares the instants (audit since/until, max()).
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# Fixed width, so that comparing the text compares the instants (audit since/until, max()). The year
+# is padded here: strftime's %Y writes year 1 as "1", which neither compares nor parses back.
+_TIME_FORMAT = "-%m-%dT%H:%M:%S.%fZ"
 _DIALECT = Dialect(
     placeholder=lambda i: f"?{i}",
-    time_out=lambda moment: moment.strftime(_TIME_FORMAT),
+    time_out=lambda moment: f"{moment.year:04d}{moment.strftime(_TIME_FORMAT)}",
     time_in=datetime.fromisoformat,
 )
 _CONSTRAINT_COLUMN = re.compile(r"constraint failed: (?:\w+\.)?(\w+)")

@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import LLM_PROXY, free_port
 
 
@@ -28,6 +30,34 @@ def test_a_bad_setting_is_one_line_on_stderr_and_exit_2() -> None:
     r = run("server", env={"MANAGEMENT_TOKEN": "x" * 20, "REDIS_STREAM_BLOCK_TIME": "forever"})
     assert (r.returncode, r.stderr) == (2, "llm-proxy: REDIS_STREAM_BLOCK_TIME (environment): not a duration "
                                            "(use 500ms, 30s, 5m, 1h or seconds): 'forever'\n")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:99999",
+        "http://[::1",
+        "http://127.0.0.1:abc",
+        "http://:80",
+        "ftp://x",
+        "http://127.0.0.1:0",
+    ],
+)
+def test_an_upstream_url_the_proxy_cannot_dial_is_one_line_on_stderr_and_exit_2(
+    tmp_path: Path, url: str
+) -> None:
+    env = {
+        "MANAGEMENT_TOKEN": "x" * 20,
+        "UPSTREAM_BASE_URL": url,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db",  # should it start after all: nothing outside tmp_path
+        "AUDIT_LOG_FILE": str(tmp_path / "audit.log"),
+        "LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+    }
+    r = run("server", env=env, timeout=10)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("llm-proxy: UPSTREAM_BASE_URL (environment): ")
+    assert r.stderr.rstrip("\n").endswith(repr(url))
 
 
 def test_the_server_refuses_to_start_without_a_management_token() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,28 @@ def test_a_bad_value_names_the_variable_and_where_it_came_from() -> None:
         config.load({"LLM_PROXY_EVENT_BUS": "kafka"})
     with pytest.raises(ConfigError, match=r"^LISTEN_ADDR \(flag\): not HOST:PORT"):
         config.load({}, overrides={"LISTEN_ADDR": "localhost"})
+
+
+@pytest.mark.parametrize(
+    ("value", "kept"),
+    [
+        ("https://api.openai.com/", "https://api.openai.com"),
+        ("http://127.0.0.1:65535/v1//", "http://127.0.0.1:65535/v1"),
+        ("http://[::1]:1", "http://[::1]:1"),
+        (" http://llm.internal ", "http://llm.internal"),
+    ],
+)
+def test_an_upstream_url_with_a_host_and_a_port_in_range_is_kept(value: str, kept: str) -> None:
+    assert config.load({"UPSTREAM_BASE_URL": value}).upstream.base_url == kept
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["http://127.0.0.1:99999", "http://[::1", "http://:80", "http://127.0.0.1:0", "http://a b", "ftp://x"],
+)
+def test_an_upstream_url_the_proxy_cannot_dial_is_refused_naming_it(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^UPSTREAM_BASE_URL \(environment\): .*" + re.escape(repr(value))):
+        config.load({"UPSTREAM_BASE_URL": value})
 
 
 def test_yaml_is_overridden_by_the_environment_which_is_overridden_by_flags(tmp_path: Path) -> None:

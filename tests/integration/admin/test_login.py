@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiohttp
+
 from tests.integration.admin.conftest import MANAGEMENT_TOKEN, Admin, MakeAdmin, set_cookie
 
 STRICT_HEADERS = {
@@ -98,6 +100,34 @@ async def test_repeated_wrong_tokens_from_one_address_are_slowed_down_with_429(a
     assert admin.session_cookie() is None
     records = await admin.audit("admin.login", count=6)
     assert records[0].reason == "rate_limited"
+
+
+async def test_wrong_tokens_at_the_management_api_lock_the_sign_in_form_too(admin: Admin) -> None:
+    for n in range(5):
+        guess = await admin.client.get("/manage/projects", headers={"Authorization": f"Bearer guess-{n}"})
+        assert guess.status == 401
+    response = await admin.submit_login(MANAGEMENT_TOKEN)
+    assert response.status == 429
+    assert admin.session_cookie() is None
+
+
+async def test_wrong_sign_ins_lock_the_management_api_too(admin: Admin) -> None:
+    for _ in range(5):
+        assert (await admin.submit_login("guess")).status == 401
+    bearer = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
+    response = await admin.client.get("/manage/projects", headers=bearer)
+    assert response.status == 429
+    assert (await response.json())["error"]["code"] == "too_many_attempts"
+
+
+async def test_a_signed_in_browser_keeps_working_while_its_address_is_locked(signed_in: Admin) -> None:
+    admin = signed_in
+    async with aiohttp.ClientSession() as stranger:  # same address, no session cookie
+        for n in range(6):
+            headers = {"Authorization": f"Bearer guess-{n}"}
+            async with stranger.get(admin.client.make_url("/manage/projects"), headers=headers) as guess:
+                assert guess.status == (401 if n < 5 else 429)
+    assert (await admin.client.get("/manage/projects")).status == 200
 
 
 async def test_a_page_without_a_session_redirects_to_the_sign_in_page(admin: Admin) -> None:

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from llmproxy import config
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
+from llmproxy.auth.throttle import AuthThrottle
 from llmproxy.manage.api import ManageAPI
 from llmproxy.store.base import Store
 from llmproxy.store.postgres import PostgresStore
@@ -32,7 +33,9 @@ def settings(tmp_path: Path) -> config.Settings:
 
 
 @asynccontextmanager
-async def running(settings: config.Settings, store: Store) -> AsyncIterator[Manage]:
+async def running(
+    settings: config.Settings, store: Store, throttle: AuthThrottle | None = None
+) -> AsyncIterator[Manage]:
     """The management API over ``store`` (opened here, closed after), with a purge_cache that counts."""
     await store.open()
     authority = Authority(store, settings.auth)
@@ -43,7 +46,7 @@ async def running(settings: config.Settings, store: Store) -> AsyncIterator[Mana
         purged.append(prefix)
         return 7
 
-    api = ManageAPI(settings, store, authority, auditor, purge_cache=purge_cache)
+    api = ManageAPI(settings, store, authority, auditor, purge_cache=purge_cache, throttle=throttle)
     writer = asyncio.get_running_loop().create_task(auditor.run())
     try:
         async with TestClient(TestServer(manage_app(api), host="127.0.0.1", port=0)) as client:

@@ -21,6 +21,16 @@ MANAGEMENT_TOKEN = "test-management-token-0123456789"
 AUTH = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
 UPSTREAM_KEY = "sk-upstream-secret-key-abcdefghijklmnop-WXYZ"
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+# upstream URLs the proxy could not dial: out-of-range or unparsable ports, no host, another scheme
+UNDIALLABLE_URLS = [
+    "http://127.0.0.1:99999",
+    "http://[::1",
+    "http://127.0.0.1:abc",
+    "http://:80",
+    "ftp://x",
+    "http://127.0.0.1:0",
+    "https://example.com:65536",
+]
 
 
 def make_settings(tmp_path: Path, **env: str) -> config.Settings:

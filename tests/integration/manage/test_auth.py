@@ -7,11 +7,14 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from llmproxy import config
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
+from llmproxy.auth.throttle import AuthThrottle
 from llmproxy.manage import edge
 from llmproxy.manage.api import ManageAPI
 from llmproxy.store.sqlite import SqliteStore
+from tests.integration.manage.conftest import running
 from tests.integration.manage.support import (
     AUTH,
     MANAGEMENT_TOKEN,
@@ -137,3 +140,74 @@ async def test_the_right_token_opens_every_read_route(manage: Manage) -> None:
     for path in ("/manage/projects", "/manage/tokens", "/manage/audit"):
         response = await manage.client.get(path, headers=AUTH)
         assert response.status == 200, path
+
+
+async def test_five_wrong_management_tokens_lock_the_address_out_with_429(manage: Manage) -> None:
+    for n in range(5):
+        guess = await manage.client.get("/manage/projects", headers={"Authorization": f"Bearer guess-{n}"})
+        assert guess.status == 401
+    for headers in ({"Authorization": "Bearer guess-5"}, AUTH):  # even the right token waits now
+        response = await manage.client.get("/manage/projects", headers=headers)
+        assert response.status == 429
+        assert await response.json() == {
+            "error": {
+                "message": f"Too many failed attempts: try again in {response.headers['Retry-After']} seconds",
+                "type": "rate_limit_error",
+                "code": "too_many_attempts",
+            }
+        }
+        assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+async def test_the_lockout_is_audited_once_and_without_the_guesses(manage: Manage) -> None:
+    guesses = [f"guess-{n}-abcdefghijklmnop" for n in range(8)]
+    for guess in guesses:
+        await manage.client.get("/manage/projects", headers={"Authorization": f"Bearer {guess}"})
+    [row] = await manage.audit(action="manage.auth")
+    assert (row.result, row.reason, row.actor) == ("denied", "too_many_attempts", "management_api")
+    assert (row.client_ip, row.method, row.path) == ("127.0.0.1", "GET", "/manage/projects")
+    assert row.details["failures"] == 5 and 1 <= row.details["retry_after"] <= 60
+    audit_file = Path(manage.settings.audit.log_file).read_text()
+    assert "too_many_attempts" in audit_file
+    assert not any(guess in audit_file for guess in guesses)
+
+
+async def test_the_right_token_clears_the_failures_of_its_address(manage: Manage) -> None:
+    for _ in range(2):
+        for n in range(4):
+            guess = await manage.client.get("/manage/projects", headers={"Authorization": f"Bearer g{n}"})
+            assert guess.status == 401
+        assert (await manage.client.get("/manage/projects", headers=AUTH)).status == 200
+
+
+async def test_requests_without_any_token_are_refused_but_not_counted(manage: Manage) -> None:
+    for _ in range(10):
+        assert (await manage.client.get("/manage/projects")).status == 401
+    assert (await manage.client.get("/manage/projects", headers=AUTH)).status == 200
+
+
+async def test_a_change_refused_during_the_lockout_is_audited_as_denied(manage: Manage) -> None:
+    for n in range(5):
+        await manage.client.get("/manage/projects", headers={"Authorization": f"Bearer g{n}"})
+    response = await manage.client.post("/manage/projects", json={"name": "a", "api_key": "k"}, headers=AUTH)
+    assert response.status == 429
+    [row] = await manage.audit(action="project.create")
+    assert (row.result, row.reason, row.details) == ("denied", "too_many_attempts", {"status": 429})
+
+
+async def test_the_retry_after_of_a_lockout_is_exact_and_the_address_is_let_in_once_it_passed(
+    settings: config.Settings, tmp_path: Path
+) -> None:
+    now = [1000.0]
+    throttle = AuthThrottle(clock=lambda: now[0])
+    async with running(settings, SqliteStore(str(tmp_path / "db"), None), throttle) as manage:
+        for n in range(5):
+            await manage.client.get("/manage/projects", headers={"Authorization": f"Bearer g{n}"})
+            now[0] += 1
+        locked = await manage.client.get("/manage/projects", headers=AUTH)
+        assert (locked.status, locked.headers["Retry-After"]) == (429, "55")  # the first guess + 60 s
+        now[0] += 54.5
+        locked = await manage.client.get("/manage/projects", headers=AUTH)
+        assert (locked.status, locked.headers["Retry-After"]) == (429, "1")
+        now[0] += 0.5
+        assert (await manage.client.get("/manage/projects", headers=AUTH)).status == 200

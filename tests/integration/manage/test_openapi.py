@@ -133,3 +133,13 @@ async def test_a_token_s_status_and_the_active_only_filter_are_documented(manage
     assert set(token["properties"]["status"]["enum"]) == {"active", "expired", "revoked", "exhausted"}
     params = {p["name"]: p for p in document["paths"]["/manage/tokens"]["get"]["parameters"]}
     assert "usable now" in params["active_only"]["schema"]["description"]
+
+
+async def test_every_operation_that_checks_the_token_documents_the_lockout(manage: Manage) -> None:
+    document = await fetch(manage)
+    operations = [
+        op for item in document["paths"].values() for key, op in item.items() if key != "parameters"
+    ]
+    guarded = [op["responses"] for op in operations if "401" in op["responses"]]
+    assert guarded and all("429" in responses for responses in guarded)
+    assert "too_many_attempts" in document["components"]["responses"]["429"]["description"]

@@ -4,7 +4,9 @@ catch-all, audited with the request id the server assigned."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from llmproxy import config
 from llmproxy.server.app import build_app
-from llmproxy.store.base import AuditQuery, AuditRecord
+from llmproxy.store.base import AuditQuery, AuditRecord, Project
 from llmproxy.store.sqlite import SqliteStore
-from tests.integration.manage.support import AUTH, UPSTREAM_KEY
+from tests.integration.manage.support import AUTH, UNDIALLABLE_URLS, UPSTREAM_KEY
 
 
 @pytest.fixture
@@ -85,3 +87,28 @@ async def test_the_server_serves_the_openapi_document(server: tuple[TestClient, 
     response = await client.get("/manage/openapi.json")
     assert response.status == 200
     assert "/manage/tokens/{id}" in (await response.json())["paths"]
+
+
+@pytest.mark.parametrize("url", UNDIALLABLE_URLS)
+async def test_a_project_url_already_stored_that_cannot_be_dialled_is_502_not_500(
+    server: tuple[TestClient, SqliteStore], url: str
+) -> None:
+    client, store = server
+    now = datetime.now(UTC)
+    project = Project(
+        id=str(uuid.uuid4()),
+        name="old",
+        api_key=UPSTREAM_KEY,
+        upstream_base_url=url,
+        created_at=now,
+        updated_at=now,
+    )
+    await store.create_project(project)  # as a release without the write-time check could have stored it
+    created = await client.post("/manage/tokens", json={"project_id": project.id}, headers=AUTH)
+    token = (await created.json())["token"]
+    for _ in range(2):  # the second time from the pool's memo of parsed origins, if it kept one
+        response = await client.post(
+            "/v1/chat/completions", json={"model": "m"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert response.status == 502, await response.text()
+        assert (await response.json())["error"]["code"] == "upstream_unavailable"

@@ -1,8 +1,8 @@
-"""The admin session table and the sign-in brake, on a fake clock: expiry, bounds, forgetting."""
+"""The admin session table on a fake clock (expiry, bounds, forgetting) and the sign-in form's CSRF token."""
 
 from __future__ import annotations
 
-from llmproxy.admin.login import LoginFormGuard, LoginThrottle
+from llmproxy.admin.login import LoginFormGuard
 from llmproxy.admin.sessions import SessionStore
 
 
@@ -81,33 +81,3 @@ def test_the_form_token_is_valid_only_with_its_own_nonce_and_process_secret() ->
     assert not guard.valid(nonce, token[:-1] + ("0" if token[-1] != "0" else "1"))
     assert not guard.valid(nonce, None) and not guard.valid(None, token)
     assert not LoginFormGuard().valid(nonce, token)  # another process (or a restart): another secret
-
-
-def test_an_address_is_held_back_after_five_failures_within_a_minute() -> None:
-    clock = Clock()
-    throttle = LoginThrottle(max_failures=5, window=60, clock=clock)
-    for _ in range(4):
-        throttle.failed("10.0.0.1")
-        clock.now += 1
-    assert throttle.retry_after("10.0.0.1") is None
-    throttle.failed("10.0.0.1")
-    assert throttle.retry_after("10.0.0.1") == 56  # until the first failure leaves the window
-    assert throttle.retry_after("10.0.0.2") is None  # others are not held back
-    clock.now += 56
-    assert throttle.retry_after("10.0.0.1") is None
-
-
-def test_a_success_clears_the_failures_of_an_address() -> None:
-    throttle = LoginThrottle(max_failures=2)
-    throttle.failed("10.0.0.1")
-    throttle.succeeded("10.0.0.1")
-    throttle.failed("10.0.0.1")
-    assert throttle.retry_after("10.0.0.1") is None
-
-
-def test_the_throttle_remembers_a_bounded_number_of_addresses() -> None:
-    throttle = LoginThrottle(max_failures=1, max_clients=3)
-    for n in range(5):
-        throttle.failed(f"10.0.0.{n}")
-    assert throttle.retry_after("10.0.0.0") is None  # the stalest were forgotten
-    assert all(throttle.retry_after(f"10.0.0.{n}") is not None for n in (2, 3, 4))

@@ -1,0 +1,44 @@
+"""What a decoded management value must also be that its msgspec types cannot say, checked by field.
+
+An ``upstream_base_url`` must be one the proxy can dial, and every instant must exist in UTC (both
+stores keep UTC). Refused here with 422 naming the field, such values never become a 500 later.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from llmproxy.config import upstream_url
+from llmproxy.errors import ProxyError, Refusal
+
+__all__ = ("check_values",)
+
+
+def check_values(value: object) -> None:
+    """422 ``invalid_field`` naming the first field of the Struct ``value`` that fails a check."""
+    for name in getattr(value, "__struct_fields__", ()):
+        field = getattr(value, name)
+        if isinstance(field, datetime):
+            _check_instant(name, field)
+        elif name == "upstream_base_url" and isinstance(field, str):
+            _check_upstream_url(field)
+
+
+def _check_instant(name: str, moment: datetime) -> None:
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is still year 0 in UTC
+        raise ProxyError(
+            Refusal.INVALID_FIELD,
+            f"{name}: {moment.isoformat()} is outside the years 1-9999 once in UTC",
+            param=name,
+        ) from None
+
+
+def _check_upstream_url(url: str) -> None:
+    try:
+        upstream_url(url)
+    except ValueError as exc:
+        raise ProxyError(
+            Refusal.INVALID_FIELD, f"upstream_base_url: {exc}", param="upstream_base_url"
+        ) from None
