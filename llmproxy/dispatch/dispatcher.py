@@ -39,7 +39,10 @@ __all__ = ("DispatchStats", "Dispatcher")
 
 logger = logging.getLogger(__name__)
 
-MAX_BLOCK_S = 1.0  # longest single read, so a stop is noticed within a second
+# Longest single read, so a stop is noticed within a quarter second and a worker whose server is gone exits
+# within a second. Reads are not cancelled on stop: what Redis answers (entries the server wrote just before
+# it sent SIGTERM) is still sent, and a list or in-memory read may have taken entries nobody else will see.
+MAX_BLOCK_S = 0.25
 # After a read that left the batch short, wait this long (at most a quarter of the flush interval, never
 # past the batch's deadline) before reading again: a trickle of events is then fetched a few dozen per
 # read instead of one read (an XREADGROUP round trip, a task wake-up) per XADD. The batch still goes out
