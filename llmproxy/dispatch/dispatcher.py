@@ -39,7 +39,10 @@ __all__ = ("DispatchStats", "Dispatcher")
 
 logger = logging.getLogger(__name__)
 
-MAX_BLOCK_S = 1.0  # longest single read, so a stop is noticed within a second
+# Longest single read, so a stop is noticed within a quarter second and a worker whose server is gone exits
+# within a second. Reads are not cancelled on stop: what Redis answers (entries the server wrote just before
+# it sent SIGTERM) is still sent, and a list or in-memory read may have taken entries nobody else will see.
+MAX_BLOCK_S = 0.25
 # After a read that left the batch short, wait this long (at most a quarter of the flush interval, never
 # past the batch's deadline) before reading again: a trickle of events is then fetched a few dozen per
 # read instead of one read (an XREADGROUP round trip, a task wake-up) per XADD. The batch still goes out
@@ -143,7 +146,12 @@ class Dispatcher:
         return await self.source.lag()
 
     async def _collect(self, stop: asyncio.Event) -> list[Delivery]:
-        """Up to batch_size deliveries, or what arrived within flush_interval of the first one."""
+        """Up to batch_size deliveries, or what arrived within flush_interval of the first one.
+
+        A read that fails (Redis down) once some deliveries are collected ends the batch instead of dropping
+        it: Redis may have lost them with its pending list (a restart without persistence), and if it did
+        not, their redelivery is deduplicated by the backend. The next read meets the outage and backs off.
+        """
         loop = asyncio.get_running_loop()
         batch: list[Delivery] = []
         deadline: float | None = None
@@ -151,8 +159,16 @@ class Dispatcher:
             wait = (self.flush_interval or MAX_BLOCK_S) if deadline is None else deadline - loop.time()
             if wait <= 0:
                 break
-            arrived = await self.source.read(self.batch_size - len(batch), min(wait, MAX_BLOCK_S))
-            batch += await self._screen(self._not_held(arrived))
+            try:
+                arrived = await self.source.read(self.batch_size - len(batch), min(wait, MAX_BLOCK_S))
+                await self._screen(self._not_held(arrived), batch)
+            except Exception as exc:
+                if not batch:
+                    raise
+                self.stats.last_error = f"source: {exc!r}"
+                logger.warning("dispatcher %s: source failed with %d events collected, sending them: %r",
+                               self.backend.name, len(batch), exc)  # fmt: skip
+                break
             if not batch:
                 continue
             if deadline is None:
@@ -184,9 +200,9 @@ class Dispatcher:
         for held in self._held:
             held -= ids
 
-    async def _screen(self, arrived: list[Delivery]) -> list[Delivery]:
-        """Dead-letter what must never reach the backend; return the rest."""
-        keep: list[Delivery] = []
+    async def _screen(self, arrived: list[Delivery], batch: list[Delivery]) -> None:
+        """Add to ``batch`` what may be sent, then dead-letter what must never reach the backend (in that
+        order: a dead letter that fails must not cost the good deliveries of the same read)."""
         undecodable: list[Delivery] = []
         exhausted: list[Delivery] = []
         for d in arrived:
@@ -195,12 +211,11 @@ class Dispatcher:
             elif d.deliveries > self.max_deliveries:
                 exhausted.append(d)
             else:
-                keep.append(d)
+                batch.append(d)
         if undecodable:
             await self._dead_letter(undecodable, "undecodable event")
         if exhausted:
             await self._dead_letter(exhausted, f"delivered more than {self.max_deliveries} times")
-        return keep
 
     def _identify(self, d: Delivery) -> bool:
         """Set ``d.event_id`` from what the backend needs: the stored bytes only checked (a line backend

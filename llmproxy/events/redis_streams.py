@@ -132,13 +132,39 @@ def _is_nogroup(exc: ResponseError) -> bool:
     return str(exc).startswith("NOGROUP")
 
 
+# KEYS[1] the stream; ARGV: the group, this consumer, the idle time (ms) after which a consumer with nothing
+# pending belongs to a worker that is gone (killed before it could leave the group). One script, so no entry
+# can be handed to a consumer between the check and its deletion. This consumer then reads its own (empty)
+# history, which marks it seen (an empty read of new entries does not, on Redis 7.0) and lists it in the
+# group before it got its first entry. Returns the names deleted.
+_PRUNE_CONSUMERS = """
+local mine = 0
+local gone = {}
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['name'] == ARGV[2] then
+    mine = info['pending']
+  elseif info['pending'] == 0 and info['idle'] > tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    gone[#gone + 1] = info['name']
+  end
+end
+if mine == 0 then
+  redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', 1, 'STREAMS', KEYS[1], '0')
+end
+return gone
+"""
+
+
 class StreamSource:
     """One consumer of one group. Connection failures raise ``BusUnavailable`` (the caller backs off).
 
     The group is created at ``$``, not ``0``: a new service must not replay the stream's whole history
     (upstream did), while a group that already exists keeps its position. If the group vanishes (Redis
     restarted without persistence: NOGROUP) it is recreated at the last id this consumer saw, so entries
-    written since the restart are still read.
+    written since the restart are still read. After each sweep of idle entries, consumers left by workers
+    that are gone (nothing pending, idle for twice the claim or block time) are deleted from the group.
     """
 
     redelivers = True
@@ -170,6 +196,8 @@ class StreamSource:
         self._sweep_interval_s = min(streams.claim_time / 2, 5.0)
         self._next_sweep = 0.0
         self._claim_cursor = "0-0"
+        self._gone_after_ms = 2 * max(self._claim_ms, int(streams.block_time * 1000))
+        self._prune_script = redis.register_script(_PRUNE_CONSUMERS)
         socket_timeout = redis.connection_pool.connection_kwargs.get("socket_timeout")
         self._max_block_s = max(0.001, socket_timeout - 1.0) if socket_timeout else float("inf")
         self._service_field = SERVICE_FIELD.encode()
@@ -316,6 +344,7 @@ class StreamSource:
         self._claim_cursor = _text(cursor)
         if self._claim_cursor == "0-0":
             self._next_sweep = time.monotonic() + self._sweep_interval_s
+            await self._prune_consumers()
         entries = [(entry_id, fields) for entry_id, fields in entries if entry_id and fields is not None]
         if not entries:
             return []
@@ -328,6 +357,20 @@ class StreamSource:
             for (entry_id, fields), rows in zip(entries, pending, strict=True)
         ]
         return await self._deliveries(counted)
+
+    async def _prune_consumers(self) -> None:
+        """Delete the consumers of workers that are gone, once their entries were claimed; mark this one seen."""
+        gone = await self._prune_script(
+            keys=[self._key], args=[self.group, self.consumer, self._gone_after_ms]
+        )
+        if gone:
+            log.info(
+                "removed %d consumers of gone workers from group %s of %s: %s",
+                len(gone),
+                self.group,
+                self._key,
+                ", ".join(_text(name) for name in gone),
+            )
 
     async def _read_new(self, max_count: int, block_s: float) -> list[Delivery]:
         block_s = min(block_s, self._max_block_s)

@@ -54,7 +54,11 @@ class Supervisor:
 
     def _spawn(self, slot: _Slot) -> None:
         process = self._ctx.Process(
-            target=worker_main, args=(self._settings, slot.service, slot.index), name=slot.name, daemon=False
+            target=worker_main,
+            args=(self._settings, slot.service, slot.index),
+            kwargs={"follow_server": True},  # a worker exits when the server is gone, however it died
+            name=slot.name,
+            daemon=False,
         )
         # The child inherits this signal mask through exec: a SIGHUP (logrotate) forwarded while it is
         # still importing stays pending instead of killing it, until its handler is in place.

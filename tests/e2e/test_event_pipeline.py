@@ -8,8 +8,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -263,3 +265,87 @@ async def test_sighup_reopens_the_workers_event_log_and_never_kills_a_starting_w
         assert await server.stop() == 0
 
     assert len(rotated.read_text().splitlines()) == 10
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for its new parent to reap it has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _started_by(pid: int) -> list[int]:
+    """Every process ``pid`` started that still runs: its workers and multiprocessing's resource tracker."""
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+async def _group_state(stream_key: str, until: Callable[[int, list[str]], bool]) -> tuple[int, list[str]]:
+    """(entries pending in the `file` group, names of its consumers), polled until ``until`` holds (or 20 s)."""
+    r = aioredis.Redis(host="127.0.0.1", port=6379)
+    deadline = time.monotonic() + 20
+    try:
+        while True:
+            pending = await r.xpending(stream_key, "llm-proxy-dispatchers-file")
+            consumers = await r.xinfo_consumers(stream_key, "llm-proxy-dispatchers-file")
+            state = int(pending["pending"]), sorted(c["name"].decode() for c in consumers)
+            if until(*state) or time.monotonic() > deadline:
+                return state
+            await asyncio.sleep(0.02)
+    finally:
+        await r.aclose()
+
+
+async def test_a_kill_9_of_the_server_ends_its_workers_within_a_second_and_a_restart_runs_one_set(
+    make_server, stream_key
+):
+    """Workers watch their server: when it is gone they finish the batch in hand and exit, so a restart
+    with the same settings runs DISPATCHER_WORKERS consumers per service, not twice as many, and every
+    answered request's event is written exactly once."""
+    env_overrides = {
+        "DISPATCHER_WORKERS": "2",
+        "REDIS_STREAM_CLAIM_TIME": "1s",
+        # a batch goes out full or 30 s after its first event: at the kill every event is in a worker's hands
+        "DISPATCHER_BATCH_SIZE": "1000",
+        "DISPATCHER_FLUSH_INTERVAL": "30s",
+    }
+    async with FakeUpstream() as upstream:
+        server = await make_server(**streams_env(upstream, stream_key, **env_overrides))
+        assert await poll(lambda: len(worker_pids(server.process.pid)) == 2)
+        token = await _token(server)
+        assert await _send(server, token, 40) == Counter({200: 40})
+        held, _ = await _group_state(stream_key, until=lambda pending, _: pending == 40)
+        assert held == 40, f"the workers hold {held} of 40 events"
+        assert server.events() == []
+
+        started = _started_by(server.process.pid)
+        assert len(started) >= 2
+        server.process.kill()
+        killed_at = time.monotonic()
+        while any(_alive(pid) for pid in started) and time.monotonic() - killed_at < 3.0:
+            await asyncio.sleep(0.01)
+        took = time.monotonic() - killed_at
+        left = [pid for pid in started if _alive(pid)]
+        print(f"the server's {len(started)} processes {started} were gone {took:.3f}s after its kill -9")
+        assert not left, f"still running {took:.1f}s after the server's kill -9: {left}"
+        await server.process.wait()
+
+        restarted = await make_server(**streams_env(upstream, stream_key, **env_overrides))
+        assert await poll(lambda: len(worker_pids(restarted.process.pid)) == 2)
+        host = socket.gethostname()
+        workers = sorted(f"{host}-{pid}" for pid in worker_pids(restarted.process.pid))
+        _, consumers = await _group_state(stream_key, until=lambda _, consumers: consumers == workers)
+        assert consumers == workers, f"consumers {consumers}, expected only the new workers {workers}"
+
+        assert await _send(restarted, token, 20) == Counter({200: 20})
+        held, _ = await _group_state(stream_key, until=lambda pending, _: pending >= 20)
+        assert held >= 20, f"the workers hold {held} of 20 events"  # so the SIGTERM below finds them in hand
+        assert await restarted.stop() == 0  # a SIGTERM sends the batch in hand
+
+    ids = [e["id"] for e in restarted.events()]
+    assert len(ids) == 60 and len(set(ids)) == 60, f"{len(ids)} lines, {len(set(ids))} distinct events"

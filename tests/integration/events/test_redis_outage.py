@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from llmproxy.config import Settings
+from llmproxy.dispatch.backends.file import FileBackend
+from llmproxy.dispatch.dispatcher import Dispatcher
 from llmproxy.events.bus import BusUnavailable, Delivery, connect_redis
 from llmproxy.events.model import Event, decode_event, encode_event
 from llmproxy.events.redis_list import RedisListBus, list_key
@@ -138,3 +141,52 @@ async def test_a_stream_reader_survives_a_redis_restart_and_reads_what_was_held(
     assert [decode_event(d.raw) for d in got] == during
     await source.aclose()
     await bus.aclose()
+
+
+async def test_entries_a_dispatcher_collected_before_redis_crashed_are_still_written(
+    private: tuple[Any, Settings, Redis], make_event: MakeEvent, poll: Poll, tmp_path: Path
+) -> None:
+    """Redis dies (no persistence: its stream and pending list go with it) while a dispatcher is filling a
+    batch: the entries it already read exist only in its hands, and must reach the backend."""
+    server, settings, client = private
+    source = StreamSource(
+        connect_redis(settings.redis), settings, "file", group="g", consumer="c", owns_redis=True
+    )
+    await source.start()
+    log = tmp_path / "events.jsonl"
+    backend = FileBackend(log)
+    # a batch goes out when 100 are collected or 30 s after the first: these 5 stay in hand until Redis dies
+    dispatcher = Dispatcher(source, backend, batch_size=100, flush_interval=30.0)
+    stop = asyncio.Event()
+    running = asyncio.create_task(dispatcher.run(stop))
+    collected = [make_event(n) for n in range(5)]
+    await client.xadd(settings.streams.key, {"event": encode_event(collected[0])})
+    await client.xadd(settings.streams.key, {"event": encode_event(collected[1])})
+
+    def read_by_the_dispatcher(count: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return (await client.xpending(settings.streams.key, "g"))["pending"] == count
+
+        return check
+
+    await poll(read_by_the_dispatcher(2), what="the dispatcher to read the first entries")
+    for event in collected[2:]:  # a second read adds to the batch being filled
+        await client.xadd(settings.streams.key, {"event": encode_event(event)})
+    await poll(read_by_the_dispatcher(5), what="the dispatcher to read every entry")
+    assert not log.exists()
+
+    server.stop()
+
+    async def written() -> bool:
+        return log.exists() and len(log.read_bytes().splitlines()) >= len(collected)
+
+    try:
+        await poll(written, deadline_s=5.0, what="the collected entries to be written")
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        await source.aclose()
+        await backend.aclose()
+    assert sorted(decode_event(line).id for line in log.read_bytes().splitlines()) == sorted(
+        e.id for e in collected
+    )

@@ -289,3 +289,40 @@ async def test_pending_entries_trimmed_away_by_maxlen_are_counted_when_claimed(
     assert (
         await redis.xpending_range(settings.streams.key, "g-file", "-", "+", 10, consumername="crashed") == []
     )
+
+
+async def test_consumers_of_gone_workers_are_removed_once_their_entries_were_claimed(
+    settings: Settings,
+    redis: Redis,
+    open_source: Callable[..., Awaitable[StreamSource]],
+    make_event: MakeEvent,
+    poll: Poll,
+) -> None:
+    """A worker killed with entries in hand leaves its consumer behind; once a live one claimed them and the
+    consumer stayed idle (twice the claim or block time), a live one deletes it, so the group lists the
+    workers that run. A live consumer that gets nothing is kept (on Redis 7.0 an empty read leaves it idle)."""
+    settings.streams.claim_time = 0.2
+    settings.streams.block_time = 0.1
+    key = settings.streams.key
+    survivor = await open_source(consumer="survivor")
+    waiting = await open_source(consumer="waiting")  # one of them claims the entry, the other gets nothing
+    killed = await open_source(consumer="killed")
+    await redis.xadd(key, {"event": encode_event(make_event(1))})
+    assert len(await killed.read(10, 0.1)) == 1  # never acked: the worker was killed holding it
+    await redis.xgroup_createconsumer(key, "g-file", "killed-idle")  # one that had nothing in hand
+    claimed: list[Delivery] = []
+
+    async def consumers() -> set[str]:
+        for live in (survivor, waiting):
+            got = await live.read(10, 0.05)
+            await live.ack([d.entry_id for d in got])
+            claimed.extend(got)
+        return {c["name"].decode() for c in await redis.xinfo_consumers(key, "g-file")}
+
+    async def only_live_consumers_left() -> bool:
+        return await consumers() == {"survivor", "waiting"}
+
+    await poll(only_live_consumers_left, what="the consumers of gone workers to be removed")
+    assert [d.deliveries for d in claimed] == [2]
+    for _ in range(10):  # past the idle time after which a consumer is taken for gone (0.4 s)
+        assert await consumers() == {"survivor", "waiting"}

@@ -196,6 +196,8 @@ class RecordingSource:
         self._sequence = 0
         self.fail_reads = 0  # the next N reads raise, like an unreachable Redis
         self.fail_acks = 0  # the next N acks raise, likewise
+        self.fail_dead_letters = 0  # the next N dead letters raise, likewise
+        self.fail_at_read = 0  # the read with this number (1: the first) raises: Redis dies mid-batch
 
     def put(self, *events: Event | None, deliveries: int = 1) -> list[Delivery]:
         added = []
@@ -223,8 +225,8 @@ class RecordingSource:
 
     async def read(self, max_count: int, block_s: float) -> list[Delivery]:
         self.reads += 1
-        if self.fail_reads:
-            self.fail_reads -= 1
+        if self.fail_reads or self.reads == self.fail_at_read:
+            self.fail_reads = max(0, self.fail_reads - 1)
             raise ConnectionError("redis is down")
         if not self.waiting and block_s > 0:
             self._arrived.clear()
@@ -247,6 +249,9 @@ class RecordingSource:
             self.unacked.pop(entry_id, None)
 
     async def dead_letter(self, deliveries: list[Delivery], error: str) -> None:
+        if self.fail_dead_letters:
+            self.fail_dead_letters -= 1
+            raise ConnectionError("redis is down")
         for d in deliveries:
             self.dead.append((d, error))
             self.unacked.pop(d.entry_id, None)

@@ -468,6 +468,44 @@ async def test_an_unreachable_source_is_retried_until_it_answers() -> None:
     assert dispatcher.stats.last_error is not None and "redis is down" in dispatcher.stats.last_error
 
 
+async def test_entries_collected_before_a_read_failed_are_sent_not_dropped() -> None:
+    """Redis dies while a batch is being filled: what was read is sent (if Redis lost it, this is the only
+    copy; if not, the backend dedupes its redelivery)."""
+    source, backend = RecordingSource(), ScriptedBackend()
+    collected = events(3)
+    source.put(*collected)
+    source.fail_at_read = 2  # the read after the first, still filling the batch
+    dispatcher = Dispatcher(source, backend, batch_size=10, flush_interval=30.0)
+    await run_until(dispatcher, lambda: len(backend.accepted) == 3)  # without a redelivery
+    assert backend.accepted == [e.id for e in collected]
+    assert dispatcher.stats.last_error is not None and "redis is down" in dispatcher.stats.last_error
+
+
+async def test_a_dead_letter_that_fails_keeps_the_good_entries_of_the_same_read() -> None:
+    source, backend = RecordingSource(), ScriptedBackend()
+    good = events(2)
+    source.put(None, *good)  # None: an entry that is no event, to be dead-lettered
+    source.fail_dead_letters = 1
+    await run_until(Dispatcher(source, backend, flush_interval=0.01), lambda: len(backend.accepted) == 2)
+    assert backend.accepted == [e.id for e in good]
+
+
+@pytest.mark.parametrize("redelivers", [True, False])
+async def test_a_read_in_flight_at_stop_is_finished_and_what_it_returns_sent(redelivers: bool) -> None:
+    """Entries the server wrote just before it stopped its workers are sent; and a list (BRPOP) or in-memory
+    read removes what it returns, so cancelling one could lose an entry."""
+    source, backend = RecordingSource(), ScriptedBackend()
+    source.redelivers = redelivers  # type: ignore[misc]
+    stop = asyncio.Event()
+    task = asyncio.create_task(Dispatcher(source, backend, flush_interval=60.0).run(stop))
+    await until(lambda: source.reads > 0)
+    stop.set()
+    event = make_event()
+    source.put(event)  # answers the read in flight
+    await asyncio.wait_for(task, DEADLINE_S)
+    assert backend.accepted == [event.id]
+
+
 async def test_lag_is_the_sources() -> None:
     source = RecordingSource()
     source.put(*events(2))
