@@ -5,9 +5,7 @@ This is the only module that reads ``os.environ``. Everything else receives a ``
 
 from __future__ import annotations
 
-import base64
 import os
-import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,8 +13,19 @@ from typing import Any
 
 import msgspec
 import yaml
-from yarl import URL
 
+from llmproxy.config_values import (
+    boolean,
+    choice,
+    database_url,
+    encryption_key,
+    integer,
+    listen_addr,
+    parse_duration,
+    services,
+    text,
+    upstream_url,
+)
 from llmproxy.errors import ConfigError
 
 __all__ = (
@@ -162,160 +171,55 @@ class Settings(msgspec.Struct):
     metrics_enabled: bool = True
 
 
-# --- value parsers ---------------------------------------------------------------------------
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: str | float | int) -> float:
-    """``500ms``, ``30s``, ``5m``, ``1h`` or plain seconds → seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a duration: {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"negative duration: {value!r}")
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"not a duration (use 500ms, 30s, 5m, 1h or seconds): {value!r}")
-    return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    s = str(value).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean (use true/false): {value!r}")
-
-
-def _int(value: Any, minimum: int = 0) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"not an integer: {value!r}")
-    try:
-        n = int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"not an integer: {value!r}") from None
-    if n < minimum:
-        raise ValueError(f"must be >= {minimum}: {value!r}")
-    return n
-
-
-def _listen_addr(value: Any) -> str:
-    s = str(value).strip()
-    if s.startswith(":"):
-        s = "0.0.0.0" + s
-    host, sep, port = s.rpartition(":")
-    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
-        raise ValueError(f"not HOST:PORT: {value!r}")
-    return s
-
-
-def upstream_url(value: Any) -> str:
-    """``value`` without trailing slashes if the proxy can dial it: http(s), a host, a port 1-65535 when
-    given. Parsed with yarl, as the upstream pool does; the ValueError says what is wrong."""
-    s = str(value).strip().rstrip("/")
-    try:
-        url = URL(s)
-    except ValueError as exc:  # yarl's reasons: "Port out of range 0-65535", "Invalid IPv6 URL"...
-        raise ValueError(f"not a usable URL ({exc}): {value!r}") from None
-    if not re.match(r"https?://\S+$", s) or not s.isprintable() or not url.raw_host or url.explicit_port == 0:
-        raise ValueError(f"not an http(s) URL with a host and a port 1-65535: {value!r}")
-    return s
-
-
-def _database_url(value: Any) -> str:
-    s = str(value).strip()
-    if not (s.startswith("sqlite://") or s.startswith(("postgresql://", "postgres://"))):
-        raise ValueError(f"must be sqlite:///PATH or postgresql://...: {value!r}")
-    return s
-
-
-def _encryption_key(value: Any) -> bytes | None:
-    s = str(value).strip()
-    if not s:
-        return None
-    try:
-        raw = base64.b64decode(s, validate=True)
-    except ValueError:
-        raise ValueError("ENCRYPTION_KEY is not valid base64") from None
-    if len(raw) != 32:
-        raise ValueError(f"ENCRYPTION_KEY must decode to 32 bytes, got {len(raw)}")
-    return raw
-
-
-def _choice(*choices: str) -> Any:
-    def parse(value: Any) -> str:
-        s = str(value).strip().lower()
-        if s not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}: {value!r}")
-        return s
-
-    return parse
-
-
-def _services(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    return tuple(s.strip().lower() for s in items if str(s).strip())
-
-
-def _str(value: Any) -> str:
-    return str(value)
-
-
 # env var → (section, field, parser). The SPEC §3 names; flags use the same keys.
 _VARS: dict[str, tuple[str, str, Any]] = {
-    "LISTEN_ADDR": ("server", "listen_addr", _listen_addr),
-    "MANAGEMENT_TOKEN": ("server", "management_token", _str),
+    "LISTEN_ADDR": ("server", "listen_addr", listen_addr),
+    "MANAGEMENT_TOKEN": ("server", "management_token", text),
     "SHUTDOWN_TIMEOUT": ("server", "shutdown_timeout", parse_duration),
     "LLM_PROXY_URL": ("server", "manage_url", upstream_url),  # the same rule: a URL we can dial
     "UPSTREAM_BASE_URL": ("upstream", "base_url", upstream_url),
-    "API_CONFIG_PATH": ("upstream", "api_config_path", _str),
-    "DATABASE_URL": ("store", "database_url", _database_url),
-    "ENCRYPTION_KEY": ("store", "encryption_key", _encryption_key),
+    "API_CONFIG_PATH": ("upstream", "api_config_path", text),
+    "DATABASE_URL": ("store", "database_url", database_url),
+    "ENCRYPTION_KEY": ("store", "encryption_key", encryption_key),
     "LLM_PROXY_API_KEY_CACHE_TTL": ("auth", "key_cache_ttl", parse_duration),
-    "LLM_PROXY_API_KEY_CACHE_MAX": ("auth", "key_cache_max", _int),
-    "REDIS_ADDR": ("redis", "addr", _str),
-    "REDIS_DB": ("redis", "db", _int),
-    "REDIS_PASSWORD": ("redis", "password", _str),
-    "REDIS_STREAM_KEY": ("streams", "key", _str),
-    "REDIS_CONSUMER_GROUP": ("streams", "consumer_group", _str),
-    "REDIS_CONSUMER_NAME": ("streams", "consumer_name", _str),
-    "REDIS_STREAM_MAX_LEN": ("streams", "max_len", _int),
+    "LLM_PROXY_API_KEY_CACHE_MAX": ("auth", "key_cache_max", integer),
+    "REDIS_ADDR": ("redis", "addr", text),
+    "REDIS_DB": ("redis", "db", integer),
+    "REDIS_PASSWORD": ("redis", "password", text),
+    "REDIS_STREAM_KEY": ("streams", "key", text),
+    "REDIS_CONSUMER_GROUP": ("streams", "consumer_group", text),
+    "REDIS_CONSUMER_NAME": ("streams", "consumer_name", text),
+    "REDIS_STREAM_MAX_LEN": ("streams", "max_len", integer),
     "REDIS_STREAM_BLOCK_TIME": ("streams", "block_time", parse_duration),
     "REDIS_STREAM_CLAIM_TIME": ("streams", "claim_time", parse_duration),
-    "REDIS_STREAM_BATCH_SIZE": ("streams", "batch_size", lambda v: _int(v, 1)),
-    "LLM_PROXY_EVENT_BUS": ("events", "bus", _choice("in-memory", "redis", "redis-streams")),
-    "OBSERVABILITY_BUFFER_SIZE": ("events", "buffer_size", lambda v: _int(v, 1)),
-    "OBSERVABILITY_MAX_REQUEST_BODY_BYTES": ("events", "max_request_body_bytes", _int),
-    "OBSERVABILITY_MAX_RESPONSE_BODY_BYTES": ("events", "max_response_body_bytes", _int),
-    "FILE_EVENT_LOG": ("events", "file_event_log", _str),
+    "REDIS_STREAM_BATCH_SIZE": ("streams", "batch_size", lambda v: integer(v, 1)),
+    "LLM_PROXY_EVENT_BUS": ("events", "bus", choice("in-memory", "redis", "redis-streams")),
+    "OBSERVABILITY_BUFFER_SIZE": ("events", "buffer_size", lambda v: integer(v, 1)),
+    "OBSERVABILITY_MAX_REQUEST_BODY_BYTES": ("events", "max_request_body_bytes", integer),
+    "OBSERVABILITY_MAX_RESPONSE_BODY_BYTES": ("events", "max_response_body_bytes", integer),
+    "FILE_EVENT_LOG": ("events", "file_event_log", text),
     "DEAD_LETTER_FILE": ("events", "dead_letter_file", lambda v: "" if str(v).lower() == "off" else str(v)),
-    "DISPATCHER_SERVICES": ("dispatch", "services", _services),
-    "DISPATCHER_WORKERS": ("dispatch", "workers", lambda v: _int(v, 1)),
-    "DISPATCHER_MAX_DELIVERIES": ("dispatch", "max_deliveries", lambda v: _int(v, 1)),
-    "DISPATCHER_BATCH_SIZE": ("dispatch", "batch_size", lambda v: _int(v, 1)),
-    "DISPATCHER_BUFFER": ("dispatch", "buffer", lambda v: _int(v, 1)),
+    "DISPATCHER_SERVICES": ("dispatch", "services", services),
+    "DISPATCHER_WORKERS": ("dispatch", "workers", lambda v: integer(v, 1)),
+    "DISPATCHER_MAX_DELIVERIES": ("dispatch", "max_deliveries", lambda v: integer(v, 1)),
+    "DISPATCHER_BATCH_SIZE": ("dispatch", "batch_size", lambda v: integer(v, 1)),
+    "DISPATCHER_BUFFER": ("dispatch", "buffer", lambda v: integer(v, 1)),
     "DISPATCHER_FLUSH_INTERVAL": ("dispatch", "flush_interval", parse_duration),
-    "LLM_PROXY_API_KEY": ("dispatch", "api_key", _str),
-    "LLM_PROXY_ENDPOINT": ("dispatch", "endpoint", _str),
-    "HTTP_CACHE_ENABLED": ("cache", "enabled", _bool),
-    "HTTP_CACHE_BACKEND": ("cache", "backend", _choice("in-memory", "redis")),
+    "LLM_PROXY_API_KEY": ("dispatch", "api_key", text),
+    "LLM_PROXY_ENDPOINT": ("dispatch", "endpoint", text),
+    "HTTP_CACHE_ENABLED": ("cache", "enabled", boolean),
+    "HTTP_CACHE_BACKEND": ("cache", "backend", choice("in-memory", "redis")),
     "HTTP_CACHE_DEFAULT_TTL": ("cache", "default_ttl", parse_duration),
-    "HTTP_CACHE_MAX_OBJECT_BYTES": ("cache", "max_object_bytes", _int),
-    "HTTP_CACHE_STREAM_RESPONSES": ("cache", "stream_responses", _bool),
-    "REDIS_CACHE_KEY_PREFIX": ("cache", "key_prefix", _str),
-    "ENABLE_METRICS": ("", "metrics_enabled", _bool),
-    "AUDIT_ENABLED": ("audit", "enabled", _bool),
-    "AUDIT_LOG_FILE": ("audit", "log_file", _str),
-    "AUDIT_STORE_IN_DB": ("audit", "store_in_db", _bool),
-    "LOG_LEVEL": ("log", "level", _choice("debug", "info", "warning", "error", "critical")),
-    "LOG_FORMAT": ("log", "format", _choice("text", "json")),
-    "LOG_FILE": ("log", "file", _str),
+    "HTTP_CACHE_MAX_OBJECT_BYTES": ("cache", "max_object_bytes", integer),
+    "HTTP_CACHE_STREAM_RESPONSES": ("cache", "stream_responses", boolean),
+    "REDIS_CACHE_KEY_PREFIX": ("cache", "key_prefix", text),
+    "ENABLE_METRICS": ("", "metrics_enabled", boolean),
+    "AUDIT_ENABLED": ("audit", "enabled", boolean),
+    "AUDIT_LOG_FILE": ("audit", "log_file", text),
+    "AUDIT_STORE_IN_DB": ("audit", "store_in_db", boolean),
+    "LOG_LEVEL": ("log", "level", choice("debug", "info", "warning", "error", "critical")),
+    "LOG_FORMAT": ("log", "format", choice("text", "json")),
+    "LOG_FILE": ("log", "file", text),
 }
 
 ENV_VARS = tuple(_VARS)

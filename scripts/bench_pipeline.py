@@ -34,9 +34,10 @@ from redis.asyncio import Redis
 
 from llmproxy import config
 from llmproxy.events.model import Event, encode_event
-from llmproxy.events.redis_streams import RedisStreamBus, group_name
+from llmproxy.events.redis_streams import RedisStreamBus
 from llmproxy.proxy.capture import Exchange
 from llmproxy.proxy.instrument import build_event
+from llmproxy.redis_keys import group_name
 
 SERVICE = "file"
 

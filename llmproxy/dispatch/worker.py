@@ -27,14 +27,13 @@ from llmproxy.dispatch.dispatcher import Dispatcher, DispatchStats
 from llmproxy.dispatch.registry import make_backend
 from llmproxy.errors import ConfigError, StartupError
 from llmproxy.events.bus import BusUnavailable, EventBus, connect_redis, make_source
-from llmproxy.events.redis_streams import totals_key
 from llmproxy.loop import run_loop
+from llmproxy.redis_keys import stats_key, totals_key
 
 __all__ = (
     "STATS_INTERVAL",
     "run_dispatcher_command",
     "run_service",
-    "stats_key",
     "worker_main",
     "worker_title",
 )
@@ -47,11 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL = 2.0  # seconds between a worker's counter reports
-
-
-def stats_key(settings: Settings) -> str:
-    """The Redis hash where every live worker reports its counters (field = service:consumer)."""
-    return f"{settings.streams.key}:dispatcher-stats"
 
 
 # A gone worker's field, folded into the per-service totals (totals_key) and deleted, atomically: a scrape
@@ -132,7 +126,7 @@ async def _report_stats(
     First fold the fields of this host's workers that died without doing so (kill -9): their replacement
     is this worker, so the hash keeps one field per live worker."""
     redis = connect_redis(settings.redis, socket_timeout=2.0)
-    key = stats_key(settings)
+    key = stats_key(settings.streams.key)
     fold = redis.register_script(_FOLD)
     totals = totals_key(settings.streams.key)
     try:

@@ -170,7 +170,7 @@ def make_source(
         return bus.subscribe(service)
     # the socket must outlive the longest blocking read
     redis = redis_factory(settings.redis, socket_timeout=settings.streams.block_time + 5.0)
-    from llmproxy.events.redis_streams import totals_key
+    from llmproxy.redis_keys import totals_key
 
     counters = totals_key(settings.streams.key)
     if kind == "redis":
@@ -178,7 +178,8 @@ def make_source(
 
         return ListSource(redis, settings, service, owns_redis=True, counters=counters)
     if kind == "redis-streams":
-        from llmproxy.events.redis_streams import StreamSource, group_name
+        from llmproxy.events.redis_streams import StreamSource
+        from llmproxy.redis_keys import group_name
 
         return StreamSource(
             redis,

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from llmproxy.events.redis_streams import EVENT_FIELD, ID_FIELD, SERVICE_FIELD, dead_letter_key
+from llmproxy.events.redis_streams import EVENT_FIELD, ID_FIELD, SERVICE_FIELD
+from llmproxy.redis_keys import dead_letter_key
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -21,6 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from llmproxy.events.bus import BusUnavailable, Delivery
 from llmproxy.events.model import Event, encode_event
 from llmproxy.events.spill import Drain, RedisProducer, SpillBuffer
+from llmproxy.redis_keys import dead_letter_key
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -33,36 +34,16 @@ __all__ = (
     "SERVICE_FIELD",
     "RedisStreamBus",
     "StreamSource",
-    "dead_letter_key",
-    "group_name",
-    "totals_key",
 )
 
 log = logging.getLogger(__name__)
 
-# --- key and field names: the one place they are spelled -----------------------------------------
+# --- field names of a stream entry (key names: llmproxy.redis_keys) ---------------------------------
 EVENT_FIELD = "event"  # the msgspec-JSON Event
 ID_FIELD = "id"  # the event id, for humans reading XRANGE
 # On a replayed dead letter (``llm-proxy events dead replay``): the one service it is for. Every other
 # service's consumer acks it unread, so a replay reaches its service once and no other one again.
 SERVICE_FIELD = "service"
-
-
-def dead_letter_key(stream: str) -> str:
-    return f"{stream}:dead"
-
-
-def totals_key(stream: str) -> str:
-    """The hash where dispatchers count, per service, what they acked and dead-lettered (field
-    ``<service>:delivered``, ``<service>:dead_lettered``), in the same transaction as the ack: exact
-    whatever happens to the worker. Counters of workers gone are folded in beside them
-    (``<service>:retried``, ``<service>:failed``)."""
-    return f"{stream}:dispatcher-totals"
-
-
-def group_name(group: str, service: str) -> str:
-    """The group of a service started by the server: one group per service, so services fan out."""
-    return f"{group}-{service}"
 
 
 # --- producer --------------------------------------------------------------------------------------

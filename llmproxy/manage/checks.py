@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from llmproxy.config import upstream_url
+from llmproxy.config_values import upstream_url
 from llmproxy.errors import ProxyError, Refusal
 
 __all__ = ("check_values",)

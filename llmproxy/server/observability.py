@@ -23,11 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from llmproxy.config import Settings
-from llmproxy.dispatch.worker import stats_key
 from llmproxy.events.bus import connect_redis
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.events.redis_list import list_key
-from llmproxy.events.redis_streams import group_name, totals_key
 from llmproxy.metrics import (
     CacheFigures,
     DispatcherFigures,
@@ -38,6 +36,7 @@ from llmproxy.metrics import (
     RequestMetrics,
     Snapshot,
 )
+from llmproxy.redis_keys import group_name, stats_key, totals_key
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -248,7 +247,7 @@ class Observability:
             self._redis = connect_redis(self._settings.redis, socket_timeout=REDIS_TIMEOUT)
         stream = self._settings.streams.key
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(stats_key(self._settings))
+        pipe.hgetall(stats_key(self._settings.streams.key))
         pipe.hgetall(totals_key(stream))
         if self._settings.events.bus == "redis-streams":
             pipe.xlen(stream)

@@ -10,7 +10,8 @@ from redis.asyncio import Redis
 from llmproxy.config import Settings
 from llmproxy.events.bus import BusUnavailable, Delivery, connect_redis
 from llmproxy.events.model import Event, decode_event, encode_event
-from llmproxy.events.redis_streams import RedisStreamBus, StreamSource, dead_letter_key
+from llmproxy.events.redis_streams import RedisStreamBus, StreamSource
+from llmproxy.redis_keys import dead_letter_key
 
 MakeEvent = Callable[[int], Event]
 ReadUntil = Callable[..., Awaitable[list[Delivery]]]

@@ -7,7 +7,8 @@ import pytest
 from llmproxy.config import RedisSettings, Settings
 from llmproxy.events.bus import connect_redis, make_bus, make_source
 from llmproxy.events.memory import InMemoryBus, MemorySource
-from llmproxy.events.redis_streams import StreamSource, dead_letter_key, group_name
+from llmproxy.events.redis_streams import StreamSource
+from llmproxy.redis_keys import dead_letter_key, group_name
 
 
 def settings_for(bus: str) -> Settings:
