@@ -1,9 +1,10 @@
 """Who may use the proxy: a withering token checked against a short-lived in-memory copy of the store.
 
-A cached check awaits nothing. Revocations and patches made here take effect at once through
-``invalidate_token``/``invalidate_project``; other instances see them within ``key_cache_ttl`` (at once
-for limited tokens, whose every forwarded request is counted atomically in the database). Counters of
-unlimited tokens and cache hits are batched and flushed every second.
+A cached check awaits nothing (but Redis, once, for a rate-limited token when limits are shared).
+Revocations and patches made here take effect at once through ``invalidate_token``/``invalidate_project``;
+other instances see them within ``key_cache_ttl`` (at once for limited tokens, whose every forwarded
+request is counted atomically in the database). Counters of unlimited tokens and cache hits are batched
+and flushed every second.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TypeVar
 import msgspec
 
 from llmproxy.auth.ratelimit import RateLimiter
+from llmproxy.auth.shared_ratelimit import SharedRateLimiter
 from llmproxy.auth.tokens import hash_token
 from llmproxy.config import AuthSettings
 from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
@@ -100,7 +102,12 @@ class Authority:
     """Checks withering tokens, enforces quota and rate limit, and counts their use."""
 
     def __init__(
-        self, store: Store, settings: AuthSettings, *, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        settings: AuthSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        shared_limiter: SharedRateLimiter | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -113,6 +120,7 @@ class Authority:
         self._loads: dict[str, asyncio.Task[_Entry]] = {}  # one store read per hash at a time
         self._generation = 0  # bumped by every invalidation: a read begun before must not be cached
         self._limiter = RateLimiter(max_keys=max(settings.key_cache_max, 1000), clock=clock)
+        self._shared_limiter = shared_limiter  # None: per instance; else this one is the fallback
         self._pending: dict[str, _Pending] = {}
         self._max_pending = max(settings.key_cache_max, 1000)
         self._flushing: asyncio.Task[None] | None = None
@@ -139,7 +147,9 @@ class Authority:
             raise ProxyError(Refusal.QUOTA_EXCEEDED)
         limit = grant.rate_limit_per_minute
         if limit is not None:
-            allowed, retry_after = self._limiter.hit(grant.token_id, limit, now)
+            shared = self._shared_limiter  # when Redis cannot answer (None), this instance counts alone
+            verdict = await shared.hit(grant.token_id, limit) if shared is not None else None
+            allowed, retry_after = verdict or self._limiter.hit(grant.token_id, limit, now)
             if not allowed:
                 raise ProxyError(Refusal.RATE_LIMITED, headers={"Retry-After": str(retry_after)})
         return grant

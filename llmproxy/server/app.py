@@ -17,12 +17,13 @@ from aiohttp import web
 from llmproxy.admin.routes import AdminUI
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
+from llmproxy.auth.shared_ratelimit import SharedRateLimiter, shares_rate_limit
 from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
 from llmproxy.proxy.handler import ProxyHandler
 from llmproxy.proxy.keys import SETTINGS
-from llmproxy.server.health import HealthRoutes
+from llmproxy.server.health import HealthRoutes, Probe
 from llmproxy.server.middleware import request_middleware
 from llmproxy.server.observability import Observability
 from llmproxy.server.pipeline import EventPipeline
@@ -57,7 +58,9 @@ def _owned_task(
 def build_app(settings: Settings, *, store: Store | None = None) -> web.Application:
     """The whole server: proxy, management API, health. ``store`` may be injected by tests."""
     store = store or make_store(settings.store)
-    authority = Authority(store, settings.auth)
+    prefix = settings.auth.redis_prefix
+    shared_limiter = SharedRateLimiter(settings.redis, prefix=prefix) if shares_rate_limit(settings) else None
+    authority = Authority(store, settings.auth, shared_limiter=shared_limiter)
     auditor = Auditor(settings.audit, store)
     pipeline = EventPipeline(settings)
     cache: HttpCache | None = make_cache(settings) if settings.cache.enabled else None
@@ -94,17 +97,23 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app[SETTINGS] = settings
     app[STORE] = store
     app[PIPELINE] = pipeline
+    probes: dict[str, Probe] = {"store": store.ping, **pipeline.probes}
+    cluster = []  # what makes instances behave as one: a shared rate limit
+    if shared_limiter is not None:
+        cluster.append(_owned_task("rate-limit-recovery", shared_limiter.run, shared_limiter.aclose))
+        probes["ratelimit"] = shared_limiter.state
     app.cleanup_ctx.extend(
         [
             store_ctx,
             _owned_task("audit-writer", auditor.run, auditor.flush),
             _owned_task("usage-flusher", authority.run, authority.flush),
+            *cluster,
             pipeline_ctx,
             cache_ctx,
             proxy_ctx,
         ]
     )
-    health = HealthRoutes({"store": store.ping, **pipeline.probes})
+    health = HealthRoutes(probes)
     app.add_routes(health.routes())
     if settings.metrics_enabled:
         Observability(settings, pipeline, cache=cache).install(app)
