@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -17,7 +18,8 @@ from aiohttp import web
 from llmproxy.admin.routes import AdminUI
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
-from llmproxy.auth.shared_ratelimit import SharedRateLimiter, shares_rate_limit
+from llmproxy.auth.invalidation import Invalidations
+from llmproxy.auth.shared_ratelimit import SharedRateLimiter, shares_rate_limit, uses_redis
 from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
@@ -60,7 +62,9 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     store = store or make_store(settings.store)
     prefix = settings.auth.redis_prefix
     shared_limiter = SharedRateLimiter(settings.redis, prefix=prefix) if shares_rate_limit(settings) else None
-    authority = Authority(store, settings.auth, shared_limiter=shared_limiter)
+    shared_caches = uses_redis(settings) or shared_limiter is not None  # tell the others what changed
+    invalidations = Invalidations(settings.redis, prefix=prefix) if shared_caches else None
+    authority = Authority(store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations)
     auditor = Auditor(settings.audit, store)
     pipeline = EventPipeline(settings)
     cache: HttpCache | None = make_cache(settings) if settings.cache.enabled else None
@@ -98,10 +102,14 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app[STORE] = store
     app[PIPELINE] = pipeline
     probes: dict[str, Probe] = {"store": store.ping, **pipeline.probes}
-    cluster = []  # what makes instances behave as one: a shared rate limit
+    cluster = []  # what makes instances behave as one: a shared rate limit, invalidations for all
     if shared_limiter is not None:
         cluster.append(_owned_task("rate-limit-recovery", shared_limiter.run, shared_limiter.aclose))
         probes["ratelimit"] = shared_limiter.state
+    if invalidations is not None:
+        listen = functools.partial(invalidations.listen, authority)
+        cluster.append(_owned_task("invalidation-listener", listen, invalidations.aclose))
+        probes["invalidations"] = invalidations.state
     app.cleanup_ctx.extend(
         [
             store_ctx,

@@ -45,6 +45,7 @@ async def test_with_redis_unreachable_requests_pass_under_the_local_limit_and_re
     await poll(degraded, "/ready to report the local fallback")
     _, body = await instance.ready()
     assert body["status"] == "ready"
+    assert body["checks"]["invalidations"] == "degraded: cache TTL only"
     await asyncio.sleep(1.2)  # time for the limiter to try Redis again (every second): still one warning
     assert (await instance.proxy(token)).status == 429
     assert len(fallback_warnings(caplog)) == 1, fallback_warnings(caplog)
