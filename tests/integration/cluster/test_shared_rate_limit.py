@@ -78,3 +78,50 @@ async def test_one_redis_round_trip_per_limited_request_and_none_for_an_unlimite
     finally:
         await redis.aclose()
         private.stop()
+
+
+async def test_the_limit_survives_redis_forgetting_the_script_and_lives_in_the_configured_db(
+    cluster: Cluster, start_instance: MakeInstance, tmp_path: Path
+) -> None:
+    """SCRIPT FLUSH (or a restart) makes EVALSHA answer NOSCRIPT: the script is loaded again, not a failure."""
+    private = RedisServer(tmp_path)
+    private.start()
+    redis = Redis(host="127.0.0.1", port=private.port, db=3)
+    try:
+        instance = await start_instance(REDIS_ADDR=private.addr, REDIS_DB="3")
+        _, token_id, token = await cluster.add_token(rate_limit_per_minute=2)
+        log_key = f"{cluster.prefix}ratelimit:{token_id}"
+        assert (await instance.proxy(token)).status == 200
+        await redis.script_flush()
+        assert (await instance.proxy(token)).status == 200
+        assert (await instance.proxy(token)).status == 429
+        assert await redis.zcard(log_key) == 2
+        _, body = await instance.ready()
+        assert body["checks"]["ratelimit"] == "ok"
+    finally:
+        await redis.aclose()
+        private.stop()
+
+
+async def test_a_password_protected_redis_is_used_with_redis_password_and_a_wrong_one_falls_back(
+    cluster: Cluster, start_instance: MakeInstance, tmp_path: Path
+) -> None:
+    private = RedisServer(tmp_path)
+    private.start()
+    redis = Redis(host="127.0.0.1", port=private.port)
+    try:
+        await redis.config_set("requirepass", "s3cret-redis-password")
+        await redis.aclose()
+        redis = Redis(host="127.0.0.1", port=private.port, password="s3cret-redis-password")
+        right = await start_instance(REDIS_ADDR=private.addr, REDIS_PASSWORD="s3cret-redis-password")
+        wrong = await start_instance(REDIS_ADDR=private.addr, REDIS_PASSWORD="not-the-password")
+        _, token_id, token = await cluster.add_token(rate_limit_per_minute=5)
+        assert (await right.proxy(token)).status == 200
+        assert await redis.zcard(f"{cluster.prefix}ratelimit:{token_id}") == 1
+        assert (await wrong.proxy(token)).status == 200  # counted by that instance alone
+        assert await redis.zcard(f"{cluster.prefix}ratelimit:{token_id}") == 1
+        _, body = await wrong.ready()
+        assert body["checks"]["ratelimit"] == "degraded: local fallback"
+    finally:
+        await redis.aclose()
+        private.stop()
