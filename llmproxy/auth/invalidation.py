@@ -27,6 +27,7 @@ REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 DEGRADED = "degraded: cache TTL only"
 _IDLE_PING = 5.0  # seconds of silence before the listener asks Redis whether the link still works
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 2.0
+_HELD = 10.0  # a subscription that lasted this long was not flapping: the next outage backs off afresh
 _MAX_SENDS = 1000  # publishes in flight beyond this are dropped (the TTL covers them)
 
 
@@ -74,18 +75,21 @@ class Invalidations:
         self._publish_failing = False
 
     async def listen(self, listener: Listener) -> None:
-        """Subscribe and apply invalidations until cancelled, reconnecting with backoff (0.1 s doubling to 2 s)."""
+        """Subscribe and apply invalidations until cancelled, reconnecting with backoff: 0.1 s doubling to
+        2 s, from 0.1 s again once a subscription held (a flapping Redis must not empty the cache 10x/s)."""
+        loop = asyncio.get_running_loop()
         backoff = _BACKOFF_FIRST
         while True:
             pubsub = self._subscriber.pubsub()
+            subscribed_at: float | None = None
             try:
                 await pubsub.subscribe(self.channel)
+                subscribed_at = loop.time()
                 listener.drop_all()  # whatever was sent before this subscription is unknown here
                 self.listening = True
                 if self._listen_failing:
                     self._listen_failing = False
                     log.info("listening for cache invalidations again")
-                backoff = _BACKOFF_FIRST
                 await self._receive(pubsub, listener)
             except REDIS_ERRORS as exc:
                 self.listening = False
@@ -99,6 +103,8 @@ class Invalidations:
                     )
             finally:
                 await pubsub.aclose()
+            if subscribed_at is not None and loop.time() - subscribed_at > _HELD:
+                backoff = _BACKOFF_FIRST
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
