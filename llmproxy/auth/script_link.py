@@ -1,7 +1,7 @@
 """One Lua script called over one pipelined Redis connection: the shared rate limit's round trip.
 
 Every limited request pays this call, and redis-py spends 3-5x the CPU of the round trip on it (pool,
-retry wrapper, per-read timeouts, streams; ``scripts/bench_ratelimit.py``: ~150 against ~40 µs), so
+retry wrapper, per-read timeouts, streams; ``scripts/bench_ratelimit.py``: 110-150 against ~40 µs), so
 ``EVALSHA`` goes out on a plain protocol (replies parsed by hiredis, redis-py's own parser): each
 command is written at once, replies come back in order, and a reply late by ``timeout`` closes the
 connection (what follows could no longer be matched), failing what was waiting. The next call reconnects.
