@@ -92,12 +92,15 @@ class StoreSettings(msgspec.Struct):
 class AuthSettings(msgspec.Struct):
     key_cache_ttl: float = 30.0
     key_cache_max: int = 10000
+    rate_limit_backend: str = "auto"
+    redis_prefix: str = "llmproxy:"  # of rate-limit keys and the invalidation channel; not an env var
 
 
 class RedisSettings(msgspec.Struct):
     addr: str = "localhost:6379"
     db: int = 0
     password: str = ""
+    addr_given: bool = False  # REDIS_ADDR came from YAML, the environment or a flag, not the default
 
     @property
     def url(self) -> str:
@@ -183,6 +186,7 @@ _VARS: dict[str, tuple[str, str, Any]] = {
     "ENCRYPTION_KEY": ("store", "encryption_key", encryption_key),
     "LLM_PROXY_API_KEY_CACHE_TTL": ("auth", "key_cache_ttl", parse_duration),
     "LLM_PROXY_API_KEY_CACHE_MAX": ("auth", "key_cache_max", integer),
+    "RATE_LIMIT_BACKEND": ("auth", "rate_limit_backend", choice("auto", "local", "redis")),
     "REDIS_ADDR": ("redis", "addr", text),
     "REDIS_DB": ("redis", "db", integer),
     "REDIS_PASSWORD": ("redis", "password", text),
@@ -233,6 +237,7 @@ def _apply(settings: Settings, name: str, raw: Any, source: str) -> None:
         raise ConfigError(f"{name} ({source}): {exc}") from None
     target: Any = getattr(settings, section) if section else settings
     setattr(target, field, value)
+    settings.redis.addr_given |= name == "REDIS_ADDR"
 
 
 def _read_yaml(path: str) -> Mapping[str, Any]:

@@ -1,9 +1,10 @@
 """Who may use the proxy: a withering token checked against a short-lived in-memory copy of the store.
 
-A cached check awaits nothing. Revocations and patches made here take effect at once through
-``invalidate_token``/``invalidate_project``; other instances see them within ``key_cache_ttl`` (at once
-for limited tokens, whose every forwarded request is counted atomically in the database). Counters of
-unlimited tokens and cache hits are batched and flushed every second.
+A cached check awaits nothing (but Redis, once, for a rate-limited token when limits are shared).
+Revocations and patches made here take effect at once through ``invalidate_token``/``invalidate_project``,
+which also tell the other instances when they share Redis; otherwise those see them within
+``key_cache_ttl`` (at once for limited tokens, whose every forwarded request is counted atomically in the
+database). Counters of unlimited tokens and cache hits are batched and flushed every second.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import TypeVar
 
 import msgspec
 
+from llmproxy.auth.invalidation import Invalidations
 from llmproxy.auth.ratelimit import RateLimiter
+from llmproxy.auth.shared_ratelimit import SharedRateLimiter
 from llmproxy.auth.tokens import hash_token
 from llmproxy.config import AuthSettings
 from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
@@ -100,7 +103,13 @@ class Authority:
     """Checks withering tokens, enforces quota and rate limit, and counts their use."""
 
     def __init__(
-        self, store: Store, settings: AuthSettings, *, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        settings: AuthSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        shared_limiter: SharedRateLimiter | None = None,
+        invalidations: Invalidations | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -113,6 +122,8 @@ class Authority:
         self._loads: dict[str, asyncio.Task[_Entry]] = {}  # one store read per hash at a time
         self._generation = 0  # bumped by every invalidation: a read begun before must not be cached
         self._limiter = RateLimiter(max_keys=max(settings.key_cache_max, 1000), clock=clock)
+        self._shared_limiter = shared_limiter  # None: per instance; else this one is the fallback
+        self._invalidations = invalidations
         self._pending: dict[str, _Pending] = {}
         self._max_pending = max(settings.key_cache_max, 1000)
         self._flushing: asyncio.Task[None] | None = None
@@ -139,7 +150,9 @@ class Authority:
             raise ProxyError(Refusal.QUOTA_EXCEEDED)
         limit = grant.rate_limit_per_minute
         if limit is not None:
-            allowed, retry_after = self._limiter.hit(grant.token_id, limit, now)
+            shared = self._shared_limiter  # when Redis cannot answer (None), this instance counts alone
+            verdict = await shared.hit(grant.token_id, limit) if shared is not None else None
+            allowed, retry_after = verdict or self._limiter.hit(grant.token_id, limit, now)
             if not allowed:
                 raise ProxyError(Refusal.RATE_LIMITED, headers={"Retry-After": str(retry_after)})
         return grant
@@ -174,19 +187,39 @@ class Authority:
 
     # -- invalidation
     def invalidate_token(self, token_id: str) -> None:
-        """Forget what is cached about this token: the next check reads the store."""
+        """Forget what is cached about this token, here and on every instance: the next check reads the store."""
+        self.drop_token(token_id)
+        if self._invalidations is not None:
+            self._invalidations.publish("token", token_id)
+
+    def invalidate_project(self, project_id: str) -> None:
+        """Forget every cached token of this project (deactivation, new key or upstream), everywhere."""
+        self.drop_project(project_id)
+        if self._invalidations is not None:
+            self._invalidations.publish("project", project_id)
+
+    def drop_token(self, token_id: str) -> None:
+        """Forget what this instance cached about this token."""
         self._generation += 1
         self._loads.clear()
         token_hash = self._by_token.get(token_id)
         if token_hash is not None:
             self._evict(token_hash)
 
-    def invalidate_project(self, project_id: str) -> None:
-        """Forget every cached token of this project (deactivation, new key or upstream)."""
+    def drop_project(self, project_id: str) -> None:
+        """Forget what this instance cached about this project's tokens."""
         self._generation += 1
         self._loads.clear()
         for token_hash in list(self._by_project.get(project_id, ())):
             self._evict(token_hash)
+
+    def drop_all(self) -> None:
+        """Forget every cached lookup (invalidations may have been missed)."""
+        self._generation += 1
+        self._loads.clear()
+        self._entries.clear()
+        self._by_token.clear()
+        self._by_project.clear()
 
     # -- background flushing
     async def run(self) -> None:

@@ -4,8 +4,8 @@ Each token keeps the counts of the current and the previous fixed minute; the re
 60 s are estimated as ``previous * (unseen part of the previous minute) + current``. That is O(1)
 memory per token, has no burst at window edges (unlike a fixed window), and gives an exact
 ``Retry-After``. Only allowed requests are counted, so a client hammering a limit still gets through
-as the window slides. Several proxy instances would each allow the full rate: a Redis-backed
-limiter is the way to share it.
+as the window slides. Several proxy instances each allow the full rate: shared limits are
+``shared_ratelimit.py``'s, with this one as the fallback while Redis is unreachable.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -17,6 +18,8 @@ from aiohttp import web, web_response
 from llmproxy.admin.routes import AdminUI
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
+from llmproxy.auth.invalidation import Invalidations
+from llmproxy.auth.shared_ratelimit import SharedRateLimiter, shares_rate_limit, uses_redis
 from llmproxy.auth.throttle import AuthThrottle
 from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
@@ -24,7 +27,7 @@ from llmproxy.manage.api import ManageAPI
 from llmproxy.proxy.handler import ProxyHandler
 from llmproxy.proxy.keys import SETTINGS
 from llmproxy.proxy.pool import UpstreamPool
-from llmproxy.server.health import HealthRoutes
+from llmproxy.server.health import HealthRoutes, Probe
 from llmproxy.server.middleware import request_middleware
 from llmproxy.server.observability import Observability
 from llmproxy.server.pipeline import EventPipeline
@@ -75,7 +78,11 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     """The whole server: proxy, management API, health. ``store`` may be injected by tests."""
     name_the_server()
     store = store or make_store(settings.store)
-    authority = Authority(store, settings.auth)
+    prefix = settings.auth.redis_prefix
+    shared_limiter = SharedRateLimiter(settings.redis, prefix=prefix) if shares_rate_limit(settings) else None
+    shared_caches = uses_redis(settings) or shared_limiter is not None  # tell the others what changed
+    invalidations = Invalidations(settings.redis, prefix=prefix) if shared_caches else None
+    authority = Authority(store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations)
     auditor = Auditor(settings.audit, store)
     pipeline = EventPipeline(settings)
     cache: HttpCache | None = make_cache(settings) if settings.cache.enabled else None
@@ -119,17 +126,27 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app[SETTINGS] = settings
     app[STORE] = store
     app[PIPELINE] = pipeline
+    probes: dict[str, Probe] = {"store": store.ping, **pipeline.probes}
+    cluster = []  # what makes instances behave as one: a shared rate limit, invalidations for all
+    if shared_limiter is not None:
+        cluster.append(_owned_task("rate-limit-recovery", shared_limiter.run, shared_limiter.aclose))
+        probes["ratelimit"] = shared_limiter.state
+    if invalidations is not None:
+        listen = functools.partial(invalidations.listen, authority)
+        cluster.append(_owned_task("invalidation-listener", listen, invalidations.aclose))
+        probes["invalidations"] = invalidations.state
     app.cleanup_ctx.extend(
         [
             store_ctx,
             _owned_task("audit-writer", auditor.run, auditor.flush),
             _owned_task("usage-flusher", authority.run, authority.flush),
+            *cluster,
             pipeline_ctx,
             cache_ctx,
             transport_ctx,
         ]
     )
-    health = HealthRoutes({"store": store.ping, **pipeline.probes})
+    health = HealthRoutes(probes)
     app.add_routes(health.routes())
     if settings.metrics_enabled:
         Observability(settings, pipeline, cache=cache).install(app)

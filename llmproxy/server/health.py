@@ -1,5 +1,9 @@
 """/health and /live (the process answers), /ready (the store and the event bus answer), and ``/``: where
-to go from here (a user opening the server's address finds the admin UI and the API docs, not a 404)."""
+to go from here (a user opening the server's address finds the admin UI and the API docs, not a 404).
+
+A probe that raises makes /ready 503; one that returns a text (``degraded: …``) is reported as it is,
+still ready: the instance serves, with a documented fallback.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from llmproxy import __version__
 
 __all__ = ("HealthRoutes",)
 
-Probe = Callable[[], Awaitable[None]]
+Probe = Callable[[], Awaitable[str | None]]
 
 _LIVE = msgspec.json.encode({"status": "ok", "version": __version__})
 _HOME = msgspec.json.encode(
@@ -51,13 +55,13 @@ class HealthRoutes:
 
     async def ready(self, request: web.Request) -> web.Response:
         checks: dict[str, str] = {}
+        ok = True
         for name, probe in self._probes.items():
             try:
-                await asyncio.wait_for(probe(), self._timeout)
-                checks[name] = "ok"
+                checks[name] = await asyncio.wait_for(probe(), self._timeout) or "ok"
             except Exception as exc:  # a probe failing for any reason means not ready
                 checks[name] = f"unavailable: {type(exc).__name__}"
-        ok = all(v == "ok" for v in checks.values())
+                ok = False
         body = {"status": "ready" if ok else "unavailable", "version": __version__, "checks": checks}
         return web.Response(
             body=msgspec.json.encode(body), status=200 if ok else 503, content_type="application/json"

@@ -1,0 +1,122 @@
+"""Per-token requests-per-minute limit shared by every instance through Redis: one Lua call per request.
+
+A sliding window log: each token's allowed requests of the last 60 s are the members of one sorted set
+(``<prefix>ratelimit:<token id>``, scored by Redis's clock in µs, expiring 60 s after the last one). A
+request passes while fewer than ``limit`` are in it, so no 60 s span ever holds more than ``limit``, and
+a refusal's ``Retry-After`` is exactly when the oldest entry that matters leaves the window (≤ 60 s).
+When Redis fails, ``hit`` answers None (the caller counts in its own process), the outage is logged
+once, ``/ready`` says so, and ``run`` tries Redis again every ``retry_every`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+
+from llmproxy.auth.script_link import ScriptLink
+from llmproxy.config import RedisSettings, Settings
+
+__all__ = ("DEGRADED", "SCRIPT", "WINDOW_US", "SharedRateLimiter", "shares_rate_limit", "uses_redis")
+
+log = logging.getLogger(__name__)
+
+WINDOW_US = 60_000_000
+DEGRADED = "degraded: local fallback"
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+REDIS_TIMEOUT = 0.25  # a limited request waits at most this long on a Redis going away
+
+# KEYS[1]: the token's log; ARGV[1]: its limit; ARGV[2]: the window in µs.
+# Returns 0 when the request is counted, else the µs until one more would be allowed.
+SCRIPT = """
+local key, limit, window = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+if count < limit then
+  local stamp = now
+  while redis.call('ZADD', key, 'NX', stamp, stamp) == 0 do stamp = stamp + 1 end
+  redis.call('PEXPIRE', key, math.ceil(window / 1000))
+  return 0
+end
+local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + window - now)
+"""
+
+
+def uses_redis(settings: Settings) -> bool:
+    """Redis is part of this deployment: REDIS_ADDR was given, or the event bus or the cache uses it.
+
+    The default address alone does not count: a single instance without Redis must not try it.
+    """
+    cache_on_redis = settings.cache.enabled and settings.cache.backend == "redis"
+    return settings.redis.addr_given or settings.events.bus != "in-memory" or cache_on_redis
+
+
+def shares_rate_limit(settings: Settings) -> bool:
+    """RATE_LIMIT_BACKEND: ``redis`` always, ``local`` never, ``auto`` when Redis is in use."""
+    backend = settings.auth.rate_limit_backend
+    return backend == "redis" or (backend == "auto" and uses_redis(settings))
+
+
+class SharedRateLimiter:
+    """``hit`` → (allowed, retry_after_s) from Redis, or None while Redis is unreachable."""
+
+    def __init__(
+        self, settings: RedisSettings, *, prefix: str = "llmproxy:", retry_every: float = 1.0
+    ) -> None:
+        self._link = ScriptLink(settings, SCRIPT, timeout=REDIS_TIMEOUT)  # EVALSHA; SCRIPT LOAD on NOSCRIPT
+        self._prefix = prefix + "ratelimit:"
+        self._retry_every = retry_every
+        self._failed = asyncio.Event()  # set when a call fails: wakes ``run``
+        self.degraded = False
+
+    async def hit(self, token_id: str, limit: int) -> tuple[bool, int] | None:
+        """Count one request of ``token_id`` if under ``limit`` per minute; one Redis round trip."""
+        if self.degraded:
+            return None
+        if limit <= 0:
+            return False, WINDOW_US // 1_000_000
+        try:
+            wait_us = await self._link.call(self._prefix + token_id, limit, WINDOW_US)
+        except REDIS_ERRORS as exc:
+            self._fail(exc)
+            return None
+        if wait_us == 0:
+            return True, 0
+        return False, -(-wait_us // 1_000_000)
+
+    async def run(self) -> None:
+        """Load the script now, and again ``retry_every`` seconds after each failure until Redis answers."""
+        while True:
+            try:
+                await self._link.load()
+            except REDIS_ERRORS as exc:
+                self._fail(exc)
+                await asyncio.sleep(self._retry_every)
+                continue
+            self._failed.clear()
+            if self.degraded:
+                self.degraded = False
+                log.info("rate limit: Redis answers again; limits are shared across instances")
+            await self._failed.wait()
+            await asyncio.sleep(self._retry_every)
+
+    async def state(self) -> str | None:
+        """For /ready: None when limits are shared, else DEGRADED (not a failure: requests still pass)."""
+        return DEGRADED if self.degraded else None
+
+    async def aclose(self) -> None:
+        await self._link.aclose()
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failed.set()
+        if not self.degraded:
+            self.degraded = True
+            log.warning(
+                "rate limit: Redis unreachable (%s: %s); limiting per instance until it answers",
+                type(exc).__name__,
+                exc,
+            )

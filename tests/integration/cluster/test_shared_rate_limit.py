@@ -1,0 +1,127 @@
+"""One token, one rate limit, whatever instance answers (issue 16 §1): the limit lives in Redis."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+from tests.integration.cluster.conftest import Cluster, MakeInstance
+from tests.integration.events.conftest import RedisServer
+
+# Run inside the Lua script, counted by Redis but no round trip of their own.
+SCRIPT_COMMANDS = {"time", "zremrangebyscore", "zcard", "zadd", "pexpire", "zrange"}
+
+
+def commands_by_name(info: dict) -> dict[str, int]:
+    """INFO commandstats as {command: calls}: those a client sent, but the test's INFO and CONFIG RESETSTAT."""
+    calls = {name.removeprefix("cmdstat_"): v["calls"] for name, v in info.items()}
+    return {
+        name: n for name, n in calls.items() if name not in {"info", "config|resetstat", *SCRIPT_COMMANDS}
+    }
+
+
+async def test_a_5_per_minute_token_gets_5_requests_across_two_instances(
+    cluster: Cluster, start_instance: MakeInstance
+) -> None:
+    first, second = await start_instance(), await start_instance()
+    _, _, token = await cluster.add_token(rate_limit_per_minute=5)
+    statuses = [(await (first, second)[i % 2].proxy(token)).status for i in range(10)]
+    assert statuses.count(200) == 5 and statuses.count(429) == 5, statuses
+    assert statuses[:5] == [200] * 5
+
+
+async def test_a_refusal_says_rate_limited_with_the_exact_retry_after(
+    cluster: Cluster, start_instance: MakeInstance
+) -> None:
+    """Retry-After is when the first request of the window leaves it: 60 s after it, rounded up."""
+    first, second = await start_instance(), await start_instance()
+    _, _, token = await cluster.add_token(rate_limit_per_minute=2)
+    before_first = time.time()
+    assert (await first.proxy(token)).status == 200
+    after_first = time.time()
+    assert (await second.proxy(token)).status == 200
+    before_refusal = time.time()
+    refused = await first.proxy(token)
+    after_refusal = time.time()
+    assert refused.status == 429
+    error = (await refused.json())["error"]
+    assert (error["code"], error["type"]) == ("rate_limited", "rate_limit_error")
+    retry_after = int(refused.headers["Retry-After"])
+    earliest = math.ceil(before_first + 60 - after_refusal)
+    latest = math.ceil(after_first + 60 - before_refusal)
+    assert earliest <= retry_after <= latest and retry_after <= 60, (earliest, retry_after, latest)
+
+
+async def test_one_redis_round_trip_per_limited_request_and_none_for_an_unlimited_token(
+    cluster: Cluster, start_instance: MakeInstance, tmp_path: Path
+) -> None:
+    """On a private Redis, so every command counted is ours."""
+    private = RedisServer(tmp_path)
+    private.start()
+    redis = Redis(host="127.0.0.1", port=private.port)
+    try:
+        instance = await start_instance(REDIS_ADDR=private.addr)
+        _, _, limited = await cluster.add_token(rate_limit_per_minute=1000)
+        _, _, unlimited = await cluster.add_token()
+        assert (await instance.proxy(limited)).status == 200  # the token is cached: what follows is steady
+        assert (await instance.proxy(unlimited)).status == 200
+        await redis.config_resetstat()
+        for _ in range(20):
+            assert (await instance.proxy(unlimited)).status == 200
+        assert commands_by_name(await redis.info("commandstats")) == {}
+        for _ in range(20):
+            assert (await instance.proxy(limited)).status == 200
+        assert commands_by_name(await redis.info("commandstats")) == {"evalsha": 20}
+    finally:
+        await redis.aclose()
+        private.stop()
+
+
+async def test_the_limit_survives_redis_forgetting_the_script_and_lives_in_the_configured_db(
+    cluster: Cluster, start_instance: MakeInstance, tmp_path: Path
+) -> None:
+    """SCRIPT FLUSH (or a restart) makes EVALSHA answer NOSCRIPT: the script is loaded again, not a failure."""
+    private = RedisServer(tmp_path)
+    private.start()
+    redis = Redis(host="127.0.0.1", port=private.port, db=3)
+    try:
+        instance = await start_instance(REDIS_ADDR=private.addr, REDIS_DB="3")
+        _, token_id, token = await cluster.add_token(rate_limit_per_minute=2)
+        log_key = f"{cluster.prefix}ratelimit:{token_id}"
+        assert (await instance.proxy(token)).status == 200
+        await redis.script_flush()
+        assert (await instance.proxy(token)).status == 200
+        assert (await instance.proxy(token)).status == 429
+        assert await redis.zcard(log_key) == 2
+        _, body = await instance.ready()
+        assert body["checks"]["ratelimit"] == "ok"
+    finally:
+        await redis.aclose()
+        private.stop()
+
+
+async def test_a_password_protected_redis_is_used_with_redis_password_and_a_wrong_one_falls_back(
+    cluster: Cluster, start_instance: MakeInstance, tmp_path: Path
+) -> None:
+    private = RedisServer(tmp_path)
+    private.start()
+    redis = Redis(host="127.0.0.1", port=private.port)
+    try:
+        await redis.config_set("requirepass", "s3cret-redis-password")
+        await redis.aclose()
+        redis = Redis(host="127.0.0.1", port=private.port, password="s3cret-redis-password")
+        right = await start_instance(REDIS_ADDR=private.addr, REDIS_PASSWORD="s3cret-redis-password")
+        wrong = await start_instance(REDIS_ADDR=private.addr, REDIS_PASSWORD="not-the-password")
+        _, token_id, token = await cluster.add_token(rate_limit_per_minute=5)
+        assert (await right.proxy(token)).status == 200
+        assert await redis.zcard(f"{cluster.prefix}ratelimit:{token_id}") == 1
+        assert (await wrong.proxy(token)).status == 200  # counted by that instance alone
+        assert await redis.zcard(f"{cluster.prefix}ratelimit:{token_id}") == 1
+        _, body = await wrong.ready()
+        assert body["checks"]["ratelimit"] == "degraded: local fallback"
+    finally:
+        await redis.aclose()
+        private.stop()
