@@ -6,7 +6,6 @@ on a free loopback port, so its command counts are ours alone):
 
 - token checks on a cached token, unlimited / limited per instance / limited in Redis, one at a time
   and 32 at once: wall and CPU µs per check, and Redis commands sent per check (INFO commandstats);
-  for reference, the same EVALSHA sent through redis-py (what ``auth/script_link.py`` replaces);
 - revocation: two Authorities (two instances) with their invalidation listeners; the time from
   ``invalidate_token`` on the first to the second refusing the token, p50/p99 over ``--revocations``.
 
@@ -33,7 +32,7 @@ from redis.asyncio import Redis
 
 from llmproxy.auth.authority import Authority
 from llmproxy.auth.invalidation import Invalidations
-from llmproxy.auth.shared_ratelimit import SCRIPT, WINDOW_US, SharedRateLimiter
+from llmproxy.auth.shared_ratelimit import SharedRateLimiter
 from llmproxy.auth.tokens import generate_token, hash_token, token_hint
 from llmproxy.config import AuthSettings, RedisSettings
 from llmproxy.errors import ProxyError
@@ -119,20 +118,6 @@ async def checks(store: SqliteStore, project: Project, redis_settings: RedisSett
             wall, cpu = await time_checks(authority, raw, n, concurrency)
             per_check = (await sent_commands(redis) - before) / (n // concurrency * concurrency + 200)
             print(f"{name:32} {concurrency:>3} {wall:>8.1f} {cpu:>7.1f} {per_check:>17.3f}")
-    sha = await redis.script_load(SCRIPT)
-    for concurrency in (1, 32):
-
-        async def evalsha(count: int) -> None:
-            for _ in range(count):
-                await redis.evalsha(sha, 1, f"bench:{uuid.uuid4().hex[:4]}", 10**9, WINDOW_US)
-
-        await evalsha(200)
-        wall, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(evalsha(n // concurrency) for _ in range(concurrency)))
-        done = n // concurrency * concurrency
-        wall, cpu = (time.perf_counter() - wall) / done * 1e6, (time.process_time() - cpu) / done * 1e6
-        print(f"{'reference: redis-py EVALSHA':32} {concurrency:>3} {wall:>8.1f} {cpu:>7.1f} {1:>17.3f}")
-    await redis.flushall()
     await shared.aclose()
     await redis.aclose()
 

@@ -13,23 +13,24 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from llmproxy.auth.script_link import ScriptLink
 from llmproxy.config import RedisSettings, Settings
+from llmproxy.events.bus import connect_redis
 
-__all__ = ("DEGRADED", "SCRIPT", "WINDOW_US", "SharedRateLimiter", "shares_rate_limit", "uses_redis")
+__all__ = ("DEGRADED", "SharedRateLimiter", "shares_rate_limit", "uses_redis")
 
 log = logging.getLogger(__name__)
 
 WINDOW_US = 60_000_000
 DEGRADED = "degraded: local fallback"
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-REDIS_TIMEOUT = 0.25  # a limited request waits at most this long on a Redis going away
+REDIS_TIMEOUT = 0.25  # a limited request waits at most this long (twice: one retry) on a Redis going away
 
 # KEYS[1]: the token's log; ARGV[1]: its limit; ARGV[2]: the window in µs.
 # Returns 0 when the request is counted, else the µs until one more would be allowed.
-SCRIPT = """
+_SCRIPT = """
 local key, limit, window = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
@@ -67,7 +68,11 @@ class SharedRateLimiter:
     def __init__(
         self, settings: RedisSettings, *, prefix: str = "llmproxy:", retry_every: float = 1.0
     ) -> None:
-        self._link = ScriptLink(settings, SCRIPT, timeout=REDIS_TIMEOUT)  # EVALSHA; SCRIPT LOAD on NOSCRIPT
+        # One retry: a pooled connection Redis closed (a restart) is not an outage.
+        self._redis: Redis = connect_redis(
+            settings, socket_timeout=REDIS_TIMEOUT, connect_timeout=REDIS_TIMEOUT
+        )
+        self._script = self._redis.register_script(_SCRIPT)  # EVALSHA, loading the script on NOSCRIPT
         self._prefix = prefix + "ratelimit:"
         self._retry_every = retry_every
         self._failed = asyncio.Event()  # set when a call fails: wakes ``run``
@@ -80,19 +85,19 @@ class SharedRateLimiter:
         if limit <= 0:
             return False, WINDOW_US // 1_000_000
         try:
-            wait_us = await self._link.call(self._prefix + token_id, limit, WINDOW_US)
+            wait_us = await self._script(keys=(self._prefix + token_id,), args=(limit, WINDOW_US))
         except REDIS_ERRORS as exc:
             self._fail(exc)
             return None
         if wait_us == 0:
             return True, 0
-        return False, -(-wait_us // 1_000_000)
+        return False, -(-int(wait_us) // 1_000_000)
 
     async def run(self) -> None:
         """Load the script now, and again ``retry_every`` seconds after each failure until Redis answers."""
         while True:
             try:
-                await self._link.load()
+                await self._redis.script_load(_SCRIPT)
             except REDIS_ERRORS as exc:
                 self._fail(exc)
                 await asyncio.sleep(self._retry_every)
@@ -109,7 +114,7 @@ class SharedRateLimiter:
         return DEGRADED if self.degraded else None
 
     async def aclose(self) -> None:
-        await self._link.aclose()
+        await self._redis.aclose()
 
     def _fail(self, exc: BaseException) -> None:
         self._failed.set()

@@ -25,7 +25,6 @@ __all__ = (
     "EventSource",
     "RedisFactory",
     "connect_redis",
-    "redis_address",
     "make_bus",
     "make_source",
 )
@@ -114,24 +113,18 @@ def connect_redis(
 
     The bus does its own bounded backoff; redis-py's default (10 retries with backoff) would stall shutdown.
     """
-    host, port = redis_address(settings)
+    host, _, port = settings.addr.rpartition(":")
+    if not host or not port.isdigit():
+        host, port = settings.addr or "localhost", "6379"
     return Redis(
-        host=host,
-        port=port,
+        host=host.strip("[]"),
+        port=int(port),
         db=settings.db,
         password=settings.password or None,
         socket_timeout=socket_timeout,
         socket_connect_timeout=min(socket_timeout, 2.0) if connect_timeout is None else connect_timeout,
         retry=Retry(NoBackoff(), retries),
     )
-
-
-def redis_address(settings: RedisSettings) -> tuple[str, int]:
-    """(host, port) of ``REDIS_ADDR``: ``host:port``, ``[v6]:port``, or a bare host (port 6379)."""
-    host, _, port = settings.addr.rpartition(":")
-    if not host or not port.isdigit():
-        host, port = settings.addr or "localhost", "6379"
-    return host.strip("[]"), int(port)
 
 
 def make_bus(settings: Settings, redis_factory: RedisFactory = connect_redis) -> EventBus:
