@@ -20,6 +20,7 @@ from llmproxy.auth.authority import Authority
 from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
+from llmproxy.metrics import BadRequests
 from llmproxy.proxy.handler import ProxyHandler
 from llmproxy.proxy.keys import SETTINGS
 from llmproxy.server.health import HealthRoutes
@@ -30,12 +31,13 @@ from llmproxy.server.routing import add_proxy_route
 from llmproxy.store.base import Store
 from llmproxy.store.factory import make_store
 
-__all__ = ("STORE", "build_app")
+__all__ = ("BAD_REQUESTS", "STORE", "build_app")
 
 log = logging.getLogger(__name__)
 
 STORE: web.AppKey[Store] = web.AppKey("store")
 PIPELINE: web.AppKey[EventPipeline] = web.AppKey("pipeline", EventPipeline)
+BAD_REQUESTS: web.AppKey[BadRequests] = web.AppKey("bad-requests", BadRequests)  # counted by the runner
 
 
 def _owned_task(
@@ -94,6 +96,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app[SETTINGS] = settings
     app[STORE] = store
     app[PIPELINE] = pipeline
+    app[BAD_REQUESTS] = bad_requests = BadRequests()
     app.cleanup_ctx.extend(
         [
             store_ctx,
@@ -107,7 +110,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     health = HealthRoutes({"store": store.ping, **pipeline.probes})
     app.add_routes(health.routes())
     if settings.metrics_enabled:
-        Observability(settings, pipeline, cache=cache).install(app)
+        Observability(settings, pipeline, cache=cache, bad_requests=bad_requests).install(app)
     app.add_routes(manage.routes())
     app.add_routes(admin.routes())
     add_proxy_route(app, proxy.handle)

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _JSON = "application/json"
+_CLIENT_CLOSED = 499  # nginx's "client closed request": an answer nobody is left to receive
 
 # aiohttp's own HTTP errors (routing 404/405, 413 from client_max_size, …) → our refusal table
 _HTTP_REFUSALS = {
@@ -56,7 +57,10 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             headers["Allow"] = exc.headers["Allow"]
         body = error_body(refusal, exc.reason if exc.status != 404 else "Not found")
         return web.Response(status=exc.status, body=body, content_type=_JSON, headers=headers)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and request.transport is None:  # e.g. gone mid-body: no error
+            log.debug("client hung up on %s %s (request_id=%s)", request.method, request.path, request_id)
+            return web.Response(status=_CLIENT_CLOSED)
         log.exception("unhandled error on %s %s (request_id=%s)", request.method, request.path, request_id)
         return _error_response(ProxyError(Refusal.INTERNAL), request_id)
     if not response.prepared:

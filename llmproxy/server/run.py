@@ -15,19 +15,29 @@ from llmproxy.config import Settings
 from llmproxy.errors import StartupError, StoreUnavailable
 from llmproxy.events.bus import BusUnavailable
 from llmproxy.loop import run_loop
-from llmproxy.server.app import PIPELINE, build_app
+from llmproxy.server.app import BAD_REQUESTS, PIPELINE, build_app
+from llmproxy.server.edge import EdgeRunner
 from llmproxy.server.routing import route_proxy_first
 
-__all__ = ("StartupError", "serve")
+__all__ = ("StartupError", "make_runner", "serve")
 
 log = logging.getLogger(__name__)
 
 
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner serving ``build_app``'s ``app`` (the tests start theirs with it too)."""
+    return EdgeRunner(
+        app,
+        app[BAD_REQUESTS],
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=settings.server.shutdown_timeout,
+    )
+
+
 async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> None:
     app = build_app(settings)
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=settings.server.shutdown_timeout
-    )
+    runner = make_runner(app, settings)
     try:
         await runner.setup()
     except (StoreUnavailable, BusUnavailable) as exc:

@@ -1,0 +1,21 @@
+"""What server/edge.py takes from aiohttp beyond its public API, checked so that an upgrade fails here."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+
+async def test_the_aiohttp_internals_the_edge_builds_on_are_still_there() -> None:
+    """server/edge.py subclasses aiohttp's RequestHandler and Server and reads their state (aiohttp is
+    pinned below 3.15). If this fails after an upgrade, re-read web_protocol.py before lifting the pin."""
+    from aiohttp.web_protocol import RequestHandler
+
+    assert callable(RequestHandler.handle_error)
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response()
+
+    server = web.Server(handler, keepalive_timeout=1.0)
+    assert server._kwargs == {"keepalive_timeout": 1.0} and server._loop is asyncio.get_running_loop()
