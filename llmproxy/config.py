@@ -18,13 +18,7 @@ import yaml
 
 from llmproxy.errors import ConfigError
 
-__all__ = (
-    "ApiConfig",
-    "Settings",
-    "load",
-    "load_api_config",
-    "parse_duration",
-)
+__all__ = ("ApiConfig", "Settings", "load", "load_api_config", "parse_duration")
 
 
 class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -65,6 +59,9 @@ class ServerSettings(msgspec.Struct):
     listen_addr: str = "127.0.0.1:8080"
     management_token: str = ""
     shutdown_timeout: float = 30.0
+    client_header_timeout: float = 10.0  # a request head (line + headers) must be complete within this
+    client_body_timeout: float = 30.0  # longest a request body may make no progress (then 408)
+    client_keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
 
 
 class UpstreamSettings(msgspec.Struct):
@@ -179,6 +176,12 @@ def parse_duration(value: str | float | int) -> float:
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
 
 
+def _positive_duration(value: str | float | int) -> float:
+    if (seconds := parse_duration(value)) > 0:
+        return seconds
+    raise ValueError(f"must be more than 0: {value!r}")
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -263,6 +266,9 @@ _VARS: dict[str, tuple[str, str, Any]] = {
     "LISTEN_ADDR": ("server", "listen_addr", _listen_addr),
     "MANAGEMENT_TOKEN": ("server", "management_token", _str),
     "SHUTDOWN_TIMEOUT": ("server", "shutdown_timeout", parse_duration),
+    "CLIENT_HEADER_TIMEOUT": ("server", "client_header_timeout", _positive_duration),
+    "CLIENT_BODY_TIMEOUT": ("server", "client_body_timeout", _positive_duration),
+    "CLIENT_KEEPALIVE_TIMEOUT": ("server", "client_keepalive_timeout", _positive_duration),
     "UPSTREAM_BASE_URL": ("upstream", "base_url", _url),
     "API_CONFIG_PATH": ("upstream", "api_config_path", _str),
     "DATABASE_URL": ("store", "database_url", _database_url),

@@ -11,7 +11,15 @@ from typing import Any
 
 import msgspec
 
-__all__ = ("ConfigError", "ProxyError", "Refusal", "StartupError", "StoreUnavailable", "error_body")
+__all__ = (
+    "ClientBodyTimeout",
+    "ConfigError",
+    "ProxyError",
+    "Refusal",
+    "StartupError",
+    "StoreUnavailable",
+    "error_body",
+)
 
 
 class Refusal(enum.Enum):
@@ -39,6 +47,7 @@ class Refusal(enum.Enum):
     HEADER_REQUIRED = (400, "header_required", "invalid_request_error", "Required header missing")
     BODY_TOO_LARGE = (413, "request_too_large", "invalid_request_error", "Request body too large")
     BAD_REQUEST = (400, "bad_request", "invalid_request_error", "Bad request")
+    REQUEST_TIMEOUT = (408, "request_timeout", "invalid_request_error", "Request body not received in time")
     UPSTREAM_UNAVAILABLE = (502, "upstream_unavailable", "upstream_error", "Upstream unavailable")
     UPSTREAM_TIMEOUT = (504, "upstream_timeout", "upstream_error", "Upstream timed out")
     # management API
@@ -94,6 +103,12 @@ class ProxyError(Exception):
 
     def body(self) -> bytes:
         return error_body(self.refusal, self.message, param=self.param)
+
+
+class ClientBodyTimeout(TimeoutError):
+    """The client sent no body bytes for CLIENT_BODY_TIMEOUT: raised where the body is read (→ 408).
+
+    A TimeoutError, so that aiohttp's own read of a body nobody read ends quietly on it."""
 
 
 class StoreUnavailable(Exception):

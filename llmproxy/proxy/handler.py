@@ -19,7 +19,7 @@ from multidict import CIMultiDictProxy
 from llmproxy.audit import audit_record
 from llmproxy.auth.tokens import parse_bearer
 from llmproxy.config import Settings
-from llmproxy.errors import ProxyError, Refusal
+from llmproxy.errors import ClientBodyTimeout, ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.capture import BodyCapture, Exchange, Observer, bounded
 from llmproxy.proxy.keys import REQUEST_ID
@@ -41,7 +41,12 @@ _AUDITED = {Refusal.PROJECT_INACTIVE: "denied", Refusal.SERVICE_UNAVAILABLE: "er
 # A body of known size up to this is read whole and sent in one write; larger ones stream through.
 _READ_WHOLE_BELOW = 1 << 20
 # The status an Exchange records when no upstream status was relayed (499: client closed request).
-_ERROR_STATUS = {"upstream_timeout": 504, "upstream_unavailable": 502, "client_disconnected": 499}
+_ERROR_STATUS = {
+    "upstream_timeout": 504,
+    "upstream_unavailable": 502,
+    "client_disconnected": 499,
+    "request_timeout": 408,
+}
 
 
 class ResponseCache(Protocol):
@@ -198,6 +203,8 @@ class ProxyHandler:
                 chunks.append(chunk)
         except (ConnectionError, ClientError, asyncio.IncompleteReadError):
             raise ProxyError(Refusal.BAD_REQUEST, "Request body incomplete") from None
+        except ClientBodyTimeout:
+            raise ProxyError(Refusal.REQUEST_TIMEOUT) from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def _streamed_body(self, content: StreamReader, flight: Flight) -> AsyncIterator[bytes]:
@@ -208,6 +215,9 @@ class ProxyHandler:
         while True:
             try:
                 chunk = await content.readany()
+            except ClientBodyTimeout:
+                flight.error = "request_timeout"
+                raise
             except BaseException:
                 flight.client_gone = True
                 raise
@@ -263,6 +273,8 @@ class ProxyHandler:
             except OSError as exc:
                 if flight.body_too_large:
                     raise self._policy.too_large() from None
+                if flight.error == "request_timeout":  # the client's body stalled (server/edge.py)
+                    raise ProxyError(Refusal.REQUEST_TIMEOUT) from None
                 if flight.client_gone:
                     flight.error = "client_disconnected"
                     raise ProxyError(Refusal.BAD_REQUEST, "Request body incomplete") from None

@@ -1,21 +1,27 @@
-"""The server's client edge: aiohttp's connection protocol, with quiet refusals of malformed HTTP.
+"""The server's client edge: aiohttp's connection protocol plus client timeouts and quiet refusals
+of malformed HTTP.
 
-aiohttp 3.14 logs every malformed request at ERROR with a traceback (556 bytes of log for a 30-byte bad
-request) and answers it in plain text. ``EdgeProtocol`` is its ``RequestHandler`` with that changed; it
-builds on that class's internals, so aiohttp is pinned below 3.15 and tests/integration/edge checks
-them.
+aiohttp 3.14 has no header or body read timeout, and logs every malformed request at ERROR with a
+traceback. ``EdgeProtocol`` is its ``RequestHandler`` with both changed; it reads some of that class's
+state, so aiohttp is pinned below 3.15 and tests/integration/edge checks the state is still there.
+
+Timeouts cost at most one timer per connection, armed lazily: a request whose head (and body) arrive
+in one read, the common case on a keep-alive connection, arms none and reads the clock not once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, InvalidURLError, LineTooLong
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from llmproxy.errors import Refusal, error_body
+from llmproxy.config import ServerSettings
+from llmproxy.errors import ClientBodyTimeout, Refusal, error_body
 from llmproxy.metrics import BadRequests
 from llmproxy.server.routing import ServerHandler
 
@@ -23,6 +29,8 @@ __all__ = ("EdgeProtocol", "EdgeRunner", "bad_request_reason")
 
 log = logging.getLogger(__name__)
 
+# What a connection is waiting for: nothing, its first request, the rest of a head, body bytes.
+_IDLE, _FIRST, _HEAD, _BODY = range(4)
 _MESSAGES = {
     "bad_request_line": "Malformed request line",
     "bad_header": "Malformed header",
@@ -47,13 +55,71 @@ def bad_request_reason(exc: HttpProcessingError) -> str:
 
 
 class EdgeProtocol(RequestHandler):
-    """One client connection (see the module docstring)."""
+    """One client connection (see the module docstring). Its watchdog is one timer, re-armed only when it
+    fires early; body progress just moves ``_since``."""
 
-    __slots__ = ("_bad_requests",)
+    __slots__ = (
+        "_header_timeout",
+        "_body_timeout",
+        "_bad_requests",
+        "_phase",
+        "_since",
+        "_body",
+        "_watchdog",
+    )
 
-    def __init__(self, manager: web.Server, *, bad_requests: BadRequests, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        header_timeout: float,
+        body_timeout: float,
+        bad_requests: BadRequests,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._body_timeout = body_timeout
         self._bad_requests = bad_requests
+        self._phase = _FIRST
+        self._since = 0.0  # when the head began, or when the body last made progress
+        self._body: StreamReader | None = None  # the body being received (phase _BODY)
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._since = self._loop.time()  # the first head is timed from the connection's start
+        self._watch(self._since + self._header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        phase = self._phase
+        if phase == _BODY:
+            self._since = self._loop.time()
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:  # a head was parsed (or refused as malformed)
+            payload = self._messages[-1][1]
+            if payload.is_eof():
+                self._phase = _IDLE
+            else:
+                self._phase, self._body, self._since = _BODY, payload, self._loop.time()
+                self._watch(self._since + self._body_timeout)
+        elif phase == _BODY:
+            if self._body is None or self._body.is_eof():  # done; a next head's first bytes wait a read
+                self._phase, self._body = _IDLE, None
+        elif phase != _HEAD and data:  # a head begun and not finished: time it from its first byte
+            # (aiohttp feeds b"" itself to parse what it buffered while paused: no byte of a new head)
+            self._phase = _HEAD
+            if phase == _IDLE:
+                self._since = self._loop.time()
+            self._watch(self._since + self._header_timeout)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._phase, self._body = _IDLE, None
 
     def handle_error(
         self,
@@ -73,6 +139,44 @@ class EdgeProtocol(RequestHandler):
         response.force_close()
         return response
 
+    # --- the watchdog ---
+    def _watch(self, due: float) -> None:
+        """Have the watchdog look at ``due`` at the latest."""
+        watchdog = self._watchdog
+        if watchdog is not None:
+            if watchdog.when() <= due:
+                return
+            watchdog.cancel()
+        self._watchdog = self._loop.call_at(due, self._look)
+
+    def _look(self) -> None:
+        self._watchdog = None
+        phase, transport = self._phase, self.transport
+        if phase == _IDLE or transport is None:
+            return
+        now = self._loop.time()
+        if not transport.is_reading():  # the server holds the client back (a slow reader): no stall
+            self._since = now
+        due = self._since + (self._body_timeout if phase == _BODY else self._header_timeout)
+        if now < due:
+            self._watchdog = self._loop.call_at(due, self._look)
+            return
+        self._phase = _IDLE
+        if phase == _FIRST:  # a connection that never sent a byte: closed, but it sent nothing bad
+            self.force_close()
+            return
+        self._bad_requests.count("timeout")
+        if phase == _BODY and self._body is not None:
+            log.debug("request body from %s stalled: 408", self.peername)
+            body, self._body = self._body, None
+            body.set_exception(ClientBodyTimeout())  # its reader answers 408; the connection then closes
+        else:
+            log.debug("request head from %s not complete in time: connection closed", self.peername)
+            if self._request_in_progress:
+                self.close()  # after the answer in progress
+            else:
+                self.force_close()
+
 
 class EdgeServer(web.Server):
     """aiohttp's low-level server, making ``EdgeProtocol`` connections."""
@@ -86,11 +190,18 @@ class EdgeServer(web.Server):
 
 
 class EdgeRunner(web.AppRunner):
-    """An AppRunner serving with ``EdgeProtocol``, bad requests counted in ``bad_requests``."""
+    """An AppRunner serving with ``EdgeProtocol``: the client timeouts of ``settings``, bad requests
+    counted in ``bad_requests``."""
 
-    def __init__(self, app: web.Application, bad_requests: BadRequests, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._edge: dict[str, Any] = {"bad_requests": bad_requests}
+    def __init__(
+        self, app: web.Application, settings: ServerSettings, bad_requests: BadRequests, **kwargs: Any
+    ) -> None:
+        super().__init__(app, keepalive_timeout=settings.client_keepalive_timeout, **kwargs)
+        self._edge = {
+            "header_timeout": settings.client_header_timeout,
+            "body_timeout": settings.client_body_timeout,
+            "bad_requests": bad_requests,
+        }
 
     async def _make_server(self) -> web.Server:
         made = await super()._make_server()  # the app started and frozen, and its Server

@@ -8,7 +8,7 @@ import re
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from llmproxy.errors import ProxyError, Refusal, error_body
+from llmproxy.errors import ClientBodyTimeout, ProxyError, Refusal, error_body
 from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.keys import REQUEST_ID
 
@@ -57,6 +57,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             headers["Allow"] = exc.headers["Allow"]
         body = error_body(refusal, exc.reason if exc.status != 404 else "Not found")
         return web.Response(status=exc.status, body=body, content_type=_JSON, headers=headers)
+    except ClientBodyTimeout:
+        return _error_response(ProxyError(Refusal.REQUEST_TIMEOUT), request_id)
     except Exception as exc:
         if isinstance(exc, ConnectionError) and request.transport is None:  # e.g. gone mid-body: no error
             log.debug("client hung up on %s %s (request_id=%s)", request.method, request.path, request_id)

@@ -28,6 +28,7 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     """The runner serving ``build_app``'s ``app`` (the tests start theirs with it too)."""
     return EdgeRunner(
         app,
+        settings.server,
         app[BAD_REQUESTS],
         handle_signals=False,
         access_log=None,

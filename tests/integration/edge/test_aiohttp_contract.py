@@ -12,7 +12,18 @@ async def test_the_aiohttp_internals_the_edge_builds_on_are_still_there() -> Non
     pinned below 3.15). If this fails after an upgrade, re-read web_protocol.py before lifting the pin."""
     from aiohttp.web_protocol import RequestHandler
 
-    assert callable(RequestHandler.handle_error)
+    state = set(RequestHandler.__slots__) | set(RequestHandler.__mro__[1].__slots__)
+    used = {"_loop", "_request_count", "_messages", "_request_in_progress"}
+    assert used <= state, used - state
+    for method in (
+        "data_received",
+        "connection_made",
+        "connection_lost",
+        "handle_error",
+        "close",
+        "force_close",
+    ):
+        assert callable(getattr(RequestHandler, method))
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return web.Response()
