@@ -22,7 +22,7 @@ from llmproxy.config import Settings
 from llmproxy.errors import ClientBodyTimeout, ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.capture import BodyCapture, Exchange, Observer, bounded
-from llmproxy.proxy.keys import REQUEST_ID
+from llmproxy.proxy.keys import CANCEL_ON_DISCONNECT, REQUEST_ID
 from llmproxy.proxy.policy import Policy, split_target
 from llmproxy.proxy.pool import UpstreamPool, UpstreamResponse
 from llmproxy.proxy.relay import Flight, relay
@@ -264,7 +264,11 @@ class ProxyHandler:
 
         forwarded_at = perf_counter()
         up: UpstreamResponse | None = None
+        request[CANCEL_ON_DISCONNECT] = True  # a client leaving from now on cancels the upstream exchange
         try:
+            if request.transport is None:  # it left while its token was checked: forward nothing
+                flight.error = "client_disconnected"
+                return web.Response(status=_ERROR_STATUS["client_disconnected"])
             try:
                 up = await pool.request(request.method, base, request.raw_path, up_headers, data)
             except TimeoutError:
@@ -331,6 +335,7 @@ class ProxyHandler:
         resp = await relay(request, up, flight, own_headers, cors=cors)
         kept = flight.kept
         if cache is not None and kept is not None and flight.error is None:  # relay drops a truncated copy
+            request[CANCEL_ON_DISCONNECT] = False  # the answer is out: a client leaving cuts no store short
             try:
                 await cache.store(request, grant, body or b"", up.status, up_headers, kept.value())
             except Exception:

@@ -1,9 +1,11 @@
-"""The server's client edge: aiohttp's connection protocol plus client timeouts and quiet refusals
-of malformed HTTP.
+"""The server's client edge: aiohttp's connection protocol plus client timeouts, quiet refusals of
+malformed HTTP, and proxy exchanges cancelled when their client disconnects.
 
-aiohttp 3.14 has no header or body read timeout, and logs every malformed request at ERROR with a
-traceback. ``EdgeProtocol`` is its ``RequestHandler`` with both changed; it reads some of that class's
-state, so aiohttp is pinned below 3.15 and tests/integration/edge checks the state is still there.
+aiohttp 3.14 has no header or body read timeout, logs every malformed request at ERROR with a
+traceback, and either lets a handler whose client left run on or cancels every such handler
+(``handler_cancellation``, which would cut /manage database writes short). ``EdgeProtocol`` is its
+``RequestHandler`` with those three changed; it reads some of that class's state, so aiohttp is pinned
+below 3.15 and tests/integration/edge checks the state is still there.
 
 Timeouts cost at most one timer per connection, armed lazily: a request whose head (and body) arrive
 in one read, the common case on a keep-alive connection, arms none and reads the clock not once.
@@ -23,6 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 from llmproxy.config import ServerSettings
 from llmproxy.errors import ClientBodyTimeout, Refusal, error_body
 from llmproxy.metrics import BadRequests
+from llmproxy.proxy.keys import CANCEL_ON_DISCONNECT
 from llmproxy.server.routing import ServerHandler
 
 __all__ = ("EdgeProtocol", "EdgeRunner", "bad_request_reason")
@@ -115,11 +118,16 @@ class EdgeProtocol(RequestHandler):
             self._watch(self._since + self._header_timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        request, handler = self._current_request, self._task_handler
         super().connection_lost(exc)
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
         self._phase, self._body = _IDLE, None
+        # Only where the handler asked for it (the proxy, while it waits on the upstream): other handlers
+        # write to the database and must finish (aiohttp's handler_cancellation would cancel them all).
+        if request is not None and handler is not None and request.get(CANCEL_ON_DISCONNECT):
+            handler.cancel()
 
     def handle_error(
         self,

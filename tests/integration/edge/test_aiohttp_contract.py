@@ -13,7 +13,14 @@ async def test_the_aiohttp_internals_the_edge_builds_on_are_still_there() -> Non
     from aiohttp.web_protocol import RequestHandler
 
     state = set(RequestHandler.__slots__) | set(RequestHandler.__mro__[1].__slots__)
-    used = {"_loop", "_request_count", "_messages", "_request_in_progress"}
+    used = {
+        "_loop",
+        "_request_count",
+        "_messages",
+        "_request_in_progress",
+        "_current_request",
+        "_task_handler",
+    }
     assert used <= state, used - state
     for method in (
         "data_received",
