@@ -18,7 +18,13 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, InvalidURLError, LineTooLong
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadStatusLine,
+    HttpProcessingError,
+    InvalidURLError,
+    LineTooLong,
+)
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
@@ -101,6 +107,12 @@ class EdgeProtocol(RequestHandler):
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:  # a head was parsed (or refused as malformed)
+            body = self._body
+            if phase == _BODY and body is not None and not body.is_eof():  # refused mid-body
+                # aiohttp queues the refusal but leaves this body waiting forever: fail it, and end it so
+                # that nothing reads it after its handler (the refusal's 400 follows, then the close)
+                body.set_exception(BadHttpMessage("Malformed request body framing"))
+                body.feed_eof()
             payload = self._messages[-1][1]
             if payload.is_eof():
                 self._phase = _IDLE

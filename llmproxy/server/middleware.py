@@ -6,6 +6,7 @@ import logging
 import re
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from llmproxy.errors import ClientBodyTimeout, ProxyError, Refusal, error_body
@@ -59,6 +60,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         return web.Response(status=exc.status, body=body, content_type=_JSON, headers=headers)
     except ClientBodyTimeout:
         return _error_response(ProxyError(Refusal.REQUEST_TIMEOUT), request_id)
+    except HttpProcessingError:  # the body's framing broke (server/edge.py)
+        return _error_response(ProxyError(Refusal.BAD_REQUEST, "Malformed request body"), request_id)
     except Exception as exc:
         if isinstance(exc, ConnectionError) and request.transport is None:  # e.g. gone mid-body: no error
             log.debug("client hung up on %s %s (request_id=%s)", request.method, request.path, request_id)

@@ -83,3 +83,26 @@ async def test_a_management_client_hanging_up_mid_body_is_no_server_error(
     assert (await edge.metrics())["bad_requests"] == dict.fromkeys(
         ("bad_request_line", "bad_header", "bad_framing", "too_large", "timeout", "malformed"), 0
     )
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/manage/projects"])
+async def test_a_body_whose_chunked_framing_breaks_mid_way_gets_a_400_not_a_hang(
+    start_edge: StartEdge, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    edge = await start_edge()
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    reader, writer = await edge.connect()
+    proxied = path.startswith("/v1")
+    auth = () if proxied else (f"Authorization: {AUTH['Authorization']}",)
+    framing = ("Content-Type: application/json", "Transfer-Encoding: chunked")
+    head = edge.head("POST", path, *auth, *framing, token=proxied)
+    writer.write(head + b'5\r\n{"a":\r\n')
+    await writer.drain()
+    await asyncio.sleep(0.1)  # the head is parsed and its handler reads the body: then the framing breaks
+    writer.write(b"zz\r\n")
+    response = await read_response(reader)
+    assert response.status == 400 and response.json()["error"]["code"] == "bad_request"
+    writer.close()
+    assert _loud(caplog.records) == []
+    assert (await edge.metrics())["bad_requests"]["bad_framing"] == 1
