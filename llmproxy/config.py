@@ -22,19 +22,14 @@ from llmproxy.config_values import (
     integer,
     listen_addr,
     parse_duration,
+    positive_duration,
     services,
     text,
     upstream_url,
 )
 from llmproxy.errors import ConfigError
 
-__all__ = (
-    "ApiConfig",
-    "Settings",
-    "load",
-    "load_api_config",
-    "parse_duration",
-)
+__all__ = ("ApiConfig", "Settings", "load", "load_api_config", "parse_duration")
 
 
 class Timeouts(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -76,6 +71,9 @@ class ServerSettings(msgspec.Struct):
     management_token: str = ""
     shutdown_timeout: float = 30.0
     manage_url: str = "http://127.0.0.1:8080"  # LLM_PROXY_URL: the server `llm-proxy manage` calls
+    client_header_timeout: float = 10.0  # a request head (line + headers) must be complete within this
+    client_body_timeout: float = 30.0  # longest a request body may make no progress (then 408)
+    client_keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
 
 
 class UpstreamSettings(msgspec.Struct):
@@ -179,6 +177,9 @@ _VARS: dict[str, tuple[str, str, Any]] = {
     "LISTEN_ADDR": ("server", "listen_addr", listen_addr),
     "MANAGEMENT_TOKEN": ("server", "management_token", text),
     "SHUTDOWN_TIMEOUT": ("server", "shutdown_timeout", parse_duration),
+    "CLIENT_HEADER_TIMEOUT": ("server", "client_header_timeout", positive_duration),
+    "CLIENT_BODY_TIMEOUT": ("server", "client_body_timeout", positive_duration),
+    "CLIENT_KEEPALIVE_TIMEOUT": ("server", "client_keepalive_timeout", positive_duration),
     "LLM_PROXY_URL": ("server", "manage_url", upstream_url),  # the same rule: a URL we can dial
     "UPSTREAM_BASE_URL": ("upstream", "base_url", upstream_url),
     "API_CONFIG_PATH": ("upstream", "api_config_path", text),

@@ -19,6 +19,7 @@ __all__ = (
     "integer",
     "listen_addr",
     "parse_duration",
+    "positive_duration",
     "services",
     "text",
     "upstream_url",
@@ -40,6 +41,13 @@ def parse_duration(value: str | float | int) -> float:
     if not m:
         raise ValueError(f"not a duration (use 500ms, 30s, 5m, 1h or seconds): {value!r}")
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+
+
+def positive_duration(value: str | float | int) -> float:
+    """A duration that must be more than 0 (a timeout of 0 would close every connection at once)."""
+    if (seconds := parse_duration(value)) > 0:
+        return seconds
+    raise ValueError(f"must be more than 0: {value!r}")
 
 
 def boolean(value: Any) -> bool:

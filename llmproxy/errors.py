@@ -11,7 +11,15 @@ from typing import Any
 
 import msgspec
 
-__all__ = ("ConfigError", "ProxyError", "Refusal", "StartupError", "StoreUnavailable", "error_body")
+__all__ = (
+    "ClientBodyTimeout",
+    "ConfigError",
+    "ProxyError",
+    "Refusal",
+    "StartupError",
+    "StoreUnavailable",
+    "error_body",
+)
 
 
 class Refusal(enum.Enum):
@@ -45,6 +53,7 @@ class Refusal(enum.Enum):
         "invalid_request_error",
         "Request body does not decode as its Content-Encoding says",
     )
+    REQUEST_TIMEOUT = (408, "request_timeout", "invalid_request_error", "Request body not received in time")
     UPSTREAM_UNAVAILABLE = (502, "upstream_unavailable", "upstream_error", "Upstream unavailable")
     UPSTREAM_TIMEOUT = (504, "upstream_timeout", "upstream_error", "Upstream timed out")
     # management API
@@ -101,6 +110,12 @@ class ProxyError(Exception):
 
     def body(self) -> bytes:
         return error_body(self.refusal, self.message, param=self.param)
+
+
+class ClientBodyTimeout(TimeoutError):
+    """The client sent no body bytes for CLIENT_BODY_TIMEOUT: raised where the body is read (→ 408).
+
+    A TimeoutError, so that aiohttp's own read of a body nobody read ends quietly on it."""
 
 
 class StoreUnavailable(Exception):

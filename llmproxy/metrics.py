@@ -24,8 +24,10 @@ from prometheus_client.registry import Collector
 from llmproxy.config import ApiConfig
 
 __all__ = (
+    "BAD_REQUEST_REASONS",
     "DURATION_BUCKETS",
     "OTHER_PATH",
+    "BadRequests",
     "CacheFigures",
     "DispatcherFigures",
     "EndpointLabels",
@@ -44,6 +46,8 @@ OTHER_PATH = "other"
 # LLM calls take seconds to minutes: the buckets reach 5 minutes (the upstream's default request timeout).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+# Why the HTTP edge refused a request: a fixed set, so no label value is ever text a client chose.
+BAD_REQUEST_REASONS = ("bad_request_line", "bad_header", "bad_framing", "too_large", "timeout", "malformed")
 
 
 def status_class(status: int) -> str:
@@ -139,6 +143,16 @@ class RequestMetrics:
             self.ttfb.observe(labels, ttfb_s)
 
 
+class BadRequests:
+    """Requests the HTTP edge refused, by reason: malformed HTTP (400) or a client too slow (timeout)."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(BAD_REQUEST_REASONS, 0)
+
+    def count(self, reason: str) -> None:
+        self.counts[reason] += 1
+
+
 # --- the document both renderings are made of ------------------------------------------------------
 
 
@@ -211,6 +225,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     errors: PathCounts = msgspec.field(default_factory=PathCounts)
     request_duration_seconds: list[HistogramFigures] = []
     upstream_ttfb_seconds: list[HistogramFigures] = []
+    bad_requests: dict[str, int] = {}  # reason -> count (BAD_REQUEST_REASONS)
     cache: CacheFigures = msgspec.field(default_factory=CacheFigures)
     events: EventFigures = msgspec.field(default_factory=EventFigures)
     dispatchers: dict[str, DispatcherFigures] = {}
@@ -271,6 +286,14 @@ def prometheus_families(snapshot: Snapshot) -> Iterable[Metric]:
         "Arrival to upstream response headers (forwarded requests)",
         s.upstream_ttfb_seconds,
     )
+    bad = CounterMetricFamily(
+        "llm_proxy_bad_requests_total",
+        "Requests refused at the HTTP edge: malformed or too slow",
+        labels=("reason",),
+    )
+    for reason, n in s.bad_requests.items():
+        bad.add_metric((reason,), n)
+    yield bad
     for field, help_text in (
         ("hits", "Requests answered from the response cache"),
         ("misses", "Cacheable lookups that found nothing"),

@@ -20,10 +20,10 @@ from llmproxy.audit import audit_record
 from llmproxy.auth.tokens import parse_bearer
 from llmproxy.codings import DecodedTooLarge, Undecodable, decode
 from llmproxy.config import Settings
-from llmproxy.errors import ProxyError, Refusal
+from llmproxy.errors import ClientBodyTimeout, ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.capture import TAIL_BYTES, BodyCapture, Exchange, Observer, bounded
-from llmproxy.proxy.keys import REQUEST_ID
+from llmproxy.proxy.keys import CANCEL_ON_DISCONNECT, REQUEST_ID
 from llmproxy.proxy.policy import Policy, split_target
 from llmproxy.proxy.relay import Flight, relay
 from llmproxy.proxy.transport import UpstreamAnswer, UpstreamTransport
@@ -42,7 +42,12 @@ _AUDITED = {Refusal.PROJECT_INACTIVE: "denied", Refusal.SERVICE_UNAVAILABLE: "er
 # A body of known size up to this is read whole and sent in one write; larger ones stream through.
 _READ_WHOLE_BELOW = 1 << 20
 # The status an Exchange records when no upstream status was relayed (499: client closed request).
-_ERROR_STATUS = {"upstream_timeout": 504, "upstream_unavailable": 502, "client_disconnected": 499}
+_ERROR_STATUS = {
+    "upstream_timeout": 504,
+    "upstream_unavailable": 502,
+    "client_disconnected": 499,
+    "request_timeout": 408,
+}
 
 
 class ResponseCache(Protocol):
@@ -194,6 +199,8 @@ class ProxyHandler:
                 chunks.append(chunk)
         except (ConnectionError, ClientError, asyncio.IncompleteReadError):
             raise ProxyError(Refusal.BAD_REQUEST, "Request body incomplete") from None
+        except ClientBodyTimeout:
+            raise ProxyError(Refusal.REQUEST_TIMEOUT) from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _decoded(self, body: bytes, headers: CIMultiDictProxy[str]) -> bytes:
@@ -217,6 +224,9 @@ class ProxyHandler:
         while True:
             try:
                 chunk = await content.readany()
+            except ClientBodyTimeout:
+                flight.error = "request_timeout"
+                raise
             except BaseException:
                 flight.client_gone = True
                 raise
@@ -261,7 +271,11 @@ class ProxyHandler:
 
         forwarded_at = perf_counter()
         up: UpstreamAnswer | None = None
+        request[CANCEL_ON_DISCONNECT] = True  # a client leaving from now on cancels the upstream exchange
         try:
+            if request.transport is None:  # it left while its token was checked: forward nothing
+                flight.error = "client_disconnected"
+                return web.Response(status=_ERROR_STATUS["client_disconnected"])
             try:
                 up = await self._transport.request(request.method, base, request.raw_path, up_headers, data)
             except TimeoutError:
@@ -270,6 +284,8 @@ class ProxyHandler:
             except OSError as exc:
                 if flight.body_too_large:
                     raise self._policy.too_large() from None
+                if flight.error == "request_timeout":  # the client's body stalled (server/edge.py)
+                    raise ProxyError(Refusal.REQUEST_TIMEOUT) from None
                 if flight.client_gone:
                     flight.error = "client_disconnected"
                     raise ProxyError(Refusal.BAD_REQUEST, "Request body incomplete") from None
@@ -326,6 +342,7 @@ class ProxyHandler:
         resp = await relay(request, up, flight, own_headers, cors=cors)
         kept = flight.kept
         if cache is not None and kept is not None and flight.error is None:  # relay drops a truncated copy
+            request[CANCEL_ON_DISCONNECT] = False  # the answer is out: a client leaving cuts no store short
             try:
                 await cache.store(request, grant, plain, up.status, up_headers, kept.value())
             except Exception:

@@ -24,6 +24,7 @@ from llmproxy.auth.throttle import AuthThrottle
 from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
+from llmproxy.metrics import BadRequests
 from llmproxy.proxy.handler import ProxyHandler
 from llmproxy.proxy.keys import SETTINGS
 from llmproxy.proxy.pool import UpstreamPool
@@ -35,7 +36,7 @@ from llmproxy.server.routing import add_proxy_route
 from llmproxy.store.base import Store
 from llmproxy.store.factory import make_store
 
-__all__ = ("STORE", "build_app")
+__all__ = ("BAD_REQUESTS", "STORE", "build_app")
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ SERVER_HEADER = "llmproxy"  # no versions: they only help someone looking for a 
 
 STORE: web.AppKey[Store] = web.AppKey("store")
 PIPELINE: web.AppKey[EventPipeline] = web.AppKey("pipeline", EventPipeline)
+BAD_REQUESTS: web.AppKey[BadRequests] = web.AppKey("bad-requests", BadRequests)  # counted by the runner
 
 
 def _owned_task(
@@ -135,6 +137,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         listen = functools.partial(invalidations.listen, authority)
         cluster.append(_owned_task("invalidation-listener", listen, invalidations.aclose))
         probes["invalidations"] = invalidations.state
+    app[BAD_REQUESTS] = bad_requests = BadRequests()
     app.cleanup_ctx.extend(
         [
             store_ctx,
@@ -149,7 +152,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     health = HealthRoutes(probes)
     app.add_routes(health.routes())
     if settings.metrics_enabled:
-        Observability(settings, pipeline, cache=cache).install(app)
+        Observability(settings, pipeline, cache=cache, bad_requests=bad_requests).install(app)
     app.add_routes(manage.routes())
     app.add_routes(admin.routes())
     add_proxy_route(app, proxy.handle)

@@ -6,9 +6,10 @@ import logging
 import re
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from llmproxy.errors import ProxyError, Refusal, error_body
+from llmproxy.errors import ClientBodyTimeout, ProxyError, Refusal, error_body
 from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.keys import REQUEST_ID
 
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _JSON = "application/json"
+_CLIENT_CLOSED = 499  # nginx's "client closed request": an answer nobody is left to receive
 
 # aiohttp's own HTTP errors (routing 404/405, 413 from client_max_size, …) → our refusal table
 _HTTP_REFUSALS = {
@@ -56,7 +58,14 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             headers["Allow"] = exc.headers["Allow"]
         body = error_body(refusal, exc.reason if exc.status != 404 else "Not found")
         return web.Response(status=exc.status, body=body, content_type=_JSON, headers=headers)
-    except Exception:
+    except ClientBodyTimeout:
+        return _error_response(ProxyError(Refusal.REQUEST_TIMEOUT), request_id)
+    except HttpProcessingError:  # the body's framing broke (server/edge.py)
+        return _error_response(ProxyError(Refusal.BAD_REQUEST, "Malformed request body"), request_id)
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and request.transport is None:  # e.g. gone mid-body: no error
+            log.debug("client hung up on %s %s (request_id=%s)", request.method, request.path, request_id)
+            return web.Response(status=_CLIENT_CLOSED)
         log.exception("unhandled error on %s %s (request_id=%s)", request.method, request.path, request_id)
         return _error_response(ProxyError(Refusal.INTERNAL), request_id)
     if not response.prepared:

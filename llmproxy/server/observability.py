@@ -27,6 +27,7 @@ from llmproxy.events.bus import connect_redis
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.events.redis_list import list_key
 from llmproxy.metrics import (
+    BadRequests,
     CacheFigures,
     DispatcherFigures,
     EventFigures,
@@ -100,9 +101,11 @@ class Observability:
         pipeline: EventPipeline,
         *,
         cache: CountingCache | None = None,
+        bad_requests: BadRequests | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._bad_requests = bad_requests or BadRequests()  # counted by the runner's protocol (edge.py)
         self._pipeline = pipeline
         self._cache = cache
         self._clock = clock
@@ -176,6 +179,7 @@ class Observability:
             errors=PathCounts.of(r.errors),
             request_duration_seconds=r.duration.figures(),
             upstream_ttfb_seconds=r.ttfb.figures(),
+            bad_requests=dict(self._bad_requests.counts),
             cache=self._cache_figures(),
             events=EventFigures(
                 published=bus.get("published", 0),

@@ -16,7 +16,8 @@ from llmproxy.config import Settings
 from llmproxy.errors import StartupError, StoreUnavailable
 from llmproxy.events.bus import BusUnavailable
 from llmproxy.loop import run_loop
-from llmproxy.server.app import PIPELINE, build_app
+from llmproxy.server.app import BAD_REQUESTS, PIPELINE, build_app
+from llmproxy.server.edge import EdgeRunner
 from llmproxy.server.routing import route_proxy_first
 
 __all__ = ("StartupError", "make_runner", "serve")
@@ -25,14 +26,16 @@ log = logging.getLogger(__name__)
 
 
 def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
-    """The runner ``serve`` uses, for tests too: request bodies reach the handlers as received.
+    """The runner serving ``build_app``'s ``app`` (the tests start theirs with it too).
 
-    aiohttp would decode a ``Content-Encoding: gzip`` body on the way in; the proxy must forward the
-    bytes the client sent under the framing it announced, so nothing is decoded here
-    (``llmproxy.codings`` decodes a bounded copy where a body must be read).
+    Request bodies reach the handlers as received: aiohttp would decode a ``Content-Encoding: gzip``
+    body on the way in, and the proxy must forward the bytes the client sent under the framing it
+    announced (``llmproxy.codings`` decodes a bounded copy where a body must be read).
     """
-    return web.AppRunner(
+    return EdgeRunner(
         app,
+        settings.server,
+        app[BAD_REQUESTS],
         handle_signals=False,
         access_log=None,
         shutdown_timeout=settings.server.shutdown_timeout,

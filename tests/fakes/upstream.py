@@ -5,6 +5,7 @@ in `fake.requests` (method, raw path, query, headers, body bytes exactly as rece
 the next scripted reply (`fake.script(...)`), else a fixed chat completion. Replies cover what the proxy
 must pass through untouched: JSON (optionally gzip-encoded), OpenAI errors, SSE streams released chunk
 by chunk by the test, an endless stream that notices when it is aborted, and an answer that never comes.
+``fake.dropped`` counts the requests whose connection the proxy closed before their answer was sent.
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ class FakeUpstream:
         self._default: Reply = json_reply()
         self._runner: web.AppRunner | None = None
         self.received = asyncio.Event()  # set whenever a request arrives
+        self.dropped = 0  # requests whose connection was closed before their answer was sent
 
     def script(self, *replies: Reply) -> None:
         """Answer the next requests with these, in order; then the default chat completion."""
@@ -213,8 +215,11 @@ class FakeUpstream:
         app = web.Application(client_max_size=256 * 1024 * 1024)
         app.router.add_route("*", "/{path:.*}", self._handle)
         # auto_decompress off: a request body is recorded exactly as the proxy sent it, Content-Encoding
-        # and all (a real OpenAI upstream would have to decode it itself)
-        self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None, auto_decompress=False)
+        # and all (a real OpenAI upstream would have to decode it itself); handler_cancellation: a reply
+        # still waiting or writing learns at once that the proxy hung up
+        self._runner = web.AppRunner(
+            app, shutdown_timeout=1.0, access_log=None, auto_decompress=False, handler_cancellation=True
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -227,10 +232,17 @@ class FakeUpstream:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        self.requests.append(Recorded(request.method, request.raw_path, CIMultiDict(request.headers), body))
-        transport = request.transport
-        self.peers.append(transport.get_extra_info("peername")[:2] if transport is not None else ("", 0))
-        self.received.set()
-        reply = self._script.popleft() if self._script else self._default
-        return await reply(request)
+        try:
+            body = await request.read()
+            self.requests.append(
+                Recorded(request.method, request.raw_path, CIMultiDict(request.headers), body)
+            )
+            transport = request.transport
+            self.peers.append(transport.get_extra_info("peername")[:2] if transport is not None else ("", 0))
+            self.received.set()
+            reply = self._script.popleft() if self._script else self._default
+            return await reply(request)
+        except (ConnectionError, asyncio.CancelledError):
+            if not self.closing.is_set():
+                self.dropped += 1
+            raise

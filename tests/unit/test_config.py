@@ -27,6 +27,8 @@ def test_defaults_are_the_embedded_ones_of_the_spec() -> None:
     assert s.cache.enabled is False and s.cache.key_prefix == "llmproxy:cache:"
     assert s.dispatch.services == () and s.dispatch.max_deliveries == 10
     assert s.server.shutdown_timeout == 30.0
+    assert (s.server.client_header_timeout, s.server.client_body_timeout) == (10.0, 30.0)
+    assert s.server.client_keepalive_timeout == 75.0
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,9 @@ def test_defaults_are_the_embedded_ones_of_the_spec() -> None:
         ("DISPATCHER_MAX_DELIVERIES", "4", "dispatch", "max_deliveries", 4),
         ("LOG_FORMAT", "json", "log", "format", "json"),
         ("LOG_LEVEL", "debug", "log", "level", "debug"),
+        ("CLIENT_HEADER_TIMEOUT", "500ms", "server", "client_header_timeout", 0.5),
+        ("CLIENT_BODY_TIMEOUT", "1m", "server", "client_body_timeout", 60.0),
+        ("CLIENT_KEEPALIVE_TIMEOUT", "5", "server", "client_keepalive_timeout", 5.0),
     ],
 )
 def test_each_spec_variable_reaches_its_setting(var, value, section, field, expected) -> None:
@@ -75,6 +80,8 @@ def test_a_bad_value_names_the_variable_and_where_it_came_from() -> None:
         config.load({"REDIS_STREAM_CLAIM_TIME": "soon"})
     with pytest.raises(ConfigError, match=r"^LLM_PROXY_EVENT_BUS \(environment\): must be one of"):
         config.load({"LLM_PROXY_EVENT_BUS": "kafka"})
+    with pytest.raises(ConfigError, match=r"^CLIENT_BODY_TIMEOUT \(environment\): must be more than 0"):
+        config.load({"CLIENT_BODY_TIMEOUT": "0s"})
     with pytest.raises(ConfigError, match=r"^LISTEN_ADDR \(flag\): not HOST:PORT"):
         config.load({}, overrides={"LISTEN_ADDR": "localhost"})
 
