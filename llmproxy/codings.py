@@ -13,7 +13,7 @@ try:  # optional: br is decoded only where a Brotli binding that can bound its o
 except ImportError:  # pragma: no cover - depends on the environment
     brotli = None
 
-__all__ = ("DecodedTooLarge", "Undecodable", "codings", "decode", "inflate")
+__all__ = ("DecodedTooLarge", "Undecodable", "codings", "decode", "inflate", "zlib_wbits")
 
 
 class Undecodable(ValueError):
@@ -29,7 +29,8 @@ def codings(content_encoding: str) -> list[str]:
     return [c for c in (c.strip() for c in content_encoding.lower().split(",")) if c and c != "identity"]
 
 
-def _zlib_wbits(coding: str, body: bytes) -> int | None:
+def zlib_wbits(coding: str, body: bytes) -> int | None:
+    """zlib's window bits for a coding it can undo (None for any other coding)."""
     if coding in ("gzip", "x-gzip"):
         return 16 + zlib.MAX_WBITS
     if coding == "deflate":  # RFC 9110 says zlib-wrapped; some clients send raw deflate
@@ -38,12 +39,13 @@ def _zlib_wbits(coding: str, body: bytes) -> int | None:
     return None
 
 
-def inflate(body: bytes, coding: str, limit: int) -> tuple[bytes, bool]:
+def inflate(body: bytes, coding: str, limit: int, *, partial: bool = False) -> tuple[bytes, bool]:
     """One coding undone: (at most ``limit`` decoded bytes, whether there was more). Gzip members
-    that follow each other are all decoded. Raises Undecodable."""
-    wbits = _zlib_wbits(coding, body)
+    that follow each other are all decoded. ``partial``: ``body`` may be cut short (a bounded capture),
+    so what decodes of it is the answer. Raises Undecodable."""
+    wbits = zlib_wbits(coding, body)
     if wbits is None:
-        return _unbrotli(body, limit) if coding == "br" else _unknown(coding)
+        return _unbrotli(body, limit, partial) if coding == "br" else _unknown(coding)
     out: list[bytes] = []
     room = limit
     rest = body
@@ -60,6 +62,8 @@ def inflate(body: bytes, coding: str, limit: int) -> tuple[bytes, bool]:
         if decoder.unconsumed_tail or (room <= 0 and not decoder.eof):
             return b"".join(out), True
         if not decoder.eof:
+            if partial:
+                break
             raise Undecodable(f"{coding} data ends early")
         rest = decoder.unused_data if wbits > 16 else b""  # only gzip has members after members
         if rest.strip(b"\x00") == b"":  # trailing padding some writers add
@@ -67,7 +71,7 @@ def inflate(body: bytes, coding: str, limit: int) -> tuple[bytes, bool]:
     return b"".join(out), False
 
 
-def _unbrotli(body: bytes, limit: int) -> tuple[bytes, bool]:
+def _unbrotli(body: bytes, limit: int, partial: bool) -> tuple[bytes, bool]:
     if brotli is None:
         raise Undecodable("br is not supported here")
     decoder = brotli.Decompressor()
@@ -79,7 +83,7 @@ def _unbrotli(body: bytes, limit: int) -> tuple[bytes, bool]:
         raise Undecodable(f"not valid br data: {exc}") from None
     if len(out) > limit:
         return out[:limit], True
-    if not decoder.is_finished():
+    if not decoder.is_finished() and not partial:
         raise Undecodable("br data ends early")
     return out, False
 

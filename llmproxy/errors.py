@@ -14,6 +14,7 @@ import msgspec
 __all__ = (
     "ClientBodyTimeout",
     "ConfigError",
+    "Outcome",
     "ProxyError",
     "Refusal",
     "StartupError",
@@ -81,6 +82,33 @@ class Refusal(enum.Enum):
     @property
     def message(self) -> str:
         return self.value[3]
+
+
+class Outcome(enum.Enum):
+    """How a forwarded request ended: (the status recorded when the upstream's was not relayed, the
+    event's ``error``, the refusal answered while nothing was sent yet). The one table for both."""
+
+    OK = (0, None, None)
+    UPSTREAM_TIMEOUT = (504, "upstream_timeout", Refusal.UPSTREAM_TIMEOUT)
+    UPSTREAM_UNAVAILABLE = (502, "upstream_unavailable", Refusal.UPSTREAM_UNAVAILABLE)
+    CLIENT_GONE = (499, "client_disconnected", Refusal.BAD_REQUEST)  # 499: client closed request
+    CLIENT_TIMEOUT = (408, "request_timeout", Refusal.REQUEST_TIMEOUT)
+    BODY_TOO_LARGE = (413, "request_too_large", Refusal.BODY_TOO_LARGE)
+    INTERNAL = (500, "internal_error", Refusal.INTERNAL)
+
+    @property
+    def status(self) -> int:
+        return self.value[0]
+
+    @property
+    def error(self) -> str | None:
+        return self.value[1]
+
+    @property
+    def refusal(self) -> Refusal:
+        refusal = self.value[2]
+        assert refusal is not None, "OK refuses nothing"
+        return refusal
 
 
 class ProxyError(Exception):

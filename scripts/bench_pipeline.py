@@ -33,9 +33,10 @@ from bench import cpu_seconds, interpreter_speed, redis_pid  # scripts/bench.py,
 from redis.asyncio import Redis
 
 from llmproxy import config
+from llmproxy.auth.authority import Grant
 from llmproxy.events.model import Event, encode_event
 from llmproxy.events.redis_streams import RedisStreamBus
-from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.flow import Flow
 from llmproxy.proxy.instrument import build_event
 from llmproxy.redis_keys import group_name
 
@@ -45,7 +46,29 @@ SERVICE = "file"
 # --- a realistic event -----------------------------------------------------------------------
 
 
-def sample_exchange(body_bytes: int) -> Exchange:
+REQUEST_HEADERS = {
+    "Host": "llm-proxy.internal:8080",
+    "Authorization": "Bearer sk-0123456789abcdefghijklmnop",
+    "Content-Type": "application/json",
+    "User-Agent": "OpenAI/Python 1.54.4",
+    "Accept": "application/json",
+    "X-Stainless-Lang": "python",
+    "X-Stainless-Package-Version": "1.54.4",
+}
+RESPONSE_HEADERS = {
+    "Date": "Sat, 23 Nov 2024 09:01:37 GMT",
+    "Content-Type": "application/json",
+    "openai-organization": "user-abc123",
+    "openai-processing-ms": "398",
+    "openai-version": "2020-10-01",
+    "x-ratelimit-limit-requests": "10000",
+    "x-ratelimit-remaining-requests": "9999",
+    "x-ratelimit-remaining-tokens": "199688",
+    "x-request-id": "req_8f2b1d4c3e5a6f7b8c9d0e1f2a3b4c5d",
+}
+
+
+def sample_flow(body_bytes: int) -> Flow:
     """A chat completion as the proxy sees it: a request of about ``body_bytes``, a typical answer."""
     filler = "Summarise the following notes for the weekly report. " * (body_bytes // 54 + 1)
     request = json.dumps(
@@ -76,50 +99,24 @@ def sample_exchange(body_bytes: int) -> Exchange:
             "system_fingerprint": "fp_0ba0d124f1",
         }
     ).encode()
-    return Exchange(
+    flow = Flow(
         request_id=uuid.uuid4().hex,
-        token_id=str(uuid.uuid4()),
-        project_id=str(uuid.uuid4()),
         method="POST",
         path="/v1/chat/completions",
         query="",
-        status=200,
+        grant=Grant(str(uuid.uuid4()), str(uuid.uuid4()), "sk-upstream", None, None, None),
+        request_headers=REQUEST_HEADERS | {"Content-Length": str(len(request))},
         started_at=time.time(),
-        duration_ms=412.37,
-        ttfb_ms=405.1,
-        request_headers={
-            "Host": "llm-proxy.internal:8080",
-            "Authorization": "Bearer sk-0123456789abcdefghijklmnop",
-            "Content-Type": "application/json",
-            "Content-Length": str(len(request)),
-            "User-Agent": "OpenAI/Python 1.54.4",
-            "Accept": "application/json",
-            "X-Stainless-Lang": "python",
-            "X-Stainless-Package-Version": "1.54.4",
-        },
-        response_headers={
-            "Date": "Sat, 23 Nov 2024 09:01:37 GMT",
-            "Content-Type": "application/json",
-            "Content-Length": str(len(response)),
-            "openai-organization": "user-abc123",
-            "openai-processing-ms": "398",
-            "openai-version": "2020-10-01",
-            "x-ratelimit-limit-requests": "10000",
-            "x-ratelimit-remaining-requests": "9999",
-            "x-ratelimit-remaining-tokens": "199688",
-            "x-request-id": "req_8f2b1d4c3e5a6f7b8c9d0e1f2a3b4c5d",
-        },
-        request_body=request,
-        request_body_truncated=False,
-        response_body=response,
-        response_body_truncated=False,
-        stream=False,
-        error=None,
+        arrived=0.0,
     )
+    flow.status, flow.duration_ms, flow.ttfb_ms = 200, 412.37, 405.1
+    flow.response_headers = RESPONSE_HEADERS | {"Content-Length": str(len(response))}
+    flow.request_body, flow.response_body = request, response
+    return flow
 
 
 def sample_events(n: int, body_bytes: int) -> list[Event]:
-    event, _ = build_event(sample_exchange(body_bytes), config.Settings().events)
+    event, _ = build_event(sample_flow(body_bytes), config.Settings().events)
     replace = msgspec.structs.replace
     return [replace(event, id=str(uuid.uuid4()), request_id=uuid.uuid4().hex) for _ in range(n)]
 
@@ -174,19 +171,19 @@ async def _publish_cost(events: list[Event], key: str) -> tuple[float, float]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    exchange = sample_exchange(args.body_bytes)
+    flow = sample_flow(args.body_bytes)
     settings = config.Settings().events
-    event, _ = build_event(exchange, settings)
+    event, _ = build_event(flow, settings)
     encoded = encode_event(event)
-    build_us = _per_call_us(lambda: build_event(exchange, settings), 2000)
+    build_us = _per_call_us(lambda: build_event(flow, settings), 2000)
     encode_us = _per_call_us(lambda: encode_event(event), 5000)
     key = f"bench:{uuid.uuid4().hex}:events"
     try:
         publish_us, rate = asyncio.run(_publish_cost(sample_events(args.events, args.body_bytes), key))
     finally:
         delete_keys(key)
-    print(f"event: {len(encoded)} bytes encoded (request body {len(exchange.request_body)} B, "
-          f"response body {len(exchange.response_body)} B)")  # fmt: skip
+    print(f"event: {len(encoded)} bytes encoded (request body {len(flow.request_body)} B, "
+          f"response body {len(flow.response_body)} B)")  # fmt: skip
     print(f"build_event   {build_us:7.1f} µs   (redaction, model, usage, RFC 3339 time, uuid4)")
     print(f"encode_event  {encode_us:7.1f} µs")
     print(f"publish+XADD  {publish_us:7.1f} µs CPU per event in the producer, {rate:,.0f} events/s "

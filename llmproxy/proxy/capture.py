@@ -1,4 +1,4 @@
-"""What the proxy hands to observers once a forwarded request has finished: the Exchange.
+"""Bounded body capture: what observers and the cache keep of the bodies that pass through the proxy.
 
 Bodies are captured up to a bound while they stream past, so observing never holds more than a
 fixed amount per request and never changes what is proxied. A response past the bound also keeps its
@@ -8,11 +8,10 @@ last few KiB, where the upstream reports usage (the final SSE usage chunk, a JSO
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
 
-import msgspec
+from llmproxy.codings import zlib_wbits
 
-__all__ = ("INFLATE_CAP", "TAIL_BYTES", "BodyCapture", "Exchange", "Observer", "bounded", "inflated_tail")
+__all__ = ("INFLATE_CAP", "TAIL_BYTES", "BodyCapture", "bounded", "inflated_tail")
 
 # The tail kept of a response past the capture bound. Usage is in its last bytes: chat streams end with
 # the usage chunk and [DONE]; a Responses API object ends with usage, user and metadata (16 pairs of at
@@ -22,33 +21,6 @@ TAIL_BYTES = 16 * 1024
 # MiB for a real answer); past this the body is a bomb, not an answer, and is not read further.
 INFLATE_CAP = 64 * 1024 * 1024
 _INFLATE_STEP = 1024 * 1024
-
-
-class Exchange(msgspec.Struct, kw_only=True):
-    """One forwarded request and its response, as seen by the proxy (never a cache hit or refusal)."""
-
-    request_id: str
-    token_id: str
-    project_id: str
-    method: str
-    path: str
-    query: str
-    status: int
-    started_at: float  # time.time() at arrival
-    duration_ms: float
-    ttfb_ms: float | None  # arrival -> upstream response headers
-    request_headers: dict[str, str]  # as the client sent them (instrument redacts)
-    response_headers: dict[str, str]  # as the upstream sent them
-    request_body: bytes
-    request_body_truncated: bool
-    response_body: bytes  # raw: possibly gzip, exactly as forwarded
-    response_body_truncated: bool
-    response_tail: bytes = b""  # a truncated response's last TAIL_BYTES, raw like response_body
-    stream: bool  # response was text/event-stream
-    error: str | None  # None, "upstream_timeout", "upstream_unavailable", "client_disconnected"
-
-
-Observer = Callable[[Exchange], None]
 
 
 class BodyCapture:
@@ -130,22 +102,12 @@ def bounded(body: bytes, limit: int) -> tuple[bytes, bool]:
     return body[:limit], True
 
 
-def _wbits(body: bytes, coding: str) -> int | None:
-    """zlib's window bits for a Content-Encoding it can undo (None for any other coding)."""
-    if coding in ("gzip", "x-gzip"):
-        return 16 + zlib.MAX_WBITS
-    if coding == "deflate":  # RFC 9110 says zlib-wrapped; some servers send raw deflate
-        zlib_header = len(body) >= 2 and body[0] & 0x0F == 8 and int.from_bytes(body[:2], "big") % 31 == 0
-        return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
-    return None
-
-
 def inflated_tail(body: bytes, coding: str, size: int, *, cap: int = INFLATE_CAP) -> bytes:
     """The last ``size`` bytes of a gzip or deflate ``body`` once decoded, decoding at most ``cap`` bytes.
 
     b"" for another coding, corrupt data, or a body decoding past ``cap``. CPU-bound: run off the loop.
     """
-    wbits = _wbits(body, coding)
+    wbits = zlib_wbits(coding, body)
     if wbits is None:
         return b""
     decoder = zlib.decompressobj(wbits)

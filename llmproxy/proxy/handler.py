@@ -1,7 +1,8 @@
 """The catch-all proxy route: policy → token → body → cache → count → forward → relay → observers.
 
-The hot path: one shared upstream pool, no body re-encoding, response chunks written to the client
-as they arrive (``relay``), and capture work only when somebody observes.
+Named steps over ``(request, flow)``: a forwarded request is one ``Flow`` (proxy/flow.py), settled once
+and handed to the observers. The hot path: one shared upstream transport, no body re-encoding, response
+chunks written to the client as they arrive (``relay``), and capture work only when somebody observes.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from llmproxy.audit import audit_record
 from llmproxy.auth.tokens import parse_bearer
 from llmproxy.codings import DecodedTooLarge, Undecodable, decode
 from llmproxy.config import Settings
-from llmproxy.errors import ClientBodyTimeout, ProxyError, Refusal
+from llmproxy.errors import ClientBodyTimeout, Outcome, ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
-from llmproxy.proxy.capture import TAIL_BYTES, BodyCapture, Exchange, Observer, bounded
+from llmproxy.proxy.capture import TAIL_BYTES, BodyCapture, bounded
+from llmproxy.proxy.flow import Flow, Observer
 from llmproxy.proxy.keys import CANCEL_ON_DISCONNECT, REQUEST_ID
-from llmproxy.proxy.policy import Policy, split_target
-from llmproxy.proxy.relay import Flight, relay
+from llmproxy.proxy.policy import Policy, allow_origin, split_target
+from llmproxy.proxy.relay import relay
 from llmproxy.proxy.transport import UpstreamAnswer, UpstreamTransport
 from llmproxy.proxy.upstream import request_headers
 
@@ -41,13 +43,6 @@ log = logging.getLogger(__name__)
 _AUDITED = {Refusal.PROJECT_INACTIVE: "denied", Refusal.SERVICE_UNAVAILABLE: "error"}
 # A body of known size up to this is read whole and sent in one write; larger ones stream through.
 _READ_WHOLE_BELOW = 1 << 20
-# The status an Exchange records when no upstream status was relayed (499: client closed request).
-_ERROR_STATUS = {
-    "upstream_timeout": 504,
-    "upstream_unavailable": 502,
-    "client_disconnected": 499,
-    "request_timeout": 408,
-}
 
 
 class ResponseCache(Protocol):
@@ -88,7 +83,6 @@ class ProxyHandler:
         cache: ResponseCache | None = None,
         observers: Sequence[Observer] = (),
     ) -> None:
-        self._settings = settings
         self._policy = Policy(settings.upstream.api)
         self._authority = authority
         self._auditor = auditor
@@ -107,7 +101,7 @@ class ProxyHandler:
         except ProxyError as exc:
             origin = request.headers.get("Origin")
             if origin is not None and self._policy.origin_allowed(origin):
-                exc.headers.update(self._policy.cors_headers(origin))
+                allow_origin(exc.headers, origin)
             raise
 
     # Route this (a bound coroutine method): aiohttp wraps a callable object in a deprecated shim.
@@ -124,35 +118,26 @@ class ProxyHandler:
             return web.Response(status=204, headers=policy.preflight_headers(headers))
         policy.method(request.method)
         policy.headers(headers)
-        length = request.content_length
-        policy.body_size(length)
-
+        policy.body_size(request.content_length)
         # Authenticate before reading a body: anonymous callers must not make us buffer anything.
         grant = await self._authorize(request)
-
-        body: bytes | None = None  # as received: what is forwarded
-        plain = b""  # its Content-Encoding undone: what the whitelist and the cache key read
-        if request.body_exists:
-            content_type = headers.get("Content-Type", "")
-            inspect = policy.inspects_body(content_type)
-            if inspect or self._cache is not None or (length is not None and length <= _READ_WHOLE_BELOW):
-                body = await self._read_body(request.content)
-                if inspect or self._cache is not None:
-                    plain = self._decoded(body, headers)
-                if inspect:
-                    policy.params(plain, content_type)
-
+        body, plain = await self._read(request)
         if self._cache is not None:
-            hit = await self._cache.lookup(request, grant, plain)
+            hit = await self._cached(request, grant, plain)
             if hit is not None:
-                self._authority.count_cache_hit(grant)
-                origin = headers.get("Origin")  # CORS is this request's, never the stored one's
-                if origin is not None:
-                    hit.headers.update(policy.cors_headers(origin))
-                    hit.headers.add("Vary", "Origin")
                 return hit
         await self._counted(request, grant)
-        return await self._forward(request, grant, body, plain, path, query, arrived, started_at)
+        flow = Flow(
+            request_id=request.get(REQUEST_ID) or uuid4_hex(),
+            method=request.method,
+            path=path,
+            query=query,
+            grant=grant,
+            request_headers=headers,
+            started_at=started_at,
+            arrived=arrived,
+        )
+        return await self._forward(request, flow, body, plain)
 
     # --- before forwarding -----------------------------------------------------------------
 
@@ -186,6 +171,23 @@ class ProxyHandler:
             )
         )
 
+    async def _read(self, request: web.Request) -> tuple[bytes | None, bytes]:
+        """(the body as received, read whole when something reads it or it is small — None: it streams
+        through; its Content-Encoding undone for the whitelist and the cache key — b"" when unread)."""
+        if not request.body_exists:
+            return None, b""
+        length = request.content_length
+        content_type = request.headers.get("Content-Type", "")
+        inspect = self._policy.inspects_body(content_type)
+        reads = inspect or self._cache is not None
+        if not reads and (length is None or length > _READ_WHOLE_BELOW):
+            return None, b""
+        body = await self._read_body(request.content)
+        plain = self._decoded(body, request.headers) if reads else b""
+        if inspect:
+            self._policy.params(plain, content_type)
+        return body, plain
+
     async def _read_body(self, content: StreamReader) -> bytes:
         """The whole request body, refused with 413 past ``max_body_bytes`` (chunked bodies too)."""
         limit = self._policy.max_body_bytes
@@ -216,182 +218,146 @@ class ProxyHandler:
         except Undecodable as exc:
             raise ProxyError(Refusal.INVALID_REQUEST_BODY, f"Request body does not decode: {exc}") from None
 
-    async def _streamed_body(self, content: StreamReader, flight: Flight) -> AsyncIterator[bytes]:
-        """The request body passed on as it arrives, counted against ``max_body_bytes``."""
+    async def _cached(self, request: web.Request, grant: Grant, plain: bytes) -> web.StreamResponse | None:
+        assert self._cache is not None
+        hit = await self._cache.lookup(request, grant, plain)
+        if hit is not None:
+            self._authority.count_cache_hit(grant)
+            origin = request.headers.get("Origin")  # CORS is this request's, never the stored one's
+            if origin is not None:
+                allow_origin(hit.headers, origin)
+        return hit
+
+    # --- forwarding ------------------------------------------------------------------------
+
+    async def _forward(
+        self, request: web.Request, flow: Flow, body: bytes | None, plain: bytes
+    ) -> web.StreamResponse:
+        """Forward, relay, settle the flow once, and hand it to the observers."""
+        up: UpstreamAnswer | None = None
+        request[CANCEL_ON_DISCONNECT] = True  # a client leaving from now on cancels the upstream exchange
+        try:
+            if request.transport is None:  # it left while its token was checked: forward nothing
+                flow.outcome = Outcome.CLIENT_GONE
+                return web.Response(status=flow.outcome.status)
+            up = await self._send(request, flow, self._outgoing(request, flow, body))
+            return await self._respond(request, flow, up, plain)
+        except asyncio.CancelledError:
+            flow.outcome = Outcome.CLIENT_GONE
+            raise
+        finally:
+            flow.settle(up)
+            if self._observers and flow.outcome is not Outcome.BODY_TOO_LARGE:
+                self._notify(flow)
+
+    def _outgoing(
+        self, request: web.Request, flow: Flow, body: bytes | None
+    ) -> bytes | AsyncIterator[bytes] | None:
+        """What goes upstream: the body read whole, or the client's body streamed through (captured for
+        the observers either way, up to the bound)."""
+        if body is not None:
+            if self._observers:
+                flow.request_body, flow.request_body_truncated = bounded(body, self._max_request_capture)
+            return body
+        if not request.body_exists:
+            return None
+        if self._observers:
+            flow.request_capture = BodyCapture(self._max_request_capture)
+        return self._streamed_body(request.content, flow)
+
+    async def _streamed_body(self, content: StreamReader, flow: Flow) -> AsyncIterator[bytes]:
+        """The request body passed on as it arrives, counted against ``max_body_bytes``; a client that
+        stalls, vanishes or sends too much is the flow's outcome (the exchange fails with it)."""
         limit = self._policy.max_body_bytes
-        capture = flight.request_capture
+        capture = flow.request_capture
         total = 0
         while True:
             try:
                 chunk = await content.readany()
             except ClientBodyTimeout:
-                flight.error = "request_timeout"
+                flow.outcome = Outcome.CLIENT_TIMEOUT
+                raise
+            except asyncio.CancelledError:  # the exchange ended (its connection closed): not the client
                 raise
             except BaseException:
-                flight.client_gone = True
+                flow.outcome = Outcome.CLIENT_GONE
                 raise
             if not chunk:
                 return
             total += len(chunk)
             if total > limit:
-                flight.body_too_large = True
+                flow.outcome = Outcome.BODY_TOO_LARGE
                 raise ValueError("request body too large")
             if capture is not None:
                 capture.feed(chunk)
             yield chunk
 
-    # --- forwarding ------------------------------------------------------------------------
-
-    async def _forward(
-        self,
-        request: web.Request,
-        grant: Grant,
-        body: bytes | None,
-        plain: bytes,
-        path: str,
-        query: str,
-        arrived: float,
-        started_at: float,
-    ) -> web.StreamResponse:
-        request_id = request.get(REQUEST_ID) or uuid4_hex()
-        observing = bool(self._observers)
-        flight = Flight()
-        up_headers = request_headers(request.headers, grant.api_key, request_id)
-        data: bytes | AsyncIterator[bytes] | None = body
-        if body is not None:
-            if observing:
-                flight.request_body, flight.request_body_truncated = bounded(body, self._max_request_capture)
-        elif request.body_exists:
-            if observing:
-                flight.request_capture = BodyCapture(self._max_request_capture)
-            data = self._streamed_body(request.content, flight)
-            if request.content_length is not None:
-                up_headers.append(("Content-Length", str(request.content_length)))
+    async def _send(
+        self, request: web.Request, flow: Flow, data: bytes | AsyncIterator[bytes] | None
+    ) -> UpstreamAnswer:
+        """The request upstream, until its answer's headers; a failure is refused by its outcome."""
+        grant = flow.grant
+        up_headers = request_headers(request.headers, grant.api_key, flow.request_id)
+        if data is not None and not isinstance(data, bytes) and request.content_length is not None:
+            up_headers.append(("Content-Length", str(request.content_length)))
         base = grant.upstream_base_url.rstrip("/") if grant.upstream_base_url else self._base_url
-
-        forwarded_at = perf_counter()
-        up: UpstreamAnswer | None = None
-        request[CANCEL_ON_DISCONNECT] = True  # a client leaving from now on cancels the upstream exchange
+        flow.forwarded_ms = (perf_counter() - flow.arrived) * 1000.0
         try:
-            if request.transport is None:  # it left while its token was checked: forward nothing
-                flight.error = "client_disconnected"
-                return web.Response(status=_ERROR_STATUS["client_disconnected"])
-            try:
-                up = await self._transport.request(request.method, base, request.raw_path, up_headers, data)
-            except TimeoutError:
-                flight.error = "upstream_timeout"
-                raise ProxyError(Refusal.UPSTREAM_TIMEOUT) from None
-            except OSError as exc:
-                if flight.body_too_large:
-                    raise self._policy.too_large() from None
-                if flight.error == "request_timeout":  # the client's body stalled (server/edge.py)
-                    raise ProxyError(Refusal.REQUEST_TIMEOUT) from None
-                if flight.client_gone:
-                    flight.error = "client_disconnected"
-                    raise ProxyError(Refusal.BAD_REQUEST, "Request body incomplete") from None
-                flight.error = "upstream_unavailable"
-                log.warning("upstream unavailable for %s %s: %r", request.method, path, exc)
-                raise ProxyError(Refusal.UPSTREAM_UNAVAILABLE) from None
-            headers_at = perf_counter()
-            flight.ttfb_ms = (headers_at - arrived) * 1000.0
-            if flight.body_too_large:  # the upstream answered before the whole body was read
-                raise self._policy.too_large()
-            timing = (
-                f"proxy;dur={(forwarded_at - arrived) * 1000.0:.3f}, "
-                f"upstream;dur={(headers_at - forwarded_at) * 1000.0:.3f}"
-            )
-            return await self._respond(request, grant, plain, up, flight, request_id, timing)
-        except asyncio.CancelledError:
-            flight.error = "client_disconnected"
-            raise
-        finally:
-            if up is not None:
-                if flight.error is None and not flight.body_too_large:
-                    up.release()
-                else:
-                    up.close()
-            if flight.status == 0:
-                flight.status = _ERROR_STATUS.get(flight.error or "", 500)
-                flight.error = flight.error or "internal_error"
-            if observing and not flight.body_too_large:
-                self._emit(request, grant, request_id, path, query, started_at, arrived, flight)
+            up = await self._transport.request(request.method, base, request.raw_path, up_headers, data)
+        except (TimeoutError, OSError) as exc:
+            if flow.outcome is Outcome.OK:  # else the client's body failed first: that is the cause
+                timeout = isinstance(exc, TimeoutError)
+                flow.outcome = Outcome.UPSTREAM_TIMEOUT if timeout else Outcome.UPSTREAM_UNAVAILABLE
+                if not timeout:
+                    log.warning("upstream unavailable for %s %s: %r", request.method, flow.path, exc)
+            raise self._refusal(flow.outcome) from None
+        flow.ttfb_ms = (perf_counter() - flow.arrived) * 1000.0
+        if flow.outcome is Outcome.BODY_TOO_LARGE:  # the upstream answered before the whole body was read
+            up.close()
+            raise self._refusal(flow.outcome)
+        return up
+
+    def _refusal(self, outcome: Outcome) -> ProxyError:
+        if outcome is Outcome.BODY_TOO_LARGE:
+            return self._policy.too_large()
+        if outcome is Outcome.CLIENT_GONE:
+            return ProxyError(outcome.refusal, "Request body incomplete")
+        return ProxyError(outcome.refusal)
 
     async def _respond(
-        self,
-        request: web.Request,
-        grant: Grant,
-        plain: bytes,
-        up: UpstreamAnswer,
-        flight: Flight,
-        request_id: str,
-        timing: str,
+        self, request: web.Request, flow: Flow, up: UpstreamAnswer, plain: bytes
     ) -> web.StreamResponse:
         up_headers = up.headers
-        flight.stream = up_headers.get("Content-Type", "").startswith("text/event-stream")
+        flow.stream = up_headers.get("Content-Type", "").startswith("text/event-stream")
         if self._observers:
-            flight.response_headers = dict(up_headers)
-            flight.response_capture = BodyCapture(self._max_response_capture, tail=TAIL_BYTES)
-        own_headers = [("X-Request-ID", request_id), ("Server-Timing", timing)]
+            flow.response_headers = up_headers
+            flow.response_capture = BodyCapture(self._max_response_capture, tail=TAIL_BYTES)
+        timing = (
+            f"proxy;dur={flow.forwarded_ms:.3f}, upstream;dur={(flow.ttfb_ms or 0.0) - flow.forwarded_ms:.3f}"
+        )
+        own_headers = [("X-Request-ID", flow.request_id), ("Server-Timing", timing)]
         cache = self._cache
         if cache is not None:
             if cache.storable(request, up.status, up_headers):
-                flight.kept = BodyCapture(cache.max_object_bytes)
+                flow.kept = BodyCapture(cache.max_object_bytes)
             own_headers.extend(cache.response_headers(request))  # after storable(): it says "stored"
-        origin = request.headers.get("Origin")  # policy.headers() already refused one not allowed
-        cors = self._policy.cors_headers(origin) if origin is not None else None
-        resp = await relay(request, up, flight, own_headers, cors=cors)
-        kept = flight.kept
-        if cache is not None and kept is not None and flight.error is None:  # relay drops a truncated copy
+        # policy.headers() already refused an Origin not allowed
+        resp = await relay(request, up, flow, own_headers, request.headers.get("Origin"))
+        kept = flow.kept
+        if cache is not None and kept is not None and flow.outcome is Outcome.OK:
             request[CANCEL_ON_DISCONNECT] = False  # the answer is out: a client leaving cuts no store short
             try:
-                await cache.store(request, grant, plain, up.status, up_headers, kept.value())
+                await cache.store(request, flow.grant, plain, up.status, up_headers, kept.value())
             except Exception:
                 log.exception("cache store failed for %s %s", request.method, request.path)
         return resp
 
     # --- after the response ----------------------------------------------------------------
 
-    def _emit(
-        self,
-        request: web.Request,
-        grant: Grant,
-        request_id: str,
-        path: str,
-        query: str,
-        started_at: float,
-        arrived: float,
-        flight: Flight,
-    ) -> None:
-        """One Exchange to every observer; an observer failing is logged, never felt by the client."""
-        if flight.request_capture is not None:
-            request_body = flight.request_capture.value()
-            request_truncated = flight.request_capture.truncated
-        else:
-            request_body, request_truncated = flight.request_body, flight.request_body_truncated
-        response = flight.response_capture
-        exchange = Exchange(
-            request_id=request_id,
-            token_id=grant.token_id,
-            project_id=grant.project_id,
-            method=request.method,
-            path=path,
-            query=query,
-            status=flight.status,
-            started_at=started_at,
-            duration_ms=(perf_counter() - arrived) * 1000.0,
-            ttfb_ms=flight.ttfb_ms,
-            request_headers=dict(request.headers),
-            response_headers=flight.response_headers,
-            request_body=request_body,
-            request_body_truncated=request_truncated,
-            response_body=response.value() if response is not None else b"",
-            response_body_truncated=response.truncated if response is not None else False,
-            response_tail=response.tail() if response is not None else b"",
-            stream=flight.stream,
-            error=flight.error,
-        )
+    def _notify(self, flow: Flow) -> None:
+        """The settled flow to every observer; an observer failing is logged, never felt by the client."""
         for observer in self._observers:
             try:
-                observer(exchange)
+                observer(flow)
             except Exception:
-                log.exception("observer %r failed for request %s", observer, request_id)
+                log.exception("observer %r failed for request %s", observer, flow.request_id)

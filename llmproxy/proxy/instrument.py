@@ -1,4 +1,4 @@
-"""Turns each finished Exchange into the SPEC §6 Event and publishes it: the proxy's observer of traffic.
+"""Turns each finished Flow into the SPEC §6 Event and publishes it: the proxy's observer of traffic.
 
 Building is cheap and runs on the loop (redaction, bounded decompression, a usage read from the body's
 end). What is not cheap runs in a thread owned here: decoding all of a compressed answer longer than the
@@ -13,25 +13,21 @@ import functools
 import logging
 import math
 import re
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
 
 import msgspec
 
+from llmproxy.codings import Undecodable, codings, inflate
 from llmproxy.config import EventSettings
 from llmproxy.events.model import Event, Usage
 from llmproxy.ids import uuid4_text
-from llmproxy.proxy.capture import TAIL_BYTES, Exchange, inflated_tail
+from llmproxy.proxy.capture import TAIL_BYTES, inflated_tail
+from llmproxy.proxy.flow import Flow
 from llmproxy.proxy.redact import REDACTED, redact_headers, redact_query
 from llmproxy.proxy.tokencount import TokenCounter
 from llmproxy.proxy.usage import endpoint_kind, estimate_usage, response_model, response_usage, usage_in
-
-try:  # aiohttp decodes br when one of these is installed; we never add one
-    import brotli  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the environment
-    brotli = None
 
 __all__ = (
     "REDACTED",
@@ -47,7 +43,7 @@ __all__ = (
 
 log = logging.getLogger(__name__)
 
-# Exchanges that finish within HOLD_S of each other are built into events in one pass (at most
+# Flows that finish within HOLD_S of each other are built into events in one pass (at most
 # HOLD_MAX at a time): back to back, the build and encode code stays in the CPU's caches, which it does
 # not between two requests' aiohttp work (in the server, one event cost about twice what it costs in
 # a loop). Events reach the bus at most 2 ms later; aclose builds what is held at once.
@@ -86,29 +82,6 @@ def rfc3339(timestamp: float) -> str:
     return f"{prefix}.{micro:06d}Z"
 
 
-def _inflate(body: bytes, coding: str, limit: int) -> tuple[bytes, bool] | None:
-    if coding in ("gzip", "x-gzip"):
-        wbits = 16 + zlib.MAX_WBITS
-    elif coding == "deflate":  # RFC 9110 says zlib-wrapped; some servers send raw deflate
-        zlib_header = len(body) >= 2 and body[0] & 0x0F == 8 and int.from_bytes(body[:2], "big") % 31 == 0
-        wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
-    elif coding == "br" and brotli is not None:
-        try:  # brotli >= 1.2 can bound its output; older versions cannot, so br stays encoded there
-            decoder = brotli.Decompressor()
-            out = decoder.process(body, output_buffer_limit=limit)
-            return out[:limit], len(out) >= limit and not decoder.is_finished()
-        except (TypeError, brotli.error):
-            return None
-    else:
-        return None
-    decoder = zlib.decompressobj(wbits)
-    try:
-        out = decoder.decompress(body, limit)
-    except zlib.error:
-        return None
-    return out, bool(decoder.unconsumed_tail) or (len(out) >= limit and not decoder.eof)
-
-
 def decode_body(body: bytes, content_encoding: str, limit: int, truncated: bool) -> tuple[bytes, bool]:
     """The body with its Content-Encoding undone, never more than `limit` bytes: (bytes, truncated).
 
@@ -116,13 +89,14 @@ def decode_body(body: bytes, content_encoding: str, limit: int, truncated: bool)
     """
     if not content_encoding or not body:  # the common case: nothing to undo
         return body, truncated
-    codings = [c for c in (c.strip() for c in content_encoding.lower().split(",")) if c and c != "identity"]
-    if len(codings) != 1:
+    applied = codings(content_encoding)
+    if len(applied) != 1:
         return body, truncated
-    inflated = _inflate(body, codings[0], limit)
-    if inflated is None:
+    try:
+        inflated, more = inflate(body, applied[0], limit, partial=truncated)
+    except Undecodable:
         return body, truncated
-    return inflated[0], truncated or inflated[1]
+    return inflated, truncated or more
 
 
 def _utf8(body: bytes, truncated: bool) -> str | None:
@@ -166,48 +140,48 @@ class _Estimate(msgspec.Struct, frozen=True):
     coding: str = ""
 
 
-def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Estimate | None]:
-    """The Event for an exchange, and what to estimate its usage from when the upstream reported none."""
-    request_headers = redact_headers(exchange.request_headers)
-    response_headers = redact_headers(exchange.response_headers)
+def build_event(flow: Flow, settings: EventSettings) -> tuple[Event, _Estimate | None]:
+    """The Event for an flow, and what to estimate its usage from when the upstream reported none."""
+    request_headers = redact_headers(flow.request_headers)
+    response_headers = redact_headers(flow.response_headers)
     request, request_truncated = decode_body(
-        exchange.request_body,
+        flow.request_body,
         request_headers.get("content-encoding", ""),
         settings.max_request_body_bytes,
-        exchange.request_body_truncated,
+        flow.request_body_truncated,
     )
     response, response_truncated = decode_body(
-        exchange.response_body,
+        flow.response_body,
         response_headers.get("content-encoding", ""),
         settings.max_response_body_bytes,
-        exchange.response_body_truncated,
+        flow.response_body_truncated,
     )
     request_text, response_text = _utf8(request, request_truncated), _utf8(response, response_truncated)
     binary = request_text is None or response_text is None  # one body_encoding covers both bodies
-    model = request_model(request) or response_model(response, exchange.stream)
-    ok = exchange.error is None and 200 <= exchange.status < 300
+    model = request_model(request) or response_model(response, flow.stream)
+    ok = flow.error is None and 200 <= flow.status < 300
     usage, encoded = None, b""
     if ok:
         if not response_truncated:
-            usage = response_usage(response, exchange.stream)
-        elif exchange.response_body_truncated or response is exchange.response_body:
+            usage = response_usage(response, flow.stream)
+        elif flow.response_body_truncated or response is flow.response_body:
             # past the capture bound: the tail has the usage (a compressed one cannot be read, the head may)
-            usage = usage_in(exchange.response_tail) or usage_in(response)
+            usage = usage_in(flow.response_tail) or usage_in(response)
         else:  # compressed, captured whole, cut once decoded: decoding it all is for the thread
-            encoded = exchange.response_body
+            encoded = flow.response_body
     event = Event(
         id=uuid4_text(),
-        request_id=exchange.request_id,
-        project_id=exchange.project_id,
-        token_id=exchange.token_id,
-        method=exchange.method,
-        path=exchange.path,
-        query=redact_query(exchange.query),
-        status=exchange.status,
-        started_at=rfc3339(exchange.started_at),
-        duration_ms=round(exchange.duration_ms, 1),
-        ttfb_ms=None if exchange.ttfb_ms is None else round(exchange.ttfb_ms, 1),
-        stream=exchange.stream,
+        request_id=flow.request_id,
+        project_id=flow.project_id,
+        token_id=flow.token_id,
+        method=flow.method,
+        path=flow.path,
+        query=redact_query(flow.query),
+        status=flow.status,
+        started_at=rfc3339(flow.started_at),
+        duration_ms=round(flow.duration_ms, 1),
+        ttfb_ms=None if flow.ttfb_ms is None else round(flow.ttfb_ms, 1),
+        stream=flow.stream,
         model=model,
         usage=usage,
         usage_source=None if usage is None else "response",
@@ -218,31 +192,31 @@ def build_event(exchange: Exchange, settings: EventSettings) -> tuple[Event, _Es
         response_body=_b64(response) if binary else response_text or "",
         response_body_truncated=response_truncated,
         body_encoding="base64" if binary else "utf-8",
-        error=exchange.error,
+        error=flow.error,
     )
     estimate = None
-    if ok and usage is None and exchange.method == "POST" and endpoint_kind(exchange.path) is not None:
+    if ok and usage is None and flow.method == "POST" and endpoint_kind(flow.path) is not None:
         coding = response_headers.get("content-encoding", "").strip().lower() if encoded else ""
-        estimate = _Estimate(exchange.path, request, response, exchange.stream, model, encoded, coding)
+        estimate = _Estimate(flow.path, request, response, flow.stream, model, encoded, coding)
     return event, estimate
 
 
-def _bare_event(exchange: Exchange) -> Event:
-    """The event of an exchange whose full event could not be built (a bug): what is known, nothing
+def _bare_event(flow: Flow) -> Event:
+    """The event of an flow whose full event could not be built (a bug): what is known, nothing
     taken from headers, query or bodies, so that no secret can slip through."""
     return Event(
         id=uuid4_text(),
-        request_id=exchange.request_id,
-        project_id=exchange.project_id,
-        token_id=exchange.token_id,
-        method=exchange.method,
-        path=exchange.path,
-        status=exchange.status,
-        started_at=rfc3339(exchange.started_at),
-        duration_ms=round(exchange.duration_ms, 1),
-        ttfb_ms=None if exchange.ttfb_ms is None else round(exchange.ttfb_ms, 1),
-        stream=exchange.stream,
-        error=exchange.error,
+        request_id=flow.request_id,
+        project_id=flow.project_id,
+        token_id=flow.token_id,
+        method=flow.method,
+        path=flow.path,
+        status=flow.status,
+        started_at=rfc3339(flow.started_at),
+        duration_ms=round(flow.duration_ms, 1),
+        ttfb_ms=None if flow.ttfb_ms is None else round(flow.ttfb_ms, 1),
+        stream=flow.stream,
+        error=flow.error,
     )
 
 
@@ -251,9 +225,9 @@ def _b64(body: bytes) -> str:
 
 
 class Instrumentation:
-    """The proxy's Observer: one Event per finished exchange, published without ever blocking or raising.
+    """The proxy's Observer: one Event per finished flow, published without ever blocking or raising.
 
-    Exchanges are held for up to HOLD_S and built together; one that cannot be built still gets a bare
+    Flows are held for up to HOLD_S and built together; one that cannot be built still gets a bare
     event. Counting tokens for usage-less responses happens in one owned thread. `aclose` publishes
     what waits.
     """
@@ -266,7 +240,7 @@ class Instrumentation:
         self._counter = counter if counter is not None else TokenCounter()
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[asyncio.Future[tuple[Usage | None, bool]]] = set()
-        self._held: list[Exchange] = []
+        self._held: list[Flow] = []
         self._timer: asyncio.TimerHandle | None = None  # builds what is held, on _timer_loop
         self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._closed = False  # after aclose: build at once, start no estimation thread
@@ -274,8 +248,8 @@ class Instrumentation:
         self.estimated = 0  # events whose usage was counted locally
         self.unestimated = 0  # estimation skipped (backlog full) or impossible: published with usage null
 
-    def __call__(self, exchange: Exchange) -> None:
-        self._held.append(exchange)
+    def __call__(self, flow: Flow) -> None:
+        self._held.append(flow)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside a loop (a script): build right here, with what was held
@@ -291,19 +265,19 @@ class Instrumentation:
             self._timer.cancel()
             self._timer = None
         held, self._held = self._held, []
-        for exchange in held:
-            self._observe(exchange)
+        for flow in held:
+            self._observe(flow)
 
-    def _observe(self, exchange: Exchange) -> None:
+    def _observe(self, flow: Flow) -> None:
         try:
-            event, estimate = build_event(exchange, self._settings)
+            event, estimate = build_event(flow, self._settings)
         except Exception:
             self.failures += 1
-            log.exception("event for request %s published bare: building it failed", exchange.request_id)
+            log.exception("event for request %s published bare: building it failed", flow.request_id)
             try:
-                self._publish(_bare_event(exchange))
+                self._publish(_bare_event(flow))
             except Exception:
-                log.exception("no event for request %s", exchange.request_id)
+                log.exception("no event for request %s", flow.request_id)
             return
         if estimate is None:
             self._publish(event)
@@ -340,7 +314,7 @@ class Instrumentation:
 
     async def aclose(self) -> None:
         """Publish the events held or still waiting for a token count, then stop the counting thread.
-        Exchanges that come later are built and published at once, without estimation."""
+        Flows that come later are built and published at once, without estimation."""
         self._build_held()  # estimated like any other
         self._closed = True
         while self._pending:

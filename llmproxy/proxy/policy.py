@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -19,7 +19,7 @@ import msgspec
 from llmproxy.config import ApiConfig
 from llmproxy.errors import ProxyError, Refusal
 
-__all__ = ("Policy", "split_target")
+__all__ = ("Policy", "allow_origin", "split_target")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
@@ -101,6 +101,18 @@ def _stringify(value: Any) -> str:
         raise _too_deep() from None
 
 
+def allow_origin(headers: MutableMapping[str, str], origin: str) -> None:
+    """Let a browser at an (already allowed) ``origin`` read this answer: a proxied one, a cached one or
+    a refusal alike, with ``Origin`` merged into whatever ``Vary`` the answer already has."""
+    headers["Access-Control-Allow-Origin"] = origin
+    headers["Access-Control-Expose-Headers"] = _EXPOSE_HEADERS
+    vary = headers.get("Vary")
+    if not vary:
+        headers["Vary"] = "Origin"
+    elif "origin" not in vary.lower():
+        headers["Vary"] = vary + ", Origin"
+
+
 class _Whitelist:
     """One parameter's allowed values: fnmatch-style globs compiled into one regex."""
 
@@ -177,10 +189,6 @@ class Policy:
 
     def origin_allowed(self, origin: str | None) -> bool:
         return origin is None or not self._origins or origin in self._origins
-
-    def cors_headers(self, origin: str) -> dict[str, str]:
-        """Headers letting a browser at an (already allowed) ``origin`` read a proxied response."""
-        return {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": _EXPOSE_HEADERS}
 
     def preflight_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         """The answer to a CORS preflight (OPTIONS); no authentication, nothing forwarded."""

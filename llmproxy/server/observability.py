@@ -332,7 +332,7 @@ class Observability:
 def upstream_ttfb(server_timing: str) -> float | None:
     """Seconds from arrival to upstream headers, from the proxy's ``proxy;dur=A, upstream;dur=B`` (ms).
 
-    SPEC §5 fixes that header on every forwarded answer; reading it back costs ~1µs, where an Exchange
+    SPEC §5 fixes that header on every forwarded answer; reading it back costs ~1µs, where a Flow
     observer would switch body capture on for every request (measured +8µs/request without events).
     """
     if not server_timing.startswith("proxy;dur="):

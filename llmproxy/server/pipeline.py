@@ -17,7 +17,7 @@ from llmproxy.dispatch.dispatcher import DispatchStats
 from llmproxy.dispatch.worker import run_service
 from llmproxy.events.bus import EventBus, connect_redis, make_bus, make_source
 from llmproxy.events.memory import InMemoryBus
-from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.flow import Observer
 from llmproxy.proxy.instrument import Instrumentation
 from llmproxy.server.supervisor import Supervisor
 
@@ -39,7 +39,7 @@ class EventPipeline:
         self.instrumentation = Instrumentation(self.bus, settings.events)
         # With an in-memory bus and no dispatcher, events would go nowhere: don't build them at all.
         publishing = not self.in_process or bool(self.services)
-        self.observers: list[Callable[[Exchange], None]] = [self.instrumentation] if publishing else []
+        self.observers: list[Observer] = [self.instrumentation] if publishing else []
         self.stats: dict[str, DispatchStats] = {s: DispatchStats() for s in self.services}
         self.supervisor: Supervisor | None = None
         self._stop = asyncio.Event()

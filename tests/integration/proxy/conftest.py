@@ -18,7 +18,7 @@ from llmproxy.auth.authority import Grant
 from llmproxy.auth.tokens import generate_token
 from llmproxy.config import ApiConfig, Settings, Timeouts
 from llmproxy.errors import ProxyError, Refusal
-from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.flow import Flow
 from llmproxy.proxy.handler import ProxyHandler
 from llmproxy.proxy.pool import UpstreamPool
 from llmproxy.server.middleware import request_middleware
@@ -74,8 +74,8 @@ class Proxy:
         self.upstream = upstream
         self.authority = authority
         self.auditor = auditor
-        self.exchanges: list[Exchange] = []
-        self.observers: list[Callable[[Exchange], None]] = []  # the very list the handler holds
+        self.flows: list[Flow] = []
+        self.observers: list[Callable[[Flow], None]] = []  # the very list the handler holds
         self.project_key = PROJECT_KEY
 
     @property
@@ -136,7 +136,7 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         )
         authority = AuthorityDouble(generate_token(), grant)
         auditor = AuditorDouble()
-        observers: list[Callable[[Exchange], None]] = []
+        observers: list[Callable[[Flow], None]] = []
         transport = UpstreamPool(settings.upstream.api)
         handler = ProxyHandler(settings, authority, auditor, transport, cache=cache, observers=observers)  # type: ignore[arg-type]
 
@@ -155,7 +155,7 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         proxy = Proxy(client, upstream, authority, auditor)
         proxy.observers = observers
         if observe:
-            observers.append(proxy.exchanges.append)
+            observers.append(proxy.flows.append)
         return proxy
 
     yield make

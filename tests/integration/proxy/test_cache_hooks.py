@@ -45,7 +45,7 @@ async def test_a_cache_hit_is_answered_without_the_upstream_and_counted_as_a_hit
     assert cache.looked_up == [b'{"input": "a"}']
     assert (proxy.authority.cache_hits, proxy.authority.counted) == (1, 0)
     assert proxy.upstream.requests == []
-    assert proxy.exchanges == []  # cache hits publish no event
+    assert proxy.flows == []  # cache hits publish no event
 
 
 async def test_a_miss_is_forwarded_and_its_complete_answer_offered_to_the_cache(make_proxy):

@@ -22,19 +22,19 @@ async def test_an_exchange_describes_the_forwarded_request_and_its_response(make
         headers=proxy.auth(**JSON, **{"X-Request-ID": "obs-1"}),
     )
     answer = await resp.read()
-    [exchange] = proxy.exchanges
-    assert exchange.request_id == "obs-1"
-    assert (exchange.token_id, exchange.project_id) == ("tok-1", "proj-1")
-    assert (exchange.method, exchange.path, exchange.query) == ("POST", "/v1/chat/completions", "trace=1")
-    assert exchange.status == 200
-    assert before <= exchange.started_at <= time.time()
-    assert exchange.ttfb_ms is not None and 0 < exchange.ttfb_ms <= exchange.duration_ms
-    assert exchange.request_body == body and exchange.request_body_truncated is False
-    assert exchange.response_body == answer and exchange.response_body_truncated is False
-    assert exchange.request_headers["X-Request-ID"] == "obs-1"
-    upstream_headers = {k.lower(): v for k, v in exchange.response_headers.items()}
+    [flow] = proxy.flows
+    assert flow.request_id == "obs-1"
+    assert (flow.token_id, flow.project_id) == ("tok-1", "proj-1")
+    assert (flow.method, flow.path, flow.query) == ("POST", "/v1/chat/completions", "trace=1")
+    assert flow.status == 200
+    assert before <= flow.started_at <= time.time()
+    assert flow.ttfb_ms is not None and 0 < flow.ttfb_ms <= flow.duration_ms
+    assert flow.request_body == body and flow.request_body_truncated is False
+    assert flow.response_body == answer and flow.response_body_truncated is False
+    assert flow.request_headers["X-Request-ID"] == "obs-1"
+    upstream_headers = {k.lower(): v for k, v in flow.response_headers.items()}
     assert upstream_headers["x-request-id"] == "req_fake_upstream_1"  # as the upstream sent it
-    assert (exchange.stream, exchange.error) == (False, None)
+    assert (flow.stream, flow.error) == (False, None)
 
 
 @pytest.mark.parametrize(("size", "truncated"), [(10, False), (11, True)])
@@ -42,9 +42,9 @@ async def test_the_request_body_is_captured_up_to_its_bound(make_proxy, size, tr
     proxy = await make_proxy(observe=True, max_request_body_bytes=10)
     body = b"0123456789abc"[:size]
     await proxy.request("POST", "/v1/embeddings", data=body, headers=proxy.auth(**JSON))
-    [exchange] = proxy.exchanges
-    assert exchange.request_body == body[:10]
-    assert exchange.request_body_truncated is truncated
+    [flow] = proxy.flows
+    assert flow.request_body == body[:10]
+    assert flow.request_body_truncated is truncated
     assert proxy.upstream.requests[0].body == body  # capture never shortens what is forwarded
 
 
@@ -55,17 +55,17 @@ async def test_the_response_body_is_captured_up_to_its_bound(make_proxy, size, t
     proxy.upstream.script(json_reply(answer))
     resp = await proxy.request("GET", "/v1/models")
     assert await resp.read() == answer
-    [exchange] = proxy.exchanges
-    assert exchange.response_body == answer[:20]
-    assert exchange.response_body_truncated is truncated
+    [flow] = proxy.flows
+    assert flow.response_body == answer[:20]
+    assert flow.response_body_truncated is truncated
 
 
 async def test_a_streamed_request_body_is_captured_up_to_its_bound(make_proxy):
     proxy = await make_proxy(observe=True, max_request_body_bytes=100)
     big = b"y" * (2 * 1024 * 1024)  # over the read-whole size: streamed to the upstream
     await proxy.request("POST", "/v1/embeddings", data=big, headers=proxy.auth(**JSON))
-    [exchange] = proxy.exchanges
-    assert (exchange.request_body, exchange.request_body_truncated) == (big[:100], True)
+    [flow] = proxy.flows
+    assert (flow.request_body, flow.request_body_truncated) == (big[:100], True)
     assert proxy.upstream.requests[0].body == big
 
 
@@ -73,7 +73,7 @@ async def test_refused_requests_produce_no_exchange(make_proxy):
     proxy = await make_proxy(observe=True)
     await proxy.request("GET", "/v1/models", headers={})  # 401
     await proxy.request("PUT", "/v1/models")  # 405
-    assert proxy.exchanges == []
+    assert proxy.flows == []
 
 
 async def test_a_failing_observer_neither_affects_the_client_nor_the_other_observers(make_proxy):
@@ -85,4 +85,4 @@ async def test_a_failing_observer_neither_affects_the_client_nor_the_other_obser
     proxy.observers.insert(0, broken)
     resp = await proxy.request("GET", "/v1/models")
     assert resp.status == 200
-    assert len(proxy.exchanges) == 1
+    assert len(proxy.flows) == 1

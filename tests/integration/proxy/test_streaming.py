@@ -48,11 +48,11 @@ async def test_a_client_disconnect_aborts_the_upstream_stream(make_proxy):
 
     resp.close()  # hang up mid-stream
     await asyncio.wait_for(endless.aborted.wait(), timeout=5)
-    await wait_for(lambda: proxy.exchanges)
-    [exchange] = proxy.exchanges
-    assert exchange.error == "client_disconnected"
-    assert exchange.status == 200
-    assert exchange.stream is True
+    await wait_for(lambda: proxy.flows)
+    [flow] = proxy.flows
+    assert flow.error == "client_disconnected"
+    assert flow.status == 200
+    assert flow.stream is True
 
 
 async def test_a_stream_stalling_midway_is_cut_short_for_the_client(make_proxy):
@@ -65,10 +65,10 @@ async def test_a_stream_stalling_midway_is_cut_short_for_the_client(make_proxy):
     assert await resp.content.readuntil(b"\n\n") == frames[0]
     with pytest.raises(aiohttp.ClientPayloadError):  # no terminating chunk: visibly incomplete
         await resp.read()
-    await wait_for(lambda: proxy.exchanges)
-    [exchange] = proxy.exchanges
-    assert exchange.error == "upstream_timeout"
-    assert exchange.response_body == frames[0]
+    await wait_for(lambda: proxy.flows)
+    [flow] = proxy.flows
+    assert flow.error == "upstream_timeout"
+    assert flow.response_body == frames[0]
 
 
 async def test_a_streamed_exchange_records_the_sse_text_as_sent(make_proxy):
@@ -77,9 +77,9 @@ async def test_a_streamed_exchange_records_the_sse_text_as_sent(make_proxy):
     proxy.upstream.script(sse_reply(frames))
     resp = await proxy.request("POST", "/v1/chat/completions", data=STREAM_BODY, headers=proxy.auth(**JSON))
     assert await resp.read() == b"".join(frames)
-    await wait_for(lambda: proxy.exchanges)
-    [exchange] = proxy.exchanges
-    assert exchange.stream is True
-    assert exchange.error is None
-    assert exchange.response_body == b"".join(frames)
-    assert exchange.request_body == STREAM_BODY
+    await wait_for(lambda: proxy.flows)
+    [flow] = proxy.flows
+    assert flow.stream is True
+    assert flow.error is None
+    assert flow.response_body == b"".join(frames)
+    assert flow.request_body == STREAM_BODY

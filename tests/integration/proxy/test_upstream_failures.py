@@ -20,8 +20,8 @@ async def test_an_unreachable_upstream_is_a_502_upstream_unavailable(make_proxy)
     assert resp.status == 502
     assert (await resp.json())["error"]["code"] == "upstream_unavailable"
     assert resp.headers["X-Request-ID"]
-    [exchange] = proxy.exchanges
-    assert (exchange.status, exchange.error, exchange.ttfb_ms) == (502, "upstream_unavailable", None)
+    [flow] = proxy.flows
+    assert (flow.status, flow.error, flow.ttfb_ms) == (502, "upstream_unavailable", None)
 
 
 async def test_an_upstream_too_slow_to_answer_is_a_504_upstream_timeout(make_proxy):
@@ -32,8 +32,8 @@ async def test_an_upstream_too_slow_to_answer_is_a_504_upstream_timeout(make_pro
     body = await resp.json()
     assert body["error"]["code"] == "upstream_timeout"
     assert body["error"]["type"] == "upstream_error"
-    [exchange] = proxy.exchanges
-    assert (exchange.status, exchange.error) == (504, "upstream_timeout")
+    [flow] = proxy.flows
+    assert (flow.status, flow.error) == (504, "upstream_timeout")
 
 
 async def test_the_whole_exchange_is_bounded_by_the_request_timeout(make_proxy):

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from llmproxy.auth.authority import Grant
 from llmproxy.config import EventSettings
+from llmproxy.errors import Outcome
 from llmproxy.events.model import Event, Usage, encode_event
-from llmproxy.proxy.capture import Exchange
+from llmproxy.proxy.flow import Flow
 from llmproxy.proxy.instrument import (
     HOLD_MAX,
     Instrumentation,
@@ -47,7 +49,8 @@ class BrokenBus:
         raise RuntimeError("bus down")
 
 
-def exchange(**changes: Any) -> Exchange:
+def make_flow(**changes: Any) -> Flow:
+    """A settled Flow of a chat completion; ``changes`` set any of its fields (``error`` by its name)."""
     fields: dict[str, Any] = {
         "request_id": "req-1",
         "token_id": "tok-1",
@@ -67,11 +70,33 @@ def exchange(**changes: Any) -> Exchange:
         "response_body_truncated": False,
         "stream": False,
         "error": None,
-    }
-    return Exchange(**(fields | changes))
+    } | changes
+    grant = Grant(
+        token_id=fields.pop("token_id"),
+        project_id=fields.pop("project_id"),
+        api_key=SECRET_KEY,
+        upstream_base_url=None,
+        max_requests=None,
+        rate_limit_per_minute=None,
+    )
+    flow = Flow(
+        request_id=fields.pop("request_id"),
+        method=fields.pop("method"),
+        path=fields.pop("path"),
+        query=fields.pop("query"),
+        grant=grant,
+        request_headers=fields.pop("request_headers"),
+        started_at=fields.pop("started_at"),
+        arrived=0.0,
+    )
+    error = fields.pop("error")
+    flow.outcome = next(o for o in Outcome if o.error == error)
+    for name, value in fields.items():
+        setattr(flow, name, value)
+    return flow
 
 
-def event_of(ex: Exchange, settings: EventSettings | None = None) -> Event:
+def event_of(ex: Flow, settings: EventSettings | None = None) -> Event:
     return build_event(ex, settings or EventSettings())[0]
 
 
@@ -136,7 +161,7 @@ def test_a_value_that_only_resembles_a_secret_is_kept(value: str) -> None:
 def test_encoded_event_is_exactly_the_spec_shape_and_holds_no_secret() -> None:
     bus = RecordingBus()
     Instrumentation(bus, EventSettings())(
-        exchange(
+        make_flow(
             query="api-version=1",
             request_headers={"Authorization": f"Bearer {SECRET_TOKEN}", "Content-Type": "application/json"},
             response_headers={
@@ -169,7 +194,7 @@ def test_encoded_event_is_exactly_the_spec_shape_and_holds_no_secret() -> None:
 
 
 def test_every_event_gets_its_own_id() -> None:
-    assert event_of(exchange()).id != event_of(exchange()).id
+    assert event_of(make_flow()).id != event_of(make_flow()).id
 
 
 # --- bodies --------------------------------------------------------------------------------------
@@ -177,7 +202,7 @@ def test_every_event_gets_its_own_id() -> None:
 
 def test_gzip_response_is_decoded_for_the_event() -> None:
     event = event_of(
-        exchange(response_headers={"Content-Encoding": "gzip"}, response_body=gzip.compress(ANSWER))
+        make_flow(response_headers={"Content-Encoding": "gzip"}, response_body=gzip.compress(ANSWER))
     )
     assert (event.response_body, event.body_encoding, event.response_body_truncated) == (
         ANSWER.decode(),
@@ -189,7 +214,7 @@ def test_gzip_response_is_decoded_for_the_event() -> None:
 
 @pytest.mark.parametrize("wrap", [zlib.compress, lambda b: zlib.compress(b)[2:-4]], ids=["zlib", "raw"])
 def test_deflate_response_is_decoded_whether_zlib_wrapped_or_raw(wrap: Any) -> None:
-    event = event_of(exchange(response_headers={"content-encoding": "deflate"}, response_body=wrap(ANSWER)))
+    event = event_of(make_flow(response_headers={"content-encoding": "deflate"}, response_body=wrap(ANSWER)))
     assert event.response_body == ANSWER.decode()
 
 
@@ -197,7 +222,7 @@ def test_decompression_never_expands_past_the_body_limit() -> None:
     bomb = gzip.compress(b"a" * 5_000_000)
     assert len(bomb) < 10_000
     settings = EventSettings(max_response_body_bytes=1000)
-    event = event_of(exchange(response_headers={"Content-Encoding": "gzip"}, response_body=bomb), settings)
+    event = event_of(make_flow(response_headers={"Content-Encoding": "gzip"}, response_body=bomb), settings)
     assert (event.response_body, event.response_body_truncated) == ("a" * 1000, True)
 
 
@@ -220,7 +245,7 @@ def test_corrupt_or_stacked_encodings_are_kept_as_captured() -> None:
 def test_binary_bodies_switch_both_bodies_to_base64() -> None:
     audio = bytes(range(256))
     event = event_of(
-        exchange(
+        make_flow(
             path="/v1/audio/speech", response_headers={"Content-Type": "audio/mpeg"}, response_body=audio
         )
     )
@@ -232,7 +257,7 @@ def test_binary_bodies_switch_both_bodies_to_base64() -> None:
 
 def test_a_character_cut_by_the_capture_bound_keeps_the_body_text() -> None:
     cut = "Grüße 🚀".encode()[:-2]
-    event = event_of(exchange(response_body=cut, response_body_truncated=True))
+    event = event_of(make_flow(response_body=cut, response_body_truncated=True))
     assert (event.response_body, event.body_encoding, event.response_body_truncated) == (
         "Grüße ",
         "utf-8",
@@ -241,13 +266,13 @@ def test_a_character_cut_by_the_capture_bound_keeps_the_body_text() -> None:
 
 
 def test_invalid_utf8_inside_a_whole_body_is_base64() -> None:
-    event = event_of(exchange(response_body=b"caf\xe9 au lait"))
+    event = event_of(make_flow(response_body=b"caf\xe9 au lait"))
     assert event.body_encoding == "base64" and base64.b64decode(event.response_body) == b"caf\xe9 au lait"
 
 
 def test_truncation_flags_and_error_are_carried() -> None:
     event = event_of(
-        exchange(request_body_truncated=True, response_body=b"", status=504, error="upstream_timeout")
+        make_flow(request_body_truncated=True, response_body=b"", status=504, error="upstream_timeout")
     )
     assert (event.request_body_truncated, event.response_body_truncated) == (True, False)
     assert (event.status, event.error, event.usage, event.usage_source) == (
@@ -277,7 +302,7 @@ def test_model_of_a_multipart_audio_request_is_its_form_field() -> None:
 
 def test_model_falls_back_to_the_response() -> None:
     event = event_of(
-        exchange(
+        make_flow(
             method="GET",
             path="/v1/models/gpt-4o",
             request_body=b"",
@@ -285,7 +310,7 @@ def test_model_falls_back_to_the_response() -> None:
         )
     )
     assert event.model == "gpt-4o"
-    assert event_of(exchange(request_body=b"", response_body=b"{}")).model is None
+    assert event_of(make_flow(request_body=b"", response_body=b"{}")).model is None
 
 
 # --- usage ---------------------------------------------------------------------------------------
@@ -307,8 +332,8 @@ STREAM_REQUEST = b'{"model":"gpt-4o","stream":true,"messages":[{"role":"user","c
 FOX_DELTAS = [delta(t) for t in ("The quick", " brown fox", " jumps over the", " lazy dog.")]
 
 
-def stream_exchange(body: bytes) -> Exchange:
-    return exchange(
+def stream_flow(body: bytes) -> Flow:
+    return make_flow(
         request_body=STREAM_REQUEST,
         response_body=body,
         stream=True,
@@ -321,7 +346,7 @@ def test_stream_usage_comes_from_the_usage_chunk_and_the_body_is_the_sse_text() 
         *FOX_DELTAS,
         {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 10, "total_tokens": 21}},
     )
-    event, estimate = build_event(stream_exchange(body), EventSettings())
+    event, estimate = build_event(stream_flow(body), EventSettings())
     assert (event.usage, event.usage_source, estimate) == (Usage(11, 10, 21), "response", None)
     assert (event.stream, event.response_body, event.model) == (True, body.decode(), "gpt-4o")
 
@@ -329,7 +354,7 @@ def test_stream_usage_comes_from_the_usage_chunk_and_the_body_is_the_sse_text() 
 async def test_stream_without_usage_is_published_with_estimated_counts() -> None:
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings())
-    instrumentation(stream_exchange(sse(*FOX_DELTAS)))
+    instrumentation(stream_flow(sse(*FOX_DELTAS)))
     await instrumentation.aclose()
     [event] = bus.events
     assert (event.usage, event.usage_source) == (Usage(11, 10, 21), "estimated")
@@ -339,14 +364,14 @@ async def test_stream_without_usage_is_published_with_estimated_counts() -> None
 def test_non_stream_response_without_usage_is_estimated_even_outside_a_loop() -> None:
     bus = RecordingBus()
     answer = b'{"choices":[{"index":0,"message":{"role":"assistant","content":"The quick brown fox jumps over the lazy dog."}}]}'
-    Instrumentation(bus, EventSettings())(exchange(request_body=STREAM_REQUEST, response_body=answer))
+    Instrumentation(bus, EventSettings())(make_flow(request_body=STREAM_REQUEST, response_body=answer))
     assert (bus.events[0].usage, bus.events[0].usage_source) == (Usage(11, 10, 21), "estimated")
 
 
 async def test_a_full_estimation_backlog_publishes_without_usage() -> None:
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings(buffer_size=0))
-    instrumentation(stream_exchange(sse(*FOX_DELTAS)))
+    instrumentation(stream_flow(sse(*FOX_DELTAS)))
     await instrumentation.aclose()
     assert [(e.usage, e.usage_source) for e in bus.events] == [(None, None)]
     assert instrumentation.unestimated == 1
@@ -357,7 +382,7 @@ async def test_a_full_estimation_backlog_publishes_without_usage() -> None:
 )
 def test_failed_or_non_generating_exchanges_are_not_estimated(changes: dict[str, Any]) -> None:
     event, estimate = build_event(
-        exchange(response_body=b'{"error":{"message":"nope"}}', **changes), EventSettings()
+        make_flow(response_body=b'{"error":{"message":"nope"}}', **changes), EventSettings()
     )
     assert (event.usage, estimate) == (None, None)
 
@@ -374,7 +399,7 @@ async def test_exchanges_finishing_together_are_published_together_after_the_hol
     loop.call_later = lambda delay, *args: timers.append(delay) or call_later(delay, *args)  # type: ignore[method-assign]
     try:
         for n in range(3):
-            instrumentation(exchange(request_id=f"req-{n}"))
+            instrumentation(make_flow(request_id=f"req-{n}"))
     finally:
         del loop.call_later  # type: ignore[method-assign]
     assert bus.events == []  # held: the request that finished does not pay for its event
@@ -390,7 +415,7 @@ async def test_a_full_hold_is_built_at_once() -> None:
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings())
     for n in range(65):
-        instrumentation(exchange(request_id=f"req-{n}"))
+        instrumentation(make_flow(request_id=f"req-{n}"))
 
     assert len(bus.events) == HOLD_MAX == 64  # built at the 64th (README)
     await instrumentation.aclose()
@@ -400,7 +425,7 @@ async def test_a_full_hold_is_built_at_once() -> None:
 async def test_closing_publishes_what_is_held_at_once() -> None:
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings())
-    instrumentation(exchange())
+    instrumentation(make_flow())
 
     await instrumentation.aclose()
 
@@ -412,7 +437,7 @@ def test_what_a_loop_that_ended_left_held_is_built_with_the_next_exchange() -> N
     instrumentation = Instrumentation(bus, EventSettings())
 
     async def finish_one(wait: float) -> None:
-        instrumentation(exchange(request_id=f"held-{wait}"))
+        instrumentation(make_flow(request_id=f"held-{wait}"))
         await asyncio.sleep(wait)
 
     asyncio.run(finish_one(0.0))  # the loop ends inside the hold: its timer never fires
@@ -421,7 +446,7 @@ def test_what_a_loop_that_ended_left_held_is_built_with_the_next_exchange() -> N
     assert [e.request_id for e in bus.events] == ["held-0.0", "held-0.05"]
 
     asyncio.run(finish_one(0.0))
-    instrumentation(exchange(request_id="outside"))  # outside a loop: everything held is built now
+    instrumentation(make_flow(request_id="outside"))  # outside a loop: everything held is built now
 
     assert [e.request_id for e in bus.events][2:] == ["held-0.0", "outside"]
 
@@ -431,7 +456,7 @@ async def test_after_close_an_exchange_is_published_at_once_without_estimation()
     instrumentation = Instrumentation(bus, EventSettings())
     await instrumentation.aclose()
 
-    instrumentation(stream_exchange(sse(*FOX_DELTAS)))  # no usage: would go to the counting thread
+    instrumentation(stream_flow(sse(*FOX_DELTAS)))  # no usage: would go to the counting thread
 
     assert [(e.usage, e.usage_source) for e in bus.events] == [(None, None)]
     assert instrumentation.stats()["estimating"] == 0
@@ -442,7 +467,7 @@ async def test_after_close_an_exchange_is_published_at_once_without_estimation()
 
 def test_a_bus_failure_is_counted_not_raised() -> None:
     instrumentation = Instrumentation(BrokenBus(), EventSettings())
-    instrumentation(exchange())
+    instrumentation(make_flow())
     assert instrumentation.failures == 1
 
 
@@ -493,7 +518,7 @@ def test_credentials_in_the_query_are_redacted_and_the_rest_kept_byte_for_byte(
     query: str, redacted: str
 ) -> None:
     assert redact_query(query) == redacted
-    assert event_of(exchange(query=query)).query == redacted
+    assert event_of(make_flow(query=query)).query == redacted
 
 
 # --- responses past the capture bound, bodies nested too deeply ------------------------------------
@@ -511,7 +536,7 @@ def cut(body: bytes, limit: int, tail: int = 16384) -> dict[str, Any]:
 
 def test_the_usage_of_a_response_past_the_bound_is_read_from_its_tail() -> None:
     event, estimate = build_event(
-        exchange(**cut(BIG_ANSWER, 1000)), EventSettings(max_response_body_bytes=1000)
+        make_flow(**cut(BIG_ANSWER, 1000)), EventSettings(max_response_body_bytes=1000)
     )
     assert (event.usage, event.usage_source, estimate) == (Usage(3, 60000, 60003), "response", None)
     assert (len(event.response_body), event.response_body_truncated) == (1000, True)
@@ -519,7 +544,7 @@ def test_the_usage_of_a_response_past_the_bound_is_read_from_its_tail() -> None:
 
 def test_a_response_past_the_bound_whose_tail_has_no_usage_is_estimated() -> None:
     answer = BIG_ANSWER.replace(b'"usage"', b'"other"')
-    event, estimate = build_event(exchange(**cut(answer, 1000)), EventSettings(max_response_body_bytes=1000))
+    event, estimate = build_event(make_flow(**cut(answer, 1000)), EventSettings(max_response_body_bytes=1000))
     assert event.usage is None and estimate is not None
 
 
@@ -527,7 +552,7 @@ async def test_a_compressed_response_decoding_past_the_bound_gets_its_usage_off_
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings(max_response_body_bytes=1000))
     packed = gzip.compress(BIG_ANSWER)
-    instrumentation(exchange(response_headers={"Content-Encoding": "gzip"}, response_body=packed))
+    instrumentation(make_flow(response_headers={"Content-Encoding": "gzip"}, response_body=packed))
     await instrumentation.aclose()
     [event] = bus.events
     assert (event.usage, event.usage_source) == (Usage(3, 60000, 60003), "response")
@@ -539,7 +564,7 @@ async def test_a_compressed_response_past_the_bound_without_usage_is_estimated_f
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings(max_response_body_bytes=1000))
     packed = gzip.compress(BIG_ANSWER.replace(b'"usage"', b'"other"'))
-    instrumentation(exchange(response_headers={"Content-Encoding": "gzip"}, response_body=packed))
+    instrumentation(make_flow(response_headers={"Content-Encoding": "gzip"}, response_body=packed))
     await instrumentation.aclose()
     [event] = bus.events
     assert event.usage_source == "estimated" and instrumentation.estimated == 1
@@ -560,7 +585,7 @@ DEEP = b"[" * 5000 + b"]" * 5000
 async def test_a_deeply_nested_body_still_makes_exactly_one_event(changes: dict[str, Any]) -> None:
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings())
-    instrumentation(exchange(**changes))
+    instrumentation(make_flow(**changes))
     await instrumentation.aclose()
     [event] = bus.events
     assert instrumentation.failures == 0 and event.status == 200
@@ -575,7 +600,7 @@ def test_a_deeply_nested_request_names_no_model() -> None:
 def test_an_exchange_the_builder_fails_on_still_gets_a_bare_event_and_is_counted_not_raised() -> None:
     bus = RecordingBus()
     instrumentation = Instrumentation(bus, EventSettings())
-    instrumentation(exchange(request_headers=None, query="token=secret"))  # not headers: a bug
+    instrumentation(make_flow(request_headers=None, query="token=secret"))  # not headers: a bug
     [event] = bus.events
     assert (event.request_id, event.status, event.path, event.duration_ms) == (
         "req-1",

@@ -1,0 +1,146 @@
+"""One forwarded request as one typed record, from the moment it is forwarded until its observers saw it.
+
+The handler creates the ``Flow`` with the request's facts, ``relay`` feeds it the upstream's status and
+body as they pass, ``settle`` closes it exactly once (the upstream connection kept or closed, the status
+and duration known), and then every observer receives it (as mitmproxy's addons receive an HTTPFlow).
+How it ended is one ``Outcome`` (errors.py maps each to its status, event error and refusal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+from llmproxy.errors import Outcome
+from llmproxy.proxy.capture import BodyCapture
+from llmproxy.proxy.transport import UpstreamAnswer
+
+if TYPE_CHECKING:
+    from llmproxy.auth.authority import Grant
+
+__all__ = ("Flow", "Observer")
+
+_NO_HEADERS: Mapping[str, str] = {}
+
+
+class Flow:
+    """One forwarded request (never a cache hit or a refusal) and what came of it."""
+
+    __slots__ = (
+        # the request, set once
+        "request_id",
+        "method",
+        "path",
+        "query",
+        "grant",
+        "request_headers",
+        "started_at",
+        "arrived",
+        # captured for observers (bounded) and for the cache
+        "request_body",
+        "request_body_truncated",
+        "request_capture",
+        "response_capture",
+        "kept",
+        "response_body",
+        "response_body_truncated",
+        "response_tail",
+        # the upstream's answer
+        "status",
+        "response_headers",
+        "forwarded_ms",
+        "ttfb_ms",
+        "stream",
+        # how it ended
+        "outcome",
+        "duration_ms",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        method: str,
+        path: str,
+        query: str,
+        grant: Grant,
+        request_headers: Mapping[str, str],
+        started_at: float,
+        arrived: float,
+    ) -> None:
+        self.request_id = request_id
+        self.method = method
+        self.path = path  # decoded, as the policy matched it
+        self.query = query  # raw, as received
+        self.grant = grant
+        self.request_headers = request_headers  # as the client sent them (observers redact)
+        self.started_at = started_at  # time.time() at arrival
+        self.arrived = arrived  # perf_counter() at arrival
+        self.request_body = b""
+        self.request_body_truncated = False
+        self.request_capture: BodyCapture | None = None  # a request body streamed upstream, for observers
+        self.response_capture: BodyCapture | None = None  # for observers
+        self.kept: BodyCapture | None = None  # the whole answer, for the response cache
+        self.response_body = b""  # raw: possibly gzip, exactly as relayed
+        self.response_body_truncated = False
+        self.response_tail = b""  # a truncated response's last bytes, raw like response_body
+        self.status = 0  # the status relayed; once settled, the one the event records
+        self.response_headers: Mapping[str, str] = _NO_HEADERS  # as the upstream sent them
+        self.forwarded_ms = 0.0  # arrival -> the request handed to the upstream transport
+        self.ttfb_ms: float | None = None  # arrival -> upstream response headers
+        self.stream = False  # the answer is text/event-stream
+        self.outcome = Outcome.OK
+        self.duration_ms = 0.0
+
+    @property
+    def token_id(self) -> str:
+        return self.grant.token_id
+
+    @property
+    def project_id(self) -> str:
+        return self.grant.project_id
+
+    @property
+    def error(self) -> str | None:
+        """The event's ``error``: None when the upstream's answer was relayed whole."""
+        return self.outcome.error
+
+    def settle(self, up: UpstreamAnswer | None) -> None:
+        """Once, when the exchange is over: the upstream connection kept (a whole, clean exchange) or
+        closed; a status for a request that relayed none; the captures and duration fixed."""
+        if up is not None:
+            if self.outcome is Outcome.OK:
+                up.release()
+            else:
+                up.close()
+        if self.status == 0:
+            if self.outcome is Outcome.OK:  # nothing relayed and no known reason: a bug of ours
+                self.outcome = Outcome.INTERNAL
+            self.status = self.outcome.status
+        if self.request_capture is not None:
+            self.request_body = self.request_capture.value()
+            self.request_body_truncated = self.request_capture.truncated
+        response = self.response_capture
+        if response is not None:
+            self.response_body = response.value()
+            self.response_body_truncated = response.truncated
+            self.response_tail = response.tail()
+        self.duration_ms = (perf_counter() - self.arrived) * 1000.0
+
+    def feed(self, chunk: bytes) -> None:
+        """A response body chunk on its way to the client, into the captures that want it."""
+        if self.response_capture is not None:
+            self.response_capture.feed(chunk)
+        kept = self.kept
+        if kept is not None:
+            kept.feed(chunk)
+            if kept.truncated:  # past max_object_bytes: never stored, so hold none of it
+                self.kept = None
+
+    @property
+    def capturing(self) -> bool:
+        return self.response_capture is not None or self.kept is not None
+
+
+Observer = Callable[[Flow], None]
