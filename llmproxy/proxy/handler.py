@@ -10,23 +10,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from aiohttp import ClientError, StreamReader, web
-from multidict import CIMultiDictProxy
+from aiohttp import web
 
 from llmproxy.audit import audit_record
 from llmproxy.auth.tokens import parse_bearer
-from llmproxy.codings import DecodedTooLarge, Undecodable, decode
 from llmproxy.config import Settings
-from llmproxy.errors import ClientBodyTimeout, Outcome, ProxyError, Refusal
+from llmproxy.errors import Outcome, ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
+from llmproxy.proxy.bodies import decoded, read_whole, streamed
 from llmproxy.proxy.capture import TAIL_BYTES, BodyCapture, bounded
 from llmproxy.proxy.flow import Flow, Observer
 from llmproxy.proxy.keys import CANCEL_ON_DISCONNECT, REQUEST_ID
 from llmproxy.proxy.policy import Policy, allow_origin, split_target
+from llmproxy.proxy.ports import ResponseCache
 from llmproxy.proxy.relay import relay
 from llmproxy.proxy.transport import UpstreamAnswer, UpstreamTransport
 from llmproxy.proxy.upstream import request_headers
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from llmproxy.audit import Auditor
     from llmproxy.auth.authority import Authority, Grant
 
-__all__ = ("ProxyHandler", "ResponseCache")
+__all__ = ("ProxyHandler",)
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +43,6 @@ log = logging.getLogger(__name__)
 _AUDITED = {Refusal.PROJECT_INACTIVE: "denied", Refusal.SERVICE_UNAVAILABLE: "error"}
 # A body of known size up to this is read whole and sent in one write; larger ones stream through.
 _READ_WHOLE_BELOW = 1 << 20
-
-
-class ResponseCache(Protocol):
-    """What the proxy needs from the HTTP response cache (SPEC §8)."""
-
-    max_object_bytes: int
-
-    async def lookup(self, request: web.Request, grant: Grant, body: bytes) -> web.StreamResponse | None: ...
-
-    def storable(self, request: web.Request, status: int, headers: CIMultiDictProxy[str]) -> bool: ...
-
-    def response_headers(self, request: web.Request) -> Iterable[tuple[str, str]]: ...
-
-    async def store(
-        self,
-        request: web.Request,
-        grant: Grant,
-        body: bytes,
-        status: int,
-        headers: CIMultiDictProxy[str],
-        response_body: bytes,
-    ) -> None: ...
 
 
 class ProxyHandler:
@@ -182,41 +160,11 @@ class ProxyHandler:
         reads = inspect or self._cache is not None
         if not reads and (length is None or length > _READ_WHOLE_BELOW):
             return None, b""
-        body = await self._read_body(request.content)
-        plain = self._decoded(body, request.headers) if reads else b""
+        body = await read_whole(request.content, self._policy)
+        plain = decoded(body, request.headers, self._policy) if reads else b""
         if inspect:
             self._policy.params(plain, content_type)
         return body, plain
-
-    async def _read_body(self, content: StreamReader) -> bytes:
-        """The whole request body, refused with 413 past ``max_body_bytes`` (chunked bodies too)."""
-        limit = self._policy.max_body_bytes
-        chunks: list[bytes] = []
-        total = 0
-        try:
-            while chunk := await content.readany():
-                total += len(chunk)
-                if total > limit:
-                    raise self._policy.too_large()
-                chunks.append(chunk)
-        except (ConnectionError, ClientError, asyncio.IncompleteReadError):
-            raise ProxyError(Refusal.BAD_REQUEST, "Request body incomplete") from None
-        except ClientBodyTimeout:
-            raise ProxyError(Refusal.REQUEST_TIMEOUT) from None
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def _decoded(self, body: bytes, headers: CIMultiDictProxy[str]) -> bytes:
-        """A copy of ``body`` with its Content-Encoding undone, bounded by ``max_body_bytes``: 413 past
-        it (a decompression bomb never inflates further), 400 ``invalid_request_body`` if it does not
-        decode."""
-        if "Content-Encoding" not in headers:
-            return body
-        try:
-            return decode(body, ", ".join(headers.getall("Content-Encoding")), self._policy.max_body_bytes)
-        except DecodedTooLarge:
-            raise self._policy.too_large() from None
-        except Undecodable as exc:
-            raise ProxyError(Refusal.INVALID_REQUEST_BODY, f"Request body does not decode: {exc}") from None
 
     async def _cached(self, request: web.Request, grant: Grant, plain: bytes) -> web.StreamResponse | None:
         assert self._cache is not None
@@ -263,34 +211,7 @@ class ProxyHandler:
             return None
         if self._observers:
             flow.request_capture = BodyCapture(self._max_request_capture)
-        return self._streamed_body(request.content, flow)
-
-    async def _streamed_body(self, content: StreamReader, flow: Flow) -> AsyncIterator[bytes]:
-        """The request body passed on as it arrives, counted against ``max_body_bytes``; a client that
-        stalls, vanishes or sends too much is the flow's outcome (the exchange fails with it)."""
-        limit = self._policy.max_body_bytes
-        capture = flow.request_capture
-        total = 0
-        while True:
-            try:
-                chunk = await content.readany()
-            except ClientBodyTimeout:
-                flow.outcome = Outcome.CLIENT_TIMEOUT
-                raise
-            except asyncio.CancelledError:  # the exchange ended (its connection closed): not the client
-                raise
-            except BaseException:
-                flow.outcome = Outcome.CLIENT_GONE
-                raise
-            if not chunk:
-                return
-            total += len(chunk)
-            if total > limit:
-                flow.outcome = Outcome.BODY_TOO_LARGE
-                raise ValueError("request body too large")
-            if capture is not None:
-                capture.feed(chunk)
-            yield chunk
+        return streamed(request.content, self._policy, flow)
 
     async def _send(
         self, request: web.Request, flow: Flow, data: bytes | AsyncIterator[bytes] | None
