@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import uuid
 from collections import deque
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from aiohttp import web
 from llmproxy.config import AuditSettings
 from llmproxy.context import REQUEST_ID
 from llmproxy.filemodes import PRIVATE, PRIVATE_DIR, create_file, make_dirs, warn_if_exposed
+from llmproxy.redact import redact_text
 from llmproxy.store.base import AuditRecord, Store
 from llmproxy.store.rows import utc
 
@@ -36,9 +36,6 @@ BATCH = 500
 RETRY_INTERVAL = 1.0
 _MAX_TEXT = 1024  # user agents and the like are cut here: a header must not bloat every row
 _MAX_DEPTH = 8
-
-# sk-… keys and tokens (not "task-list"), and bearer credentials.
-_SECRET = re.compile(r"(?<![A-Za-z0-9_\-])sk-[A-Za-z0-9_\-]{8,}|(?i:bearer)\s+\S+")
 
 
 class _Line(msgspec.Struct):
@@ -210,10 +207,10 @@ def audit_record(
 
 
 def mask_secrets(value: Any, depth: int = 0) -> Any:
-    """``value`` with every ``sk-…`` secret replaced by its hint and every bearer credential hidden,
-    looking into dicts and lists (JSON-like data)."""
+    """``value`` with every ``sk-…`` secret replaced by its hint (``sk-abcd…wxyz``, as tokens are shown)
+    and every bearer/basic credential hidden, looking into dicts and lists (JSON-like data)."""
     if isinstance(value, str):
-        return _SECRET.sub(_hide, value)
+        return redact_text(value, key_tail=True)
     if depth >= _MAX_DEPTH:
         return value if isinstance(value, int | float | bool) or value is None else "…"
     if isinstance(value, dict):
@@ -221,14 +218,6 @@ def mask_secrets(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list | tuple):
         return [mask_secrets(v, depth + 1) for v in value]
     return value
-
-
-def _hide(match: re.Match[str]) -> str:
-    secret = match.group(0)
-    if not secret.startswith("sk-"):
-        return secret.split(None, 1)[0] + " [redacted]"
-    body = secret[3:]  # the same hint as auth.tokens.token_hint (a sibling layer, so not imported)
-    return f"sk-{body[:4]}…{body[-4:]}" if len(body) >= 12 else "sk-…"
 
 
 def _text(value: str | None) -> str | None:

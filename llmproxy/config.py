@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from llmproxy import redis_keys
 from llmproxy.config_values import (
     boolean,
     choice,
@@ -91,7 +92,7 @@ class AuthSettings(msgspec.Struct):
     key_cache_ttl: float = 30.0
     key_cache_max: int = 10000
     rate_limit_backend: str = "auto"
-    redis_prefix: str = "llmproxy:"  # of rate-limit keys and the invalidation channel; not an env var
+    redis_prefix: str = redis_keys.PREFIX  # rate-limit keys, invalidation channel; not an env var
 
 
 class RedisSettings(msgspec.Struct):
@@ -107,8 +108,8 @@ class RedisSettings(msgspec.Struct):
 
 
 class StreamSettings(msgspec.Struct):
-    key: str = "llm-proxy-events"
-    consumer_group: str = "llm-proxy-dispatchers"
+    key: str = redis_keys.STREAM
+    consumer_group: str = redis_keys.CONSUMER_GROUP
     consumer_name: str = ""
     max_len: int = 10000
     block_time: float = 5.0
@@ -142,7 +143,7 @@ class CacheSettings(msgspec.Struct):
     default_ttl: float = 300.0
     max_object_bytes: int = 1048576
     stream_responses: bool = False
-    key_prefix: str = "llmproxy:cache:"
+    key_prefix: str = redis_keys.CACHE_PREFIX
 
 
 class AuditSettings(msgspec.Struct):

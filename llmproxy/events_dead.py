@@ -25,9 +25,10 @@ from llmproxy.dispatch.dispatcher import Dispatcher
 from llmproxy.dispatch.registry import make_backend
 from llmproxy.dispatch.worker import service_endpoint
 from llmproxy.errors import ConfigError
-from llmproxy.events.bus import Delivery, connect_redis
+from llmproxy.events.bus import Delivery
 from llmproxy.events.dead_letters import DeadLetter, DeadLetterFile, DeadLetterStream, new_letter
 from llmproxy.loop import run_loop
+from llmproxy.redis_client import connect_redis
 
 if TYPE_CHECKING:
     from llmproxy.events.dead_letters import DeadLetters

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 
-__all__ = ("configure", "redact")
+from llmproxy.redact import redact_text
 
-# sk-… tokens/keys and bearer credentials, wherever they appear in a message
-_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]{8,}|(Bearer\s+)\S+", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    return _SECRET.sub(lambda m: (m.group(1) + "…") if m.group(1) else (m.group(2) + "[redacted]"), text)
+__all__ = ("configure",)
 
 
 class _RedactingFilter(logging.Filter):
@@ -23,7 +17,7 @@ class _RedactingFilter(logging.Filter):
         if record.args:
             record.msg = record.getMessage()
             record.args = None
-        record.msg = redact(str(record.msg))
+        record.msg = redact_text(str(record.msg))
         return True
 
 
@@ -40,7 +34,7 @@ class _JsonFormatter(logging.Formatter):
         }
         doc.update({k: v for k, v in vars(record).items() if k not in self._SKIP})
         if record.exc_info:
-            doc["exc"] = redact(self.formatException(record.exc_info))
+            doc["exc"] = redact_text(self.formatException(record.exc_info))
         return json.dumps(doc, default=str)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import msgspec
 
 from llmproxy.config import Settings
-from llmproxy.events.bus import connect_redis
 from llmproxy.events.dead_letters import DeadLetter, DeadLetterFile, DeadLetterStream, event_id
+from llmproxy.redis_client import connect_redis
 
 __all__ = ("DeadLetterPage", "DeadLetterRow", "read_dead_letters")
 

@@ -17,7 +17,8 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from llmproxy.config import RedisSettings
-from llmproxy.events.bus import connect_redis
+from llmproxy.redis_client import connect_redis
+from llmproxy.redis_keys import PREFIX, invalidation_channel
 
 __all__ = ("Invalidations", "Listener")
 
@@ -44,8 +45,8 @@ class Listener(Protocol):
 class Invalidations:
     """``publish`` tells every instance; ``listen`` (a long-lived task) applies what others tell."""
 
-    def __init__(self, settings: RedisSettings, *, prefix: str = "llmproxy:") -> None:
-        self.channel = prefix + "invalidate"
+    def __init__(self, settings: RedisSettings, *, prefix: str = PREFIX) -> None:
+        self.channel = invalidation_channel(prefix)
         self._publisher = connect_redis(settings, socket_timeout=1.0)
         # No silent reconnect for the subscriber: a reconnect must be seen, since messages were missed.
         self._subscriber: Redis = connect_redis(settings, socket_timeout=1.0, retries=0)

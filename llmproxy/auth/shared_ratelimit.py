@@ -17,7 +17,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llmproxy.config import RedisSettings, Settings
-from llmproxy.events.bus import connect_redis
+from llmproxy.redis_client import connect_redis
+from llmproxy.redis_keys import PREFIX, rate_limit_prefix
 
 __all__ = ("DEGRADED", "SharedRateLimiter", "shares_rate_limit", "uses_redis")
 
@@ -65,15 +66,13 @@ def shares_rate_limit(settings: Settings) -> bool:
 class SharedRateLimiter:
     """``hit`` → (allowed, retry_after_s) from Redis, or None while Redis is unreachable."""
 
-    def __init__(
-        self, settings: RedisSettings, *, prefix: str = "llmproxy:", retry_every: float = 1.0
-    ) -> None:
+    def __init__(self, settings: RedisSettings, *, prefix: str = PREFIX, retry_every: float = 1.0) -> None:
         # One retry: a pooled connection Redis closed (a restart) is not an outage.
         self._redis: Redis = connect_redis(
             settings, socket_timeout=REDIS_TIMEOUT, connect_timeout=REDIS_TIMEOUT
         )
         self._script = self._redis.register_script(_SCRIPT)  # EVALSHA, loading the script on NOSCRIPT
-        self._prefix = prefix + "ratelimit:"
+        self._prefix = rate_limit_prefix(prefix)
         self._retry_every = retry_every
         self._failed = asyncio.Event()  # set when a call fails: wakes ``run``
         self.degraded = False

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from llmproxy.config import RedisSettings
 from llmproxy.errors import ProxyError, Refusal
-from llmproxy.events.bus import connect_redis
+from llmproxy.redis_client import connect_redis
 
 __all__ = ("Entry", "MemoryStorage", "RedisStorage", "Storage", "connect_cache_redis")
 

@@ -26,8 +26,10 @@ from llmproxy.config import Settings
 from llmproxy.dispatch.dispatcher import Dispatcher, DispatchStats
 from llmproxy.dispatch.registry import make_backend
 from llmproxy.errors import ConfigError, StartupError
-from llmproxy.events.bus import BusUnavailable, EventBus, connect_redis, make_source
+from llmproxy.events.bus import BusUnavailable, EventBus
+from llmproxy.events.factory import make_source
 from llmproxy.loop import run_loop
+from llmproxy.redis_client import connect_redis
 from llmproxy.redis_keys import stats_key, totals_key
 
 __all__ = (

@@ -19,27 +19,19 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from llmproxy.events.bus import BusUnavailable, Delivery
 from llmproxy.events.model import Event, encode_event
 from llmproxy.events.spill import Drain, RedisProducer, SpillBuffer
+from llmproxy.redis_keys import dead_list_key, list_key
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from llmproxy.config import Settings
 
-__all__ = ("ListSource", "RedisListBus", "dead_list_key", "list_key")
+__all__ = ("ListSource", "RedisListBus")
 
 log = logging.getLogger(__name__)
 
 SPILL_MAX_BYTES = 64 * 1024 * 1024
 SPILL_MIN_ITEMS = 10_000
-
-
-def list_key(stream_key: str) -> str:
-    """Its own key, so switching between ``redis`` and ``redis-streams`` never hits a WRONGTYPE."""
-    return f"{stream_key}:list"
-
-
-def dead_list_key(stream_key: str) -> str:
-    return f"{list_key(stream_key)}:dead"
 
 
 class RedisListBus(RedisProducer[bytes]):

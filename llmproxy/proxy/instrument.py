@@ -12,7 +12,6 @@ import base64
 import functools
 import logging
 import math
-import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
@@ -23,23 +22,15 @@ from llmproxy.codings import Undecodable, codings, inflate
 from llmproxy.config import EventSettings
 from llmproxy.events.model import Event, Usage
 from llmproxy.ids import uuid4_text
+from llmproxy.openai.estimate import estimate_usage
+from llmproxy.openai.kinds import endpoint_kind
+from llmproxy.openai.tokencount import TokenCounter
+from llmproxy.openai.usage import request_model, response_model, response_usage, usage_in
 from llmproxy.proxy.capture import TAIL_BYTES, inflated_tail
 from llmproxy.proxy.flow import Flow
-from llmproxy.proxy.redact import REDACTED, redact_headers, redact_query
-from llmproxy.proxy.tokencount import TokenCounter
-from llmproxy.proxy.usage import endpoint_kind, estimate_usage, response_model, response_usage, usage_in
+from llmproxy.redact import redact_headers, redact_query
 
-__all__ = (
-    "REDACTED",
-    "EventPublisher",
-    "Instrumentation",
-    "build_event",
-    "decode_body",
-    "redact_headers",
-    "redact_query",
-    "request_model",
-    "rfc3339",
-)
+__all__ = ("EventPublisher", "Instrumentation", "build_event", "decode_body", "rfc3339")
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +40,10 @@ log = logging.getLogger(__name__)
 # a loop). Events reach the bus at most 2 ms later; aclose builds what is held at once.
 HOLD_S = 0.002
 HOLD_MAX = 64
-_SNIFF = 4096  # bytes searched for the model when the request is not whole JSON
-_MODEL_JSON = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
-_MODEL_FORM = re.compile(rb'name="model"\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]{1,256})')
 
 
 class EventPublisher(Protocol):
     def publish(self, event: Event) -> None: ...
-
-
-class _RequestHead(msgspec.Struct):
-    model: str | None = None
-
-
-_request_head = msgspec.json.Decoder(_RequestHead)
 
 
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted: most events share it
@@ -112,20 +93,6 @@ def _utf8(body: bytes, truncated: bool) -> str | None:
         return body[:cut].decode()
     except UnicodeDecodeError:
         return None
-
-
-def request_model(body: bytes) -> str | None:
-    """The `model` a request names: its JSON field, or for a cut or odd body the first match near the start."""
-    if body.lstrip()[:1] == b"{":
-        try:
-            return _request_head.decode(body).model
-        except (msgspec.ValidationError, RecursionError):  # (nested ~1000 levels: which model is unknowable)
-            return None
-        except msgspec.DecodeError:
-            pass
-    head = body[:_SNIFF]
-    found = _MODEL_JSON.search(head) or _MODEL_FORM.search(head)  # truncated JSON, or multipart (audio)
-    return found.group(1).decode("utf-8", "replace").strip() if found else None
 
 
 class _Estimate(msgspec.Struct, frozen=True):

@@ -23,9 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from llmproxy.config import Settings
-from llmproxy.events.bus import connect_redis
 from llmproxy.events.memory import InMemoryBus
-from llmproxy.events.redis_list import list_key
 from llmproxy.metrics import (
     BadRequests,
     CacheFigures,
@@ -37,7 +35,8 @@ from llmproxy.metrics import (
     RequestMetrics,
     Snapshot,
 )
-from llmproxy.redis_keys import group_name, stats_key, totals_key
+from llmproxy.redis_client import connect_redis
+from llmproxy.redis_keys import group_name, list_key, stats_key, totals_key
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -15,10 +15,12 @@ from collections.abc import Awaitable, Callable
 from llmproxy.config import Settings
 from llmproxy.dispatch.dispatcher import DispatchStats
 from llmproxy.dispatch.worker import run_service
-from llmproxy.events.bus import EventBus, connect_redis, make_bus, make_source
+from llmproxy.events.bus import EventBus
+from llmproxy.events.factory import make_bus, make_source
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.proxy.flow import Observer
 from llmproxy.proxy.instrument import Instrumentation
+from llmproxy.redis_client import connect_redis
 from llmproxy.server.supervisor import Supervisor
 
 __all__ = ("EventPipeline",)

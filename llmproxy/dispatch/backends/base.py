@@ -15,7 +15,7 @@ import aiohttp
 
 from llmproxy.dispatch.retry import classify, parse_retry_after
 from llmproxy.events.model import Event
-from llmproxy.logs import redact
+from llmproxy.redact import redact_text
 
 __all__ = (
     "Backend",
@@ -84,7 +84,7 @@ def error_for_status(
 ) -> DeliveryError:
     """The DeliveryError for a non-success HTTP answer, with Retry-After honoured."""
     transient = classify(status) == "transient"
-    snippet = redact(body[:300].decode("utf-8", "replace")).strip()
+    snippet = redact_text(body[:300].decode("utf-8", "replace")).strip()
     return DeliveryError(
         f"{backend}: HTTP {status}" + (f": {snippet}" if snippet else ""),
         transient=transient,
@@ -97,7 +97,7 @@ def error_for_exception(backend: str, exc: BaseException) -> DeliveryError:
     """The DeliveryError for a network error, timeout or unexpected exception while sending."""
     if isinstance(exc, DeliveryError):
         return exc
-    detail = redact(str(exc)) or type(exc).__name__
+    detail = redact_text(str(exc)) or type(exc).__name__
     return DeliveryError(
         f"{backend}: {type(exc).__name__}: {detail}", transient=classify(None, exc) == "transient"
     )

@@ -17,11 +17,17 @@ import msgspec
 from llmproxy.dispatch.backends.base import DeliveryError, error_for_status, post_json
 from llmproxy.dispatch.transform import ended_epoch, iso_ms, read_call, run_uuid, started_epoch
 from llmproxy.events.model import Event
+from llmproxy.openai.kinds import EndpointKind
 
 __all__ = ("DEFAULT_ENDPOINT", "LunaryBackend", "lunary_events")
 
 DEFAULT_ENDPOINT = "https://api.lunary.ai"
-_RUN_TYPES = {"chat": "llm", "completion": "llm", "responses": "llm", "embeddings": "embed"}
+_RUN_TYPES = {
+    EndpointKind.CHAT: "llm",
+    EndpointKind.COMPLETIONS: "llm",
+    EndpointKind.RESPONSES: "llm",
+    EndpointKind.EMBEDDINGS: "embed",
+}
 _DUPLICATE = "already exists"
 
 

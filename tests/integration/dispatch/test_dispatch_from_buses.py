@@ -19,10 +19,11 @@ from llmproxy.dispatch.backends.base import DeliveryError
 from llmproxy.dispatch.backends.file import FileBackend
 from llmproxy.dispatch.backends.lunary import LunaryBackend
 from llmproxy.dispatch.dispatcher import Dispatcher
-from llmproxy.events.bus import EventSource, make_bus, make_source
+from llmproxy.events.bus import EventSource
+from llmproxy.events.factory import make_bus, make_source
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.events.model import Event, decode_event, encode_event
-from llmproxy.events.redis_list import list_key
+from llmproxy.redis_keys import list_key
 from tests.fakes.lunary import FakeLunary
 from tests.unit.dispatch.doubles import DEADLINE_S, ScriptedBackend, Waits, chat_event, make_event
 

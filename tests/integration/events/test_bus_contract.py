@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import pytest
 
 from llmproxy.config import Settings
-from llmproxy.events.bus import Delivery, EventBus, EventSource, connect_redis, make_bus, make_source
+from llmproxy.events.bus import Delivery, EventBus, EventSource
+from llmproxy.events.factory import make_bus, make_source
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.events.model import Event, decode_event
 from llmproxy.events.redis_list import ListSource, RedisListBus
 from llmproxy.events.redis_streams import RedisStreamBus, StreamSource
+from llmproxy.redis_client import connect_redis
 
 BUSES = ("in-memory", "redis", "redis-streams")
 

@@ -8,9 +8,10 @@ import msgspec
 from redis.asyncio import Redis
 
 from llmproxy.config import Settings
-from llmproxy.events.bus import connect_redis
 from llmproxy.events.model import Event, encode_event
-from llmproxy.events.redis_list import ListSource, RedisListBus, dead_list_key, list_key
+from llmproxy.events.redis_list import ListSource, RedisListBus
+from llmproxy.redis_client import connect_redis
+from llmproxy.redis_keys import dead_list_key, list_key
 
 MakeEvent = Callable[[int], Event]
 

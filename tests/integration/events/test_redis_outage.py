@@ -13,10 +13,12 @@ from redis.asyncio import Redis
 from llmproxy.config import Settings
 from llmproxy.dispatch.backends.file import FileBackend
 from llmproxy.dispatch.dispatcher import Dispatcher
-from llmproxy.events.bus import BusUnavailable, Delivery, connect_redis
+from llmproxy.events.bus import BusUnavailable, Delivery
 from llmproxy.events.model import Event, decode_event, encode_event
-from llmproxy.events.redis_list import RedisListBus, list_key
+from llmproxy.events.redis_list import RedisListBus
 from llmproxy.events.redis_streams import RedisStreamBus, StreamSource
+from llmproxy.redis_client import connect_redis
+from llmproxy.redis_keys import list_key
 
 MakeEvent = Callable[[int], Event]
 Poll = Callable[..., Awaitable[None]]

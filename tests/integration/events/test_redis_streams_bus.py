@@ -8,9 +8,10 @@ import pytest
 from redis.asyncio import Redis
 
 from llmproxy.config import Settings
-from llmproxy.events.bus import BusUnavailable, Delivery, connect_redis
+from llmproxy.events.bus import BusUnavailable, Delivery
 from llmproxy.events.model import Event, decode_event, encode_event
 from llmproxy.events.redis_streams import RedisStreamBus, StreamSource
+from llmproxy.redis_client import connect_redis
 from llmproxy.redis_keys import dead_letter_key
 
 MakeEvent = Callable[[int], Event]

@@ -1,4 +1,4 @@
-"""Observers get one Exchange per forwarded request, after it finished, with bodies cut at the bounds."""
+"""Observers get one settled Flow per forwarded request, after it finished, with bodies cut at the bounds."""
 
 from __future__ import annotations
 

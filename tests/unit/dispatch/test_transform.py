@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 
-from llmproxy.dispatch.transform import (
-    ended_epoch,
-    iso_ms,
-    merge_chunks,
-    read_call,
-    run_uuid,
-    sse_data,
-    started_epoch,
-)
+import pytest
+
+from llmproxy.dispatch.transform import ended_epoch, iso_ms, read_call, run_uuid, started_epoch
+from llmproxy.openai.kinds import endpoint_kind
 from tests.unit.dispatch.doubles import (
     CHAT_REQUEST,
     CHAT_RESPONSE,
@@ -65,21 +60,6 @@ def test_a_stream_is_rebuilt_into_one_message_with_its_tool_call_and_usage() -> 
     assert "stream" in call.params and "stream_options" not in call.params
 
 
-def test_sse_parsing_accepts_data_without_a_space_and_crlf_and_skips_done_and_cut_chunks() -> None:
-    text = sse(STREAM_CHUNKS[:2], space=False).replace("\n", "\r\n") + 'data: {"cut": tr'
-    assert sse_data(text) == STREAM_CHUNKS[:2]
-
-
-def test_several_choices_are_merged_per_index() -> None:
-    chunks = [
-        {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 1, "delta": {"content": "B"}}]},
-        {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "A"}}]},
-        {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 1, "delta": {"content": "b"}}]},
-    ]
-    merged = merge_chunks(chunks)
-    assert [c["message"]["content"] for c in merged["choices"]] == ["A", "Bb"]
-
-
 def test_a_legacy_completion_stream_concatenates_text() -> None:
     chunks = [
         {
@@ -100,7 +80,7 @@ def test_a_legacy_completion_stream_concatenates_text() -> None:
         response_body=sse(chunks),
     )
     call = read_call(event)
-    assert call.kind == "completion"
+    assert call.kind == "completions"  # the one spelling, as the proxy reads it (llmproxy.openai.kinds)
     assert call.input == "Say hello"
     assert call.output == {"role": "assistant", "content": "Hello"}
 
@@ -128,6 +108,13 @@ def test_a_responses_api_stream_uses_the_completed_response() -> None:
     assert call.input == "Hello"
     assert call.output == {"role": "assistant", "content": "Hi there"}
     assert call.usage == completed["usage"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings/", "/v1/models"]
+)
+def test_a_call_is_of_the_kind_the_proxy_reads_from_its_path(path: str) -> None:
+    assert read_call(make_event(path=path)).kind == endpoint_kind(path)
 
 
 def test_an_upstream_error_is_read_as_status_and_message() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from llmproxy.config import RedisSettings, Settings
-from llmproxy.events.bus import connect_redis, make_bus, make_source
+from llmproxy.events.factory import make_bus, make_source
 from llmproxy.events.memory import InMemoryBus, MemorySource
 from llmproxy.events.redis_streams import StreamSource
+from llmproxy.redis_client import connect_redis
 from llmproxy.redis_keys import dead_letter_key, group_name
 
 

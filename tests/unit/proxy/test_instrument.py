@@ -23,11 +23,9 @@ from llmproxy.proxy.instrument import (
     Instrumentation,
     build_event,
     decode_body,
-    redact_headers,
-    redact_query,
-    request_model,
     rfc3339,
 )
+from llmproxy.redact import redact_query
 
 SECRET_TOKEN = "sk-withering0123456789abcdefghijklmnop"
 SECRET_KEY = "sk-proj-UPSTREAMKEY0123456789abcdefghij"
@@ -101,61 +99,6 @@ def event_of(ex: Flow, settings: EventSettings | None = None) -> Event:
 
 
 # --- headers -------------------------------------------------------------------------------------
-
-
-def test_credentials_are_redacted_and_header_names_lowercased() -> None:
-    headers = {
-        "Authorization": f"Bearer {SECRET_TOKEN}",
-        "Proxy-Authorization": "Basic dXNlcjpwYXNz",
-        "Cookie": "session=abc",
-        "Set-Cookie": "session=abc; HttpOnly",
-        "X-Api-Key": SECRET_KEY,
-        "Api-Key": SECRET_KEY,
-        "Helicone-Auth": "Bearer whatever",
-        "X-Session-Token": "t0k3n",
-        "X-Client-Secret": "shh",
-        "X-Forwarded-Credential": f"Bearer {SECRET_TOKEN}",  # an innocent name with a bearer value
-        "X-Note": f"key was {SECRET_KEY}",
-        "OpenAI-Organization": "org-123",
-        "X-Ratelimit-Remaining-Tokens": "149984",
-        "Content-Type": "application/json",
-    }
-    assert redact_headers(headers) == {
-        "authorization": "[REDACTED]",
-        "proxy-authorization": "[REDACTED]",
-        "cookie": "[REDACTED]",
-        "set-cookie": "[REDACTED]",
-        "x-api-key": "[REDACTED]",
-        "api-key": "[REDACTED]",
-        "helicone-auth": "[REDACTED]",
-        "x-session-token": "[REDACTED]",
-        "x-client-secret": "[REDACTED]",
-        "x-forwarded-credential": "[REDACTED]",
-        "x-note": "[REDACTED]",
-        "openai-organization": "org-123",
-        "x-ratelimit-remaining-tokens": "149984",
-        "content-type": "application/json",
-    }
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        "BEARER abc",  # any case
-        "x SK-abcdefgh12345",
-        "Basic\tdXNlcjpwYXNz",
-        "Bearer tökén",  # not ASCII: the regex alone decides
-        "\u017fk-abcdefgh12345",  # the long s matches s case-insensitively, as re does
-        "note: sk-abcdefgh1234 ünïcode",
-    ],
-)
-def test_a_secret_value_is_redacted_under_an_innocent_name_whatever_its_case_or_script(value: str) -> None:
-    assert redact_headers({"X-Note": value}) == {"x-note": "[REDACTED]"}
-
-
-@pytest.mark.parametrize("value", ["basically fine", "sk-short", "bearer", "ünïcode text", "Mozilla/5.0"])
-def test_a_value_that_only_resembles_a_secret_is_kept(value: str) -> None:
-    assert redact_headers({"X-Note": value}) == {"x-note": value}
 
 
 def test_encoded_event_is_exactly_the_spec_shape_and_holds_no_secret() -> None:
@@ -284,20 +227,6 @@ def test_truncation_flags_and_error_are_carried() -> None:
 
 
 # --- model ---------------------------------------------------------------------------------------
-
-
-def test_model_is_the_requests_top_level_field_even_after_nested_ones() -> None:
-    body = b'{"messages":[],"tools":[{"type":"function","function":{"parameters":{"properties":{"model":{"type":"string"}}}}}],"model":"gpt-4.1"}'
-    assert request_model(body) == "gpt-4.1"
-
-
-def test_model_of_a_truncated_request_is_found_by_its_first_match() -> None:
-    assert request_model(b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hel') == "gpt-4o"
-
-
-def test_model_of_a_multipart_audio_request_is_its_form_field() -> None:
-    body = b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="a.mp3"\r\n\r\n\xff\xfb\r\n--b--\r\n'
-    assert request_model(body) == "whisper-1"
 
 
 def test_model_falls_back_to_the_response() -> None:
@@ -590,11 +519,6 @@ async def test_a_deeply_nested_body_still_makes_exactly_one_event(changes: dict[
     [event] = bus.events
     assert instrumentation.failures == 0 and event.status == 200
     assert event.request_body == changes.get("request_body", CHAT).decode()
-
-
-def test_a_deeply_nested_request_names_no_model() -> None:
-    assert request_model(b'{"model":"gpt-4o","x":' + DEEP + b"}") is None
-    assert request_model(b'{"x":' + DEEP + b',"model":"gpt-4o"}') is None
 
 
 def test_an_exchange_the_builder_fails_on_still_gets_a_bare_event_and_is_counted_not_raised() -> None:

@@ -1,8 +1,10 @@
-"""What of a request never reaches an event: credentials in headers and in the query string.
+"""Secrets kept out of events, logs and the audit trail: one set of rules for what a secret looks like.
 
-A credential is recognised by its name (``authorization``, ``x-api-key``, ``?api_key=``, ``?token=`` …)
-or by its value (``Bearer …``, ``sk-…``) under any name; it becomes ``[REDACTED]``, everything else
-is kept exactly as received.
+In an event, a credential in a header or the query string is recognised by its name (``authorization``,
+``x-api-key``, ``?api_key=``, ``?token=`` …) or by its value under any name, and becomes ``[REDACTED]``;
+everything else is kept exactly as received. In free text (log lines, audit fields) each secret is
+masked where it stands. A secret value is an ``sk-`` key of 8+ characters (any case, not the tail of
+a word such as ``task-``) or a ``Bearer``/``Basic`` credential.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import re
 from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
-__all__ = ("REDACTED", "redact_headers", "redact_query")
+__all__ = ("REDACTED", "redact_headers", "redact_query", "redact_text")
 
 REDACTED = "[REDACTED]"
 _SECRET_HEADERS = frozenset(
@@ -19,7 +21,12 @@ _SECRET_HEADERS = frozenset(
 )
 _SECRET_NAME_PARTS = ("key", "token", "secret", "auth")
 _PUBLIC_PREFIXES = ("x-ratelimit-",)  # x-ratelimit-remaining-tokens etc. are counts, not credentials
-_SECRET_VALUE = re.compile(r"\b(?:bearer|basic)\s+\S|sk-[A-Za-z0-9_\-]{8,}", re.IGNORECASE)
+# The one rule for a secret value, the widest of the three it replaces (logs took sk- keys from 12
+# characters on and no Basic, audit lower-case sk- only and no Basic, events no bearer/basic glued to a
+# word); only a key glued to a letter or digit (task-…, disk-…) is not one, as audit had it.
+# Group 1: a key's body; group 2: a credential's scheme and the spaces after it.
+_SECRET_VALUE = re.compile(r"(?<![A-Za-z0-9])sk-([A-Za-z0-9_\-]{8,})|((?:bearer|basic)\s+)\S+", re.IGNORECASE)
+_HINT_CHARS = 4  # shown from each end of a key long enough (3 x 4): what auth.tokens.token_hint shows
 # Query parameter names, folded to letters and digits (api_key, apiKey, API-KEY → apikey), that name a
 # credential by their last word; max_tokens or api-version do not.
 _SECRET_PARAM = re.compile(
@@ -81,3 +88,26 @@ def redact_query(query: str) -> str:
         elif _SECRET_PARAM.search(_NOT_ALNUM.sub("", unquote_plus(name).lower())) or _secret_value(value):
             parts[i], redacted = f"{name}={REDACTED}", True
     return "&".join(parts) if redacted else query
+
+
+def redact_text(text: str, *, key_tail: bool = False) -> str:
+    """``text`` with each secret masked in place: a credential's value becomes ``[redacted]``; a key
+    shows its first 4 characters (``sk-AbCd…``, and its last 4 with ``key_tail``) if it has 12 or more."""
+    if key_tail:
+        return _SECRET_VALUE.sub(_key_hint_with_tail, text)
+    return _SECRET_VALUE.sub(_key_hint, text)
+
+
+def _key_hint(match: re.Match[str]) -> str:
+    body = match.group(1)
+    if body is None:
+        return match.group(2) + "[redacted]"
+    shown = body[:_HINT_CHARS] if len(body) >= 3 * _HINT_CHARS else ""
+    return f"{match.group(0)[:3]}{shown}…"
+
+
+def _key_hint_with_tail(match: re.Match[str]) -> str:
+    body = match.group(1)
+    if body is None or len(body) < 3 * _HINT_CHARS:
+        return _key_hint(match)
+    return f"{match.group(0)[:3]}{body[:_HINT_CHARS]}…{body[-_HINT_CHARS:]}"
