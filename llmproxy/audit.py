@@ -234,7 +234,7 @@ def _hide(match: re.Match[str]) -> str:
 def _text(value: str | None) -> str | None:
     if value is None:
         return None
-    return mask_secrets(value[:_MAX_TEXT])
+    return _SECRET.sub(_hide, value[:_MAX_TEXT])
 
 
 def _prepared(record: AuditRecord) -> AuditRecord:

@@ -202,8 +202,8 @@ class EventLogFollower:
         if st is not None and (st.st_dev, st.st_ino) != current.identity:
             self._retired.append(current)  # its writers may append until their SIGHUP
             self._current = None
-            if self._open():
-                lines += self._current.drain()  # type: ignore[union-attr]
+            if (opened := self._open()) is not None:
+                lines += opened.drain()
         elif st is not None and st.st_size < current.file.tell():
             current.file.seek(0)  # truncated in place (copytruncate)
             current.partial = b""
@@ -222,13 +222,13 @@ class EventLogFollower:
                 self._retired.remove(log)
         return lines
 
-    def _open(self) -> bool:
+    def _open(self) -> _OpenLog | None:
         try:
             file = open(self.path, "rb")  # noqa: SIM115 - held open across calls, closed in close()
         except FileNotFoundError:
-            return False
+            return None
         self._current = _OpenLog(file)
-        return True
+        return self._current
 
 
 def _decode(raw: bytes) -> Event | Exception:

@@ -1,4 +1,4 @@
-"""The layout rules of DESIGN.md, checked: import direction and module size."""
+"""The layout rules of DESIGN.md and STYLE.md, checked: import direction, module size, mypy --strict."""
 
 from __future__ import annotations
 
@@ -28,3 +28,11 @@ def test_no_module_is_longer_than_400_lines() -> None:
 def test_package_init_files_are_empty_but_the_version() -> None:
     inits = [p for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE]
     assert inits and all(p.read_text().strip() == "" for p in inits)
+
+
+def test_mypy_strict_passes_on_the_package() -> None:
+    """pyproject's [tool.mypy]: strict, over llmproxy/; the failure lists every error."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
