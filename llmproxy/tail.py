@@ -244,6 +244,23 @@ def _passes(event: Event, args: argparse.Namespace) -> bool:
     return args.status is None or args.status.matches(event.status)
 
 
+def _last_matching(
+    follower: EventLogFollower, args: argparse.Namespace
+) -> list[tuple[bytes, Event | Exception]]:
+    """The last `args.lines` matching events before the start, newest first, with the malformed lines
+    met on the way (they are named, not counted)."""
+    recent: list[tuple[bytes, Event | Exception]] = []
+    wanted = args.lines
+    for raw in follower.lines_before_start() if wanted else ():
+        decoded = _decode(raw)
+        if isinstance(decoded, Exception) or _passes(decoded, args):
+            recent.append((raw, decoded))
+            wanted -= not isinstance(decoded, Exception)
+            if not wanted:
+                break
+    return recent
+
+
 def tail_events(
     follower: EventLogFollower,
     args: argparse.Namespace,
@@ -264,16 +281,7 @@ def tail_events(
             out.write((raw.decode("utf-8", "replace") if args.json else format_event(decoded)) + "\n")
 
     if not args.from_start and follower.start_at_end(complete_only=args.follow):
-        recent: list[tuple[bytes, Event | Exception]] = []
-        wanted = args.lines
-        for raw in follower.lines_before_start() if wanted else ():
-            decoded = _decode(raw)
-            if isinstance(decoded, Exception) or _passes(decoded, args):
-                recent.append((raw, decoded))
-                wanted -= not isinstance(decoded, Exception)
-                if not wanted:
-                    break
-        for raw, decoded in reversed(recent):
+        for raw, decoded in reversed(_last_matching(follower, args)):
             show(raw, decoded)
         out.flush()
     while True:
