@@ -223,7 +223,7 @@ def mask_secrets(value: Any, depth: int = 0) -> Any:
 def _text(value: str | None) -> str | None:
     if value is None:
         return None
-    return mask_secrets(value[:_MAX_TEXT])
+    return redact_text(value[:_MAX_TEXT], key_tail=True)
 
 
 def _prepared(record: AuditRecord) -> AuditRecord:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 
 try:  # optional: br is decoded only where a Brotli binding that can bound its output is installed
-    import brotli  # type: ignore[import-not-found]
+    import brotli
 except ImportError:  # pragma: no cover - depends on the environment
     brotli = None
 

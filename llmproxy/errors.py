@@ -88,6 +88,7 @@ class Outcome(enum.Enum):
     """How a forwarded request ended: (the status recorded when the upstream's was not relayed, the
     event's ``error``, the refusal answered while nothing was sent yet). The one table for both."""
 
+    _value_: tuple[int, str | None, Refusal | None]  # members mix str and None: typed, or .value is Any
     OK = (0, None, None)
     UPSTREAM_TIMEOUT = (504, "upstream_timeout", Refusal.UPSTREAM_TIMEOUT)
     UPSTREAM_UNAVAILABLE = (502, "upstream_unavailable", Refusal.UPSTREAM_UNAVAILABLE)
@@ -98,15 +99,15 @@ class Outcome(enum.Enum):
 
     @property
     def status(self) -> int:
-        return self.value[0]
+        return self._value_[0]
 
     @property
     def error(self) -> str | None:
-        return self.value[1]
+        return self._value_[1]
 
     @property
     def refusal(self) -> Refusal:
-        refusal = self.value[2]
+        refusal = self._value_[2]
         assert refusal is not None, "OK refuses nothing"
         return refusal
 

@@ -202,8 +202,8 @@ class EventLogFollower:
         if st is not None and (st.st_dev, st.st_ino) != current.identity:
             self._retired.append(current)  # its writers may append until their SIGHUP
             self._current = None
-            if self._open():
-                lines += self._current.drain()  # type: ignore[union-attr]
+            if (opened := self._open()) is not None:
+                lines += opened.drain()
         elif st is not None and st.st_size < current.file.tell():
             current.file.seek(0)  # truncated in place (copytruncate)
             current.partial = b""
@@ -222,13 +222,13 @@ class EventLogFollower:
                 self._retired.remove(log)
         return lines
 
-    def _open(self) -> bool:
+    def _open(self) -> _OpenLog | None:
         try:
             file = open(self.path, "rb")  # noqa: SIM115 - held open across calls, closed in close()
         except FileNotFoundError:
-            return False
+            return None
         self._current = _OpenLog(file)
-        return True
+        return self._current
 
 
 def _decode(raw: bytes) -> Event | Exception:
@@ -242,6 +242,23 @@ def _passes(event: Event, args: argparse.Namespace) -> bool:
     if args.project and not event.project_id.startswith(args.project):
         return False
     return args.status is None or args.status.matches(event.status)
+
+
+def _last_matching(
+    follower: EventLogFollower, args: argparse.Namespace
+) -> list[tuple[bytes, Event | Exception]]:
+    """The last `args.lines` matching events before the start, newest first, with the malformed lines
+    met on the way (they are named, not counted)."""
+    recent: list[tuple[bytes, Event | Exception]] = []
+    wanted = args.lines
+    for raw in follower.lines_before_start() if wanted else ():
+        decoded = _decode(raw)
+        if isinstance(decoded, Exception) or _passes(decoded, args):
+            recent.append((raw, decoded))
+            wanted -= not isinstance(decoded, Exception)
+            if not wanted:
+                break
+    return recent
 
 
 def tail_events(
@@ -264,16 +281,7 @@ def tail_events(
             out.write((raw.decode("utf-8", "replace") if args.json else format_event(decoded)) + "\n")
 
     if not args.from_start and follower.start_at_end(complete_only=args.follow):
-        recent: list[tuple[bytes, Event | Exception]] = []
-        wanted = args.lines
-        for raw in follower.lines_before_start() if wanted else ():
-            decoded = _decode(raw)
-            if isinstance(decoded, Exception) or _passes(decoded, args):
-                recent.append((raw, decoded))
-                wanted -= not isinstance(decoded, Exception)
-                if not wanted:
-                    break
-        for raw, decoded in reversed(recent):
+        for raw, decoded in reversed(_last_matching(follower, args)):
             show(raw, decoded)
         out.flush()
     while True:

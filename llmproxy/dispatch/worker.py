@@ -152,7 +152,7 @@ async def _fold_dead_workers(redis: Redis, fold: AsyncScript, key: str, totals: 
     """Fold the fields ``<service>:<this host>-<pid>`` whose process is gone."""
     prefix = f"{socket.gethostname()}-"
     for raw in await redis.hkeys(key):
-        field = raw.decode(errors="replace")
+        field = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
         service, _, consumer = field.partition(":")
         pid = consumer.removeprefix(prefix)
         if consumer.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
@@ -299,7 +299,13 @@ def _run_children(settings: Settings, service: str, ready: Callable[[], None] | 
     ]
     for child in children:
         child.start()
-    signal.signal(signal.SIGTERM, lambda *_: [c.terminate() for c in children if c.is_alive()])
+
+    def pass_on_sigterm(*_: object) -> None:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, pass_on_sigterm)
     if ready is not None:
         ready()
     for child in children:

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Collection
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
 
@@ -212,8 +212,12 @@ class DeadLetterStream:
         if newest is None:
             rows = await self._redis.xrange(self.where, "-", "+")
         else:
-            rows = list(reversed(await self._redis.xrevrange(self.where, "+", "-", count=max(newest, 0))))
-        return [_from_entry(entry_id, fields) for entry_id, fields in rows]
+            rows = list(
+                reversed(await self._redis.xrevrange(self.where, "+", "-", count=max(newest, 0)) or [])
+            )
+        # bytes: our connections don't decode replies (redis-py types both decodings as one union)
+        entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", rows)
+        return [_from_entry(entry_id, fields) for entry_id, fields in entries]
 
     async def count(self) -> int:
         return int(await self._redis.xlen(self.where))

@@ -79,5 +79,5 @@ def check_event(data: bytes) -> str:
     shape = _shape_decoder.decode(data)
     if not data.isascii():  # ASCII is UTF-8; raw JSON values are not checked for UTF-8 by msgspec
         data.decode()  # a log line must be text
-    event_id: str = shape.id
+    event_id: str = shape.id  # type: ignore[attr-defined]  # msgspec types a defstruct class as a bare Struct
     return event_id

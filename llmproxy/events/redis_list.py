@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import msgspec
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -52,7 +52,7 @@ class RedisListBus(RedisProducer[bytes]):
         max_items = spill_max_items or max(settings.events.buffer_size, SPILL_MIN_ITEMS)
         address = settings.redis.addr
         drain = Drain(
-            SpillBuffer(max_items, spill_max_bytes, len),
+            SpillBuffer[bytes](max_items, spill_max_bytes, len),
             self._write,
             address=address,
             flush_timeout_s=flush_timeout_s,
@@ -114,14 +114,13 @@ class ListSource:
         with self._reaching_redis():
             if block_s > 0:
                 popped = await self._redis.brpop([self._key], timeout=block_s)
-                first = [popped[1]] if popped else []
+                first = _values(popped[1] if popped else None)
             else:
-                one = await self._redis.rpop(self._key)
-                first = [one] if one is not None else []
+                first = _values(await self._redis.rpop(self._key))
             if not first:
                 return []
-            rest = await self._redis.rpop(self._key, max_count - 1) if max_count > 1 else None
-        return [self._delivery(raw) for raw in first + (rest or [])]
+            rest = _values(await self._redis.rpop(self._key, max_count - 1)) if max_count > 1 else []
+        return [self._delivery(raw) for raw in first + rest]
 
     async def ack(self, entry_ids: list[str]) -> None:
         """Nothing to acknowledge (popped is gone); counted as delivered in ``counters``."""
@@ -166,3 +165,11 @@ class ListSource:
     def _delivery(self, raw: bytes) -> Delivery:
         self._sequence += 1
         return Delivery(f"{self.service}-{self._sequence}", None, raw, 1)
+
+
+def _values(reply: object) -> list[bytes]:
+    """The values a pop's reply carries: none, one, or (popped with a count) a list. Bytes, as our
+    connections don't decode replies; redis-py types every decoding and reply form as one union."""
+    if reply is None:
+        return []
+    return cast("list[bytes]", reply if isinstance(reply, list) else [reply])

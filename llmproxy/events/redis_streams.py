@@ -359,7 +359,8 @@ class StreamSource:
         response = await self._redis.xreadgroup(
             self.group, self.consumer, {self._key: ">"}, count=max_count, block=block_ms
         )
-        entries = response[0][1] if response else []
+        # RESP2, the protocol our connections speak: [[stream key, [(entry id, fields), ...]]]
+        entries = response[0][1] if isinstance(response, list) and response else []
         if entries:
             self._position = _text(entries[-1][0])
         return await self._deliveries([(entry_id, fields, 1) for entry_id, fields in entries])

@@ -173,16 +173,7 @@ class ManageAPI:
             _refuse_obfuscated(body.api_key)
         current = await self._project(project_id)
         now = _now()
-        fields: dict[str, Any] = {}
-        if body.name is not UNSET:
-            fields["name"] = body.name.strip()
-        if body.api_key is not UNSET:
-            fields["api_key"] = body.api_key
-        if body.upstream_base_url is not UNSET:
-            fields["upstream_base_url"] = _base_url(body.upstream_base_url)
-        if body.is_active is not UNSET and body.is_active != current.is_active:
-            fields["is_active"] = body.is_active
-            fields["deactivated_at"] = None if body.is_active else now
+        fields = _project_changes(body, current, now)
         project: Project | None = current
         if fields:
             try:
@@ -343,6 +334,21 @@ def _limits(token: Token) -> dict[str, Any]:
         "max_requests": token.max_requests,
         "rate_limit_per_minute": token.rate_limit_per_minute,
     }
+
+
+def _project_changes(body: ProjectUpdate, current: Project, now: datetime) -> dict[str, Any]:
+    """The columns a PATCH writes: the fields given, and the active flag only when it flips."""
+    fields: dict[str, Any] = {}
+    if body.name is not UNSET:
+        fields["name"] = body.name.strip()
+    if body.api_key is not UNSET:
+        fields["api_key"] = body.api_key
+    if body.upstream_base_url is not UNSET:
+        fields["upstream_base_url"] = _base_url(body.upstream_base_url)
+    if body.is_active is not UNSET and body.is_active != current.is_active:
+        fields["is_active"] = body.is_active
+        fields["deactivated_at"] = None if body.is_active else now
+    return fields
 
 
 def _refuse_obfuscated(api_key: str) -> None:

@@ -113,13 +113,7 @@ def merge_chunks(chunks: list[Any]) -> dict[str, Any]:
     for chunk in chunks:
         if not isinstance(chunk, dict):
             continue
-        for key in ("id", "created", "model", "system_fingerprint"):
-            if key in chunk and key not in merged:
-                merged[key] = chunk[key]
-        if chunk.get("error") is not None:
-            merged["error"] = chunk["error"]
-        if isinstance(chunk.get("usage"), dict):
-            merged["usage"] = chunk["usage"]
+        _merge_envelope(merged, chunk)
         legacy = chunk.get("object") == "text_completion"
         for part in chunk.get("choices") or ():
             index = part.get("index", 0)
@@ -137,6 +131,17 @@ def merge_chunks(chunks: list[Any]) -> dict[str, Any]:
     merged["object"] = "text_completion" if any("text" in c for c in choices.values()) else "chat.completion"
     merged["choices"] = [choices[i] for i in sorted(choices)]
     return merged
+
+
+def _merge_envelope(merged: dict[str, Any], chunk: dict[str, Any]) -> None:
+    """A chunk's response-level fields: the first id/created/model/fingerprint, the last error and usage."""
+    for key in ("id", "created", "model", "system_fingerprint"):
+        if key in chunk and key not in merged:
+            merged[key] = chunk[key]
+    if chunk.get("error") is not None:
+        merged["error"] = chunk["error"]
+    if isinstance(chunk.get("usage"), dict):
+        merged["usage"] = chunk["usage"]
 
 
 def _merge_delta(

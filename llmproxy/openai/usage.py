@@ -122,8 +122,8 @@ def response_usage(body: bytes, stream: bool) -> Usage | None:
     for n, data in enumerate(data_payloads_backwards(body)):
         if n >= _TAIL_EVENTS:
             break
-        if b'"usage"' in data and (payload := _decode(data)) is not None:
-            if (found := _payload_usage(payload)) is not None:
+        if b'"usage"' in data and (chunk := _decode(data)) is not None:
+            if (found := _payload_usage(chunk)) is not None:
                 return found
     return None
 

@@ -58,7 +58,8 @@ class HealthRoutes:
         ok = True
         for name, probe in self._probes.items():
             try:
-                checks[name] = await asyncio.wait_for(probe(), self._timeout) or "ok"
+                detail = await asyncio.wait_for(probe(), self._timeout)
+                checks[name] = detail or "ok"
             except Exception as exc:  # a probe failing for any reason means not ready
                 checks[name] = f"unavailable: {type(exc).__name__}"
                 ok = False

@@ -71,7 +71,7 @@ def _dispatcher(app: web.Application, proxy: web.AbstractRoute, usual: ServerHan
     own_paths = frozenset(exact)
     direct: ServerHandler = proxy.handler  # type: ignore[assignment]
     for middleware in reversed(app.middlewares):  # as aiohttp chains them: the first one outermost
-        direct = partial(middleware, handler=direct)  # type: ignore[call-arg]
+        direct = partial(middleware, handler=direct)
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         path = request.path

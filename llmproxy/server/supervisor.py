@@ -106,14 +106,14 @@ class Supervisor:
             if slot.process is not None and slot.process.is_alive() and slot.process.pid is not None:
                 os.kill(slot.process.pid, signum)
 
-    async def stop(self, timeout: float) -> None:
+    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - a grace period before SIGKILL, not a deadline for us
         """SIGTERM every worker (they ack what they delivered and exit), SIGKILL after ``timeout``."""
         self._stopping = True
         alive = [s.process for s in self._slots if s.process is not None and s.process.is_alive()]
         for process in alive:
             process.terminate()
         deadline = time.monotonic() + timeout
-        while any(p.is_alive() for p in alive) and time.monotonic() < deadline:
+        while any(p.is_alive() for p in alive) and time.monotonic() < deadline:  # noqa: ASYNC110 - a child's exit sets no asyncio event; is_alive() is a non-blocking waitpid
             await asyncio.sleep(0.05)
         for process in alive:
             if process.is_alive():

@@ -185,7 +185,7 @@ class PostgresStore:
             raise StoreUnavailable(f"PostgreSQL {self.where} unavailable: {exc}") from exc
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[asyncpg.Record]]:
         async with self._unavailable_on_error():
             pool = await self._ready_pool()
             if not self._migrated:
@@ -264,6 +264,7 @@ class PostgresStore:
                 project_id,
                 utc(now),
             )
+        assert row is not None  # a SELECT without FROM returns one row
         revoked, total = int(row["revoked"]), int(row["total"])
         return revoked, total - revoked, total
 

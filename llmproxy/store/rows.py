@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
@@ -26,6 +26,7 @@ __all__ = (
     "TOKEN_COLUMNS",
     "TOKEN_UPDATABLE",
     "Dialect",
+    "Row",
     "audit_filters",
     "audit_page_sql",
     "in_utc",
@@ -103,6 +104,12 @@ def utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+class Row(Protocol):
+    """A fetched row as both drivers give it (sqlite3.Row, asyncpg.Record): values by column name."""
+
+    def __getitem__(self, column: str, /) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
     """How one database spells parameters and timestamps."""
@@ -133,15 +140,15 @@ class Dialect:
         values["api_key"] = stored_api_key(key, project.api_key)
         return [self.bind(c, values[c]) for c in PROJECT_COLUMNS]
 
-    def project_from_row(self, row: Mapping[str, Any], key: bytes | None) -> Project:
+    def project_from_row(self, row: Row, key: bytes | None) -> Project:
         return Project(
             id=row["id"],
             name=row["name"],
             api_key=decrypt_api_key(key, row["api_key"]),
             upstream_base_url=row["upstream_base_url"],
             is_active=bool(row["is_active"]),
-            created_at=self._time(row["created_at"]),
-            updated_at=self._time(row["updated_at"]),
+            created_at=utc(self.time_in(row["created_at"])),  # NOT NULL
+            updated_at=utc(self.time_in(row["updated_at"])),  # NOT NULL
             deactivated_at=self._time(row["deactivated_at"]),
         )
 
@@ -150,7 +157,7 @@ class Dialect:
         values = msgspec.structs.asdict(token)
         return [self.bind(c, values[c]) for c in TOKEN_COLUMNS]
 
-    def token_from_row(self, row: Mapping[str, Any]) -> Token:
+    def token_from_row(self, row: Row) -> Token:
         values = {c: row[c] for c in TOKEN_COLUMNS}
         for column in _TIME_COLUMNS.intersection(values):
             values[column] = self._time(values[column])
@@ -164,7 +171,7 @@ class Dialect:
         values["details"] = _json_encode(record.details).decode()
         return [self.bind(c, values[c]) for c in AUDIT_COLUMNS]
 
-    def audit_from_row(self, row: Mapping[str, Any]) -> AuditRecord:
+    def audit_from_row(self, row: Row) -> AuditRecord:
         values = {c: row[c] for c in AUDIT_COLUMNS}
         values["timestamp"] = self._time(values["timestamp"])
         details = values["details"]

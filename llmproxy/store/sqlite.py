@@ -199,7 +199,7 @@ class SqliteStore:
     async def get_project(self, project_id: str) -> Project | None:
         async with self._session() as db:
             rows = await db.execute_fetchall(f"{SELECT_PROJECTS} WHERE id = ?1", (project_id,))
-            return _DIALECT.project_from_row(rows[0], self._key) if rows else None
+            return _DIALECT.project_from_row(rows[0], self._key) if rows else None  # type: ignore[index]  # aiosqlite types its list as Iterable
 
     async def list_projects(self) -> list[Project]:
         async with self._session() as db:
@@ -213,7 +213,7 @@ class SqliteStore:
         sql, params = _DIALECT.update_sql("projects", changes, PROJECT_UPDATABLE, PROJECT_COLUMNS)
         async with self._session("IMMEDIATE") as db:
             rows = await db.execute_fetchall(sql, (*params, project_id))
-            return _DIALECT.project_from_row(rows[0], self._key) if rows else None
+            return _DIALECT.project_from_row(rows[0], self._key) if rows else None  # type: ignore[index]  # aiosqlite types its list as Iterable
 
     # -- tokens
     async def create_token(self, token: Token) -> Token:
@@ -231,7 +231,7 @@ class SqliteStore:
         assert column in ("id", "token_hash")
         async with self._session() as db:
             rows = await db.execute_fetchall(f"{SELECT_TOKENS} WHERE {column} = ?1", (value,))
-            return _DIALECT.token_from_row(rows[0]) if rows else None
+            return _DIALECT.token_from_row(rows[0]) if rows else None  # type: ignore[index]  # aiosqlite types its list as Iterable
 
     async def list_tokens(self, project_id: str | None = None, active_only: bool = False) -> list[Token]:
         clauses = ["project_id = ?1"] if project_id is not None else []
@@ -249,7 +249,7 @@ class SqliteStore:
         sql, params = _DIALECT.update_sql("tokens", fields, TOKEN_UPDATABLE, TOKEN_COLUMNS)
         async with self._session("IMMEDIATE") as db:
             rows = await db.execute_fetchall(sql, (*params, token_id))
-            return _DIALECT.token_from_row(rows[0]) if rows else None
+            return _DIALECT.token_from_row(rows[0]) if rows else None  # type: ignore[index]  # aiosqlite types its list as Iterable
 
     async def revoke_project_tokens(self, project_id: str, now: datetime) -> tuple[int, int, int]:
         async with self._session("IMMEDIATE") as db:
@@ -261,7 +261,7 @@ class SqliteStore:
             rows = await db.execute_fetchall(
                 "SELECT count(*) FROM tokens WHERE project_id = ?1", (project_id,)
             )
-        total = int(rows[0][0])
+        total = int(rows[0][0])  # type: ignore[index]  # aiosqlite types its list as Iterable
         return revoked, total - revoked, total
 
     async def consume_request(self, token_id: str, now: datetime) -> bool:
@@ -301,6 +301,6 @@ class SqliteStore:
         count_sql, page_sql, params = audit_page_sql(query, _DIALECT)
         limit, offset = page_window(query)
         async with self._session("DEFERRED") as db:  # one snapshot for the count and the page
-            total = (await db.execute_fetchall(count_sql, params))[0][0]
+            total = (await db.execute_fetchall(count_sql, params))[0][0]  # type: ignore[index]  # aiosqlite types its list as Iterable
             rows = await db.execute_fetchall(page_sql, (*params, limit, offset))
             return [_DIALECT.audit_from_row(row) for row in rows], int(total)

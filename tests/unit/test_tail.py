@@ -48,7 +48,11 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def tail(path: Path, *argv: str) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
-    tail_events(EventLogFollower(str(path)), parse("--file", str(path), *argv), out, err)
+    follower = EventLogFollower(str(path))
+    try:
+        tail_events(follower, parse("--file", str(path), *argv), out, err)
+    finally:
+        follower.close()  # as run() does; an open log left to the GC is a ResourceWarning
     return out.getvalue(), err.getvalue()
 
 

@@ -72,7 +72,7 @@ class LunaryBackend:
 def lunary_events(event: Event) -> list[dict[str, Any]]:
     """The Lunary `start` + `end`/`error` events for one proxied call ([] if it is not a model call)."""
     call = read_call(event)
-    run_type = _RUN_TYPES.get(call.kind)
+    run_type = _RUN_TYPES.get(call.kind) if call.kind is not None else None
     if event.method != "POST" or run_type is None:
         return []
     run_id = run_uuid(event)

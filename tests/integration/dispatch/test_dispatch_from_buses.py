@@ -215,6 +215,7 @@ async def test_the_file_worker_writes_stored_bytes_and_dead_letters_what_is_not_
 
     await run_until(Dispatcher(source, backend, flush_interval=0.05, backoff=Waits()), done)
     await backend.aclose()
+    await source.aclose()
     assert path.read_bytes() == stored + b"\n"
     dead = await redis.xrange(dead_key)
     assert [fields[b"event"] for _, fields in dead] == [wrong_status, bad_utf8]
