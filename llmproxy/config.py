@@ -67,7 +67,7 @@ class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_connections_per_host: int = 0  # 0 = no per-host limit
 
 
-class ServerSettings(msgspec.Struct):
+class ServerSettings(msgspec.Struct, frozen=True):
     listen_addr: str = "127.0.0.1:8080"
     management_token: str = ""
     shutdown_timeout: float = 30.0
@@ -77,25 +77,25 @@ class ServerSettings(msgspec.Struct):
     client_keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
 
 
-class UpstreamSettings(msgspec.Struct):
+class UpstreamSettings(msgspec.Struct, frozen=True):
     base_url: str = "https://api.openai.com"
     api_config_path: str = ""
     api: ApiConfig = ApiConfig()
 
 
-class StoreSettings(msgspec.Struct):
+class StoreSettings(msgspec.Struct, frozen=True):
     database_url: str = "sqlite:///./data/llm-proxy.db"
     encryption_key: bytes | None = None  # 32 raw bytes
 
 
-class AuthSettings(msgspec.Struct):
+class AuthSettings(msgspec.Struct, frozen=True):
     key_cache_ttl: float = 30.0
     key_cache_max: int = 10000
     rate_limit_backend: str = "auto"
     redis_prefix: str = "llmproxy:"  # of rate-limit keys and the invalidation channel; not an env var
 
 
-class RedisSettings(msgspec.Struct):
+class RedisSettings(msgspec.Struct, frozen=True):
     addr: str = "localhost:6379"
     db: int = 0
     password: str = ""
@@ -107,7 +107,7 @@ class RedisSettings(msgspec.Struct):
         return f"redis://{auth}{self.addr}/{self.db}"
 
 
-class StreamSettings(msgspec.Struct):
+class StreamSettings(msgspec.Struct, frozen=True):
     key: str = "llm-proxy-events"
     consumer_group: str = "llm-proxy-dispatchers"
     consumer_name: str = ""
@@ -117,7 +117,7 @@ class StreamSettings(msgspec.Struct):
     batch_size: int = 100
 
 
-class EventSettings(msgspec.Struct):
+class EventSettings(msgspec.Struct, frozen=True):
     bus: str = "in-memory"
     buffer_size: int = 1000
     max_request_body_bytes: int = 65536
@@ -126,7 +126,7 @@ class EventSettings(msgspec.Struct):
     dead_letter_file: str | None = None  # "" = off; None (unset) until load() puts it beside the event log
 
 
-class DispatchSettings(msgspec.Struct):
+class DispatchSettings(msgspec.Struct, frozen=True):
     services: tuple[str, ...] = ()
     workers: int = 1
     api_key: str = ""
@@ -137,7 +137,7 @@ class DispatchSettings(msgspec.Struct):
     flush_interval: float = 1.0
 
 
-class CacheSettings(msgspec.Struct):
+class CacheSettings(msgspec.Struct, frozen=True):
     enabled: bool = False
     backend: str = "in-memory"
     default_ttl: float = 300.0
@@ -146,19 +146,19 @@ class CacheSettings(msgspec.Struct):
     key_prefix: str = "llmproxy:cache:"
 
 
-class AuditSettings(msgspec.Struct):
+class AuditSettings(msgspec.Struct, frozen=True):
     enabled: bool = True
     log_file: str = "./data/audit.log"
     store_in_db: bool = True
 
 
-class LogSettings(msgspec.Struct):
+class LogSettings(msgspec.Struct, frozen=True):
     level: str = "info"
     format: str = "text"
     file: str = ""
 
 
-class Settings(msgspec.Struct):
+class Settings(msgspec.Struct, frozen=True):
     """Every section, frozen. A new setting: a field with its default on its section Struct and one
     line in ``_VARS`` (env name → section, field, parser); ``load()`` needs no change."""
 
