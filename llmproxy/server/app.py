@@ -89,7 +89,15 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     pipeline = EventPipeline(settings)
     cache: HttpCache | None = make_cache(settings) if settings.cache.enabled else None
     transport = UpstreamPool(settings.upstream.api)  # connects on demand: nothing opened before startup
-    proxy = ProxyHandler(settings, authority, auditor, transport, cache=cache, observers=pipeline.observers)
+    proxy = ProxyHandler(
+        settings.upstream,
+        settings.events,
+        authority,
+        auditor,
+        transport,
+        cache=cache,
+        observers=pipeline.observers,
+    )
     purge = cache.purge if cache is not None else None
     throttle = AuthThrottle()  # one count of wrong management tokens, at the sign-in form or the API
     admin = AdminUI(settings, auditor, throttle=throttle)

@@ -142,7 +142,15 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         auditor = AuditorDouble()
         observers: list[Callable[[Flow], None]] = []
         transport = UpstreamPool(settings.upstream.api)
-        handler = ProxyHandler(settings, authority, auditor, transport, cache=cache, observers=observers)  # type: ignore[arg-type]
+        handler = ProxyHandler(
+            settings.upstream,
+            settings.events,
+            authority,  # type: ignore[arg-type]
+            auditor,  # type: ignore[arg-type]
+            transport,
+            cache=cache,
+            observers=observers,
+        )
 
         async def transport_ctx(app: web.Application) -> AsyncIterator[None]:
             yield
