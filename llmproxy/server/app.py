@@ -87,7 +87,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     authority = Authority(store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations)
     auditor = Auditor(settings.audit, store)
     pipeline = EventPipeline(settings)
-    cache: HttpCache | None = make_cache(settings) if settings.cache.enabled else None
+    cache: HttpCache | None = make_cache(settings.cache, settings.redis) if settings.cache.enabled else None
     transport = UpstreamPool(settings.upstream.api)  # connects on demand: nothing opened before startup
     proxy = ProxyHandler(
         settings.upstream,

@@ -50,7 +50,7 @@ def make_cache(**cache_settings: Any) -> tuple[HttpCache, Clock]:
     settings = with_changes(Settings(), cache={"enabled": True, **cache_settings})
     clock = Clock()
     storage = MemoryStorage(max_entries=100, max_bytes=1 << 20, clock=clock)
-    return HttpCache(settings, storage, clock=clock), clock
+    return HttpCache(settings.cache, storage, clock=clock), clock
 
 
 def request(method: str = "GET", path: str = "/v1/models", **headers: str) -> Any:
