@@ -102,7 +102,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     throttle = AuthThrottle()  # one count of wrong management tokens, at the sign-in form or the API
     admin = AdminUI(settings, auditor, throttle=throttle)
     manage = ManageAPI(
-        settings,
+        settings.server,
         store,
         authority,
         auditor,
