@@ -26,7 +26,6 @@ from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
 from llmproxy.metrics import BadRequests
 from llmproxy.proxy.handler import ProxyHandler
-from llmproxy.proxy.keys import SETTINGS
 from llmproxy.proxy.pool import UpstreamPool
 from llmproxy.server.health import HealthRoutes, Probe
 from llmproxy.server.middleware import request_middleware
@@ -133,7 +132,6 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
             await cache.aclose()  # after the proxy: its last stores are written, then Redis is closed
 
     app = web.Application(middlewares=[request_middleware], client_max_size=1024 * 1024)
-    app[SETTINGS] = settings
     app[STORE] = store
     app[PIPELINE] = pipeline
     probes: dict[str, Probe] = {"store": store.ping, **pipeline.probes}
