@@ -1,6 +1,7 @@
 """Settings: read once from defaults < YAML ``--config`` < environment < command-line flags.
 
-This is the only module that reads ``os.environ``. Everything else receives a ``Settings``.
+This is the only module that reads ``os.environ``. ``load()`` builds every section once, frozen;
+a component receives the frozen section it uses (``build_app`` hands them out), not the whole.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_connections_per_host: int = 0  # 0 = no per-host limit
 
 
-class ServerSettings(msgspec.Struct):
+class ServerSettings(msgspec.Struct, frozen=True):
     listen_addr: str = "127.0.0.1:8080"
     management_token: str = ""
     shutdown_timeout: float = 30.0
@@ -77,25 +78,25 @@ class ServerSettings(msgspec.Struct):
     client_keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
 
 
-class UpstreamSettings(msgspec.Struct):
+class UpstreamSettings(msgspec.Struct, frozen=True):
     base_url: str = "https://api.openai.com"
     api_config_path: str = ""
     api: ApiConfig = ApiConfig()
 
 
-class StoreSettings(msgspec.Struct):
+class StoreSettings(msgspec.Struct, frozen=True):
     database_url: str = "sqlite:///./data/llm-proxy.db"
     encryption_key: bytes | None = None  # 32 raw bytes
 
 
-class AuthSettings(msgspec.Struct):
+class AuthSettings(msgspec.Struct, frozen=True):
     key_cache_ttl: float = 30.0
     key_cache_max: int = 10000
     rate_limit_backend: str = "auto"
     redis_prefix: str = redis_keys.PREFIX  # rate-limit keys, invalidation channel; not an env var
 
 
-class RedisSettings(msgspec.Struct):
+class RedisSettings(msgspec.Struct, frozen=True):
     addr: str = "localhost:6379"
     db: int = 0
     password: str = ""
@@ -107,7 +108,7 @@ class RedisSettings(msgspec.Struct):
         return f"redis://{auth}{self.addr}/{self.db}"
 
 
-class StreamSettings(msgspec.Struct):
+class StreamSettings(msgspec.Struct, frozen=True):
     key: str = redis_keys.STREAM
     consumer_group: str = redis_keys.CONSUMER_GROUP
     consumer_name: str = ""
@@ -117,7 +118,7 @@ class StreamSettings(msgspec.Struct):
     batch_size: int = 100
 
 
-class EventSettings(msgspec.Struct):
+class EventSettings(msgspec.Struct, frozen=True):
     bus: str = "in-memory"
     buffer_size: int = 1000
     max_request_body_bytes: int = 65536
@@ -126,7 +127,7 @@ class EventSettings(msgspec.Struct):
     dead_letter_file: str | None = None  # "" = off; None (unset) until load() puts it beside the event log
 
 
-class DispatchSettings(msgspec.Struct):
+class DispatchSettings(msgspec.Struct, frozen=True):
     services: tuple[str, ...] = ()
     workers: int = 1
     api_key: str = ""
@@ -137,7 +138,7 @@ class DispatchSettings(msgspec.Struct):
     flush_interval: float = 1.0
 
 
-class CacheSettings(msgspec.Struct):
+class CacheSettings(msgspec.Struct, frozen=True):
     enabled: bool = False
     backend: str = "in-memory"
     default_ttl: float = 300.0
@@ -146,19 +147,22 @@ class CacheSettings(msgspec.Struct):
     key_prefix: str = redis_keys.CACHE_PREFIX
 
 
-class AuditSettings(msgspec.Struct):
+class AuditSettings(msgspec.Struct, frozen=True):
     enabled: bool = True
     log_file: str = "./data/audit.log"
     store_in_db: bool = True
 
 
-class LogSettings(msgspec.Struct):
+class LogSettings(msgspec.Struct, frozen=True):
     level: str = "info"
     format: str = "text"
     file: str = ""
 
 
-class Settings(msgspec.Struct):
+class Settings(msgspec.Struct, frozen=True):
+    """Every section, frozen. A new setting: a field with its default on its section Struct and one
+    line in ``_VARS`` (env name → section, field, parser); ``load()`` needs no change."""
+
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -231,15 +235,43 @@ _VARS: dict[str, tuple[str, str, Any]] = {
 ENV_VARS = tuple(_VARS)
 
 
-def _apply(settings: Settings, name: str, raw: Any, source: str) -> None:
+_Values = dict[str, dict[str, Any]]  # section ("" = Settings itself) → field → parsed value
+
+
+def _apply(values: _Values, name: str, raw: Any, source: str) -> None:
     section, field, parse = _VARS[name]
     try:
         value = parse(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} ({source}): {exc}") from None
-    target: Any = getattr(settings, section) if section else settings
-    setattr(target, field, value)
-    settings.redis.addr_given |= name == "REDIS_ADDR"
+    values.setdefault(section, {})[field] = value
+    if name == "REDIS_ADDR":
+        values["redis"]["addr_given"] = True
+
+
+def _derive(values: _Values) -> None:
+    """The values load() computes from others, before the frozen sections are built."""
+    upstream, streams, events = (values.setdefault(k, {}) for k in ("upstream", "streams", "events"))
+    dispatch = values.setdefault("dispatch", {})
+    if upstream.get("api_config_path"):
+        upstream["api"] = load_api_config(upstream["api_config_path"])
+    if not streams.get("consumer_name"):
+        streams["consumer_name"] = f"{socket.gethostname()}-{os.getpid()}"
+    if not dispatch.get("services") and events.get("file_event_log"):
+        dispatch["services"] = ("file",)
+    if events.get("dead_letter_file") is None:  # DEAD_LETTER_FILE unset: beside the event log, else ./data
+        directory = os.path.dirname(events.get("file_event_log") or "./data/") or "."
+        events["dead_letter_file"] = os.path.join(directory, "dead-letters.jsonl")
+
+
+def _build(values: _Values) -> Settings:
+    """Construct each frozen section once from its collected values, then ``Settings`` from them."""
+    sections = {
+        f.name: f.default_factory(**values.get(f.name, {}))
+        for f in msgspec.structs.fields(Settings)
+        if f.default_factory is not msgspec.NODEFAULT
+    }
+    return Settings(**sections, **values.get("", {}))
 
 
 def _read_yaml(path: str) -> Mapping[str, Any]:
@@ -286,29 +318,21 @@ def load(
 ) -> Settings:
     """Build ``Settings``. ``overrides`` maps SPEC env-var names to flag values (None = not given)."""
     env = os.environ if env is None else env
-    settings = Settings()
+    values: _Values = {}
     if config_file:
         for key, raw in _read_yaml(config_file).items():
             name = str(key).upper()
             if name not in _VARS:
                 raise ConfigError(f"{config_file}: unknown setting {key!r}")
-            _apply(settings, name, raw, config_file)
+            _apply(values, name, raw, config_file)
     for name in _VARS:
         if name in env:
-            _apply(settings, name, env[name], "environment")
+            _apply(values, name, env[name], "environment")
     for name, raw in (overrides or {}).items():
         if raw is not None:
-            _apply(settings, name, raw, "flag")
-    if settings.upstream.api_config_path:
-        settings.upstream.api = load_api_config(settings.upstream.api_config_path)
-    if not settings.streams.consumer_name:
-        settings.streams.consumer_name = f"{socket.gethostname()}-{os.getpid()}"
-    if not settings.dispatch.services and settings.events.file_event_log:
-        settings.dispatch.services = ("file",)
-    if settings.events.dead_letter_file is None:  # DEAD_LETTER_FILE unset: beside the event log, else ./data
-        directory = os.path.dirname(settings.events.file_event_log or "./data/") or "."
-        settings.events.dead_letter_file = os.path.join(directory, "dead-letters.jsonl")
-    return settings
+            _apply(values, name, raw, "flag")
+    _derive(values)
+    return _build(values)
 
 
 def require_management_token(settings: Settings) -> None:

@@ -28,7 +28,7 @@ from llmproxy.cache.keys import (
     vary_snapshot,
 )
 from llmproxy.cache.storage import Entry, MemoryStorage, RedisStorage, Storage, connect_cache_redis
-from llmproxy.config import Settings
+from llmproxy.config import CacheSettings, RedisSettings
 
 __all__ = ("CacheStats", "HttpCache", "make_cache")
 
@@ -79,9 +79,8 @@ class HttpCache:
     ``store`` around the upstream answer; ``purge`` for ``DELETE /manage/cache``."""
 
     def __init__(
-        self, settings: Settings, storage: Storage, *, clock: Callable[[], float] = time.time
+        self, cache: CacheSettings, storage: Storage, *, clock: Callable[[], float] = time.time
     ) -> None:
-        cache = settings.cache
         self.max_object_bytes = cache.max_object_bytes
         self.stats = CacheStats()
         self._prefix = cache.key_prefix
@@ -226,11 +225,11 @@ def _replay(request: web.Request, key: str, entry: Entry, age: int) -> web.Respo
     return resp
 
 
-def make_cache(settings: Settings) -> HttpCache:
+def make_cache(cache: CacheSettings, redis: RedisSettings) -> HttpCache:
     """The cache for ``HTTP_CACHE_BACKEND``: a bounded in-process LRU, or Redis shared by instances."""
-    if settings.cache.backend == "redis":
-        storage: Storage = RedisStorage(connect_cache_redis(settings.redis))
+    if cache.backend == "redis":
+        storage: Storage = RedisStorage(connect_cache_redis(redis))
     else:
-        max_bytes = max(_MEMORY_MIN_BYTES, 8 * settings.cache.max_object_bytes)
+        max_bytes = max(_MEMORY_MIN_BYTES, 8 * cache.max_object_bytes)
         storage = MemoryStorage(max_entries=_MEMORY_MAX_ENTRIES, max_bytes=max_bytes)
-    return HttpCache(settings, storage)
+    return HttpCache(cache, storage)

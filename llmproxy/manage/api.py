@@ -52,7 +52,7 @@ from llmproxy.store.base import AuditQuery, Project, Store, Token
 if TYPE_CHECKING:
     from llmproxy.audit import Auditor
     from llmproxy.auth.authority import Authority
-    from llmproxy.config import Settings
+    from llmproxy.config import ServerSettings
 
 __all__ = ("ManageAPI",)
 
@@ -74,7 +74,7 @@ class ManageAPI:
 
     def __init__(
         self,
-        settings: Settings,
+        server: ServerSettings,
         store: Store,
         authority: Authority,
         auditor: Auditor,
@@ -83,7 +83,7 @@ class ManageAPI:
         authenticate: Callable[[web.Request], str | None] | None = None,  # another way in: its actor
         throttle: AuthThrottle | None = None,  # wrong tokens per address; share the admin UI's
     ) -> None:
-        token = settings.server.management_token.encode()
+        token = server.management_token.encode()
         self._guard = Guard(token, auditor, throttle or AuthThrottle(), authenticate)
         self._audit = self._guard.audit
         self._store = store

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from llmproxy.audit import audit_record
 from llmproxy.auth.tokens import parse_bearer
-from llmproxy.config import Settings
+from llmproxy.config import EventSettings, UpstreamSettings
 from llmproxy.errors import Outcome, ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.bodies import decoded, read_whole, streamed
@@ -53,7 +53,8 @@ class ProxyHandler:
 
     def __init__(
         self,
-        settings: Settings,
+        upstream: UpstreamSettings,
+        events: EventSettings,
         authority: Authority,
         auditor: Auditor,
         transport: UpstreamTransport,
@@ -61,14 +62,14 @@ class ProxyHandler:
         cache: ResponseCache | None = None,
         observers: Sequence[Observer] = (),
     ) -> None:
-        self._policy = Policy(settings.upstream.api)
+        self._policy = Policy(upstream.api)
         self._authority = authority
         self._auditor = auditor
         self._cache = cache
         self._observers = observers
-        self._base_url = settings.upstream.base_url.rstrip("/")
-        self._max_request_capture = settings.events.max_request_body_bytes
-        self._max_response_capture = settings.events.max_response_body_bytes
+        self._base_url = upstream.base_url.rstrip("/")
+        self._max_request_capture = events.max_request_body_bytes
+        self._max_response_capture = events.max_response_body_bytes
         self._transport = transport
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:

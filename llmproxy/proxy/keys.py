@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
 from llmproxy.context import REQUEST_ID
 
-if TYPE_CHECKING:
-    from llmproxy.config import Settings
+__all__ = ("CANCEL_ON_DISCONNECT", "REQUEST_ID")
 
-__all__ = ("CANCEL_ON_DISCONNECT", "REQUEST_ID", "SETTINGS")
-
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 # While true, the server cancels the request's handler as soon as its client disconnects
 # (server/edge.py). The proxy sets it around the upstream exchange only, never around a store write.
 CANCEL_ON_DISCONNECT: web.RequestKey[bool] = web.RequestKey("cancel-on-disconnect", bool)

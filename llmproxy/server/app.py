@@ -26,7 +26,6 @@ from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
 from llmproxy.metrics import BadRequests
 from llmproxy.proxy.handler import ProxyHandler
-from llmproxy.proxy.keys import SETTINGS
 from llmproxy.proxy.pool import UpstreamPool
 from llmproxy.server.health import HealthRoutes, Probe
 from llmproxy.server.middleware import request_middleware
@@ -87,14 +86,22 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     authority = Authority(store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations)
     auditor = Auditor(settings.audit, store)
     pipeline = EventPipeline(settings)
-    cache: HttpCache | None = make_cache(settings) if settings.cache.enabled else None
+    cache: HttpCache | None = make_cache(settings.cache, settings.redis) if settings.cache.enabled else None
     transport = UpstreamPool(settings.upstream.api)  # connects on demand: nothing opened before startup
-    proxy = ProxyHandler(settings, authority, auditor, transport, cache=cache, observers=pipeline.observers)
+    proxy = ProxyHandler(
+        settings.upstream,
+        settings.events,
+        authority,
+        auditor,
+        transport,
+        cache=cache,
+        observers=pipeline.observers,
+    )
     purge = cache.purge if cache is not None else None
     throttle = AuthThrottle()  # one count of wrong management tokens, at the sign-in form or the API
     admin = AdminUI(settings, auditor, throttle=throttle)
     manage = ManageAPI(
-        settings,
+        settings.server,
         store,
         authority,
         auditor,
@@ -125,7 +132,6 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
             await cache.aclose()  # after the proxy: its last stores are written, then Redis is closed
 
     app = web.Application(middlewares=[request_middleware], client_max_size=1024 * 1024)
-    app[SETTINGS] = settings
     app[STORE] = store
     app[PIPELINE] = pipeline
     probes: dict[str, Probe] = {"store": store.ping, **pipeline.probes}

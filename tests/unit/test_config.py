@@ -166,3 +166,11 @@ def test_the_api_config_yaml_is_read_and_unknown_keys_are_refused(tmp_path: Path
     f.write_text("allowed_endpoint: [/v1/x]\n")
     with pytest.raises(ConfigError, match="allowed_endpoint"):
         config.load({"API_CONFIG_PATH": str(f)})
+
+
+def test_loaded_settings_and_their_sections_are_frozen() -> None:
+    s = config.load({})
+    with pytest.raises(AttributeError):
+        s.upstream.base_url = "http://127.0.0.1:1"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        s.metrics_enabled = False  # type: ignore[misc]

@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from llmproxy import config
 from llmproxy.server.app import build_app
 from tests.fakes.upstream import FakeUpstream
+from tests.settings import with_changes
 
 MANAGEMENT_TOKEN = "test-management-token-cluster-0123456789"
 MANAGE = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
@@ -117,8 +118,7 @@ async def start_instance(
             "REDIS_ADDR": SHARED_REDIS,
             **env,
         }
-        settings = config.load(env=values)
-        settings.auth.redis_prefix = cluster.prefix
+        settings = with_changes(config.load(env=values), auth={"redis_prefix": cluster.prefix})
         client = TestClient(TestServer(build_app(settings), host="127.0.0.1"))
         await client.start_server()
         instance = Instance(client, settings)

@@ -25,6 +25,7 @@ from llmproxy.events.memory import InMemoryBus
 from llmproxy.events.model import Event, decode_event, encode_event
 from llmproxy.redis_keys import list_key
 from tests.fakes.lunary import FakeLunary
+from tests.settings import with_changes
 from tests.unit.dispatch.doubles import DEADLINE_S, ScriptedBackend, Waits, chat_event, make_event
 
 
@@ -64,12 +65,12 @@ async def test_events_published_on_the_in_memory_bus_reach_the_file(tmp_path: Pa
 
 @pytest.fixture
 async def settings() -> AsyncIterator[Settings]:
-    s = Settings()
-    s.events.bus = "redis-streams"
-    s.redis.addr = "127.0.0.1:6379"
-    s.streams.key = f"test:{uuid4().hex}:events"
-    s.streams.consumer_name = "dispatch-test"
-    s.streams.claim_time = 0.2
+    s = with_changes(
+        Settings(),
+        events={"bus": "redis-streams"},
+        redis={"addr": "127.0.0.1:6379"},
+        streams={"key": f"test:{uuid4().hex}:events", "consumer_name": "dispatch-test", "claim_time": 0.2},
+    )
     yield s
     redis = Redis(host="127.0.0.1", port=6379)
     await redis.delete(s.streams.key, f"{s.streams.key}:dead", list_key(s.streams.key))
@@ -174,7 +175,7 @@ async def test_a_transient_failure_on_the_list_bus_loses_nothing_the_read_ahead_
     settings: Settings, redis: Redis
 ) -> None:
     """The list bus never redelivers: a batch read ahead (popped) while a send fails must still be sent."""
-    settings.events.bus = "redis"
+    settings = with_changes(settings, events={"bus": "redis"})
     source = await started_source(settings, "lunary")
     events = [make_event() for _ in range(20)]
     await publish(settings, events)

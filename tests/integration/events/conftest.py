@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from llmproxy.config import Settings
 from llmproxy.events.bus import Delivery, EventSource
 from llmproxy.events.model import Event, Usage
+from tests.settings import with_changes
 
 SHARED_REDIS = "127.0.0.1:6379"
 
@@ -42,13 +43,8 @@ def _event(n: int) -> Event:
 
 
 def stream_settings(addr: str = SHARED_REDIS, **streams: Any) -> Settings:
-    settings = Settings()
-    settings.redis.addr = addr
-    settings.streams.key = f"test:{uuid4().hex}:events"
-    settings.streams.consumer_name = "consumer-a"
-    for name, value in streams.items():
-        setattr(settings.streams, name, value)
-    return settings
+    stream = {"key": f"test:{uuid4().hex}:events", "consumer_name": "consumer-a", **streams}
+    return with_changes(Settings(), redis={"addr": addr}, streams=stream)
 
 
 async def _poll(

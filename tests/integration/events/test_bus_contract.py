@@ -15,6 +15,7 @@ from llmproxy.events.model import Event, decode_event
 from llmproxy.events.redis_list import ListSource, RedisListBus
 from llmproxy.events.redis_streams import RedisStreamBus, StreamSource
 from llmproxy.redis_client import connect_redis
+from tests.settings import with_changes
 
 BUSES = ("in-memory", "redis", "redis-streams")
 
@@ -35,8 +36,7 @@ class Pair:
 
 def _build(kind: str, settings: Settings, buffer: int) -> Pair:
     """A producer that is not started yet, and a source reading what it publishes."""
-    settings.events.bus = kind
-    settings.events.buffer_size = buffer
+    settings = with_changes(settings, events={"bus": kind, "buffer_size": buffer})
     if kind == "in-memory":
         bus = InMemoryBus(buffer)
         return Pair(bus, bus.subscribe("file"))
@@ -138,9 +138,9 @@ async def test_the_factories_choose_the_bus_named_in_settings(settings: Settings
         ("redis", RedisListBus, ListSource),
         ("redis-streams", RedisStreamBus, StreamSource),
     ):
-        settings.events.bus = kind
-        bus = make_bus(settings)
-        source = make_source(settings, "file", bus=bus)
+        chosen = with_changes(settings, events={"bus": kind})
+        bus = make_bus(chosen)
+        source = make_source(chosen, "file", bus=bus)
         try:
             assert isinstance(bus, bus_type)
             if source_type is not None:

@@ -12,6 +12,7 @@ from llmproxy.events.model import Event, encode_event
 from llmproxy.events.redis_list import ListSource, RedisListBus
 from llmproxy.redis_client import connect_redis
 from llmproxy.redis_keys import dead_list_key, list_key
+from tests.settings import with_changes
 
 MakeEvent = Callable[[int], Event]
 
@@ -54,7 +55,7 @@ async def test_payloads_that_are_no_event_are_handed_out_as_stored_and_dead_lett
 async def test_the_list_keeps_only_the_newest_max_len_events(
     settings: Settings, redis: Redis, make_event: MakeEvent
 ) -> None:
-    settings.streams.max_len = 10
+    settings = with_changes(settings, streams={"max_len": 10})
     bus = RedisListBus(connect_redis(settings.redis), settings, owns_redis=True)
     await bus.start()
     events = [make_event(n) for n in range(25)]

@@ -13,6 +13,7 @@ from llmproxy.events.model import Event, decode_event, encode_event
 from llmproxy.events.redis_streams import RedisStreamBus, StreamSource
 from llmproxy.redis_client import connect_redis
 from llmproxy.redis_keys import dead_letter_key
+from tests.settings import with_changes
 
 MakeEvent = Callable[[int], Event]
 ReadUntil = Callable[..., Awaitable[list[Delivery]]]
@@ -23,9 +24,13 @@ Poll = Callable[..., Awaitable[None]]
 async def open_source(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[StreamSource]]]:
     opened: list[StreamSource] = []
 
-    async def factory(group: str = "g-file", consumer: str = "c1", service: str = "file") -> StreamSource:
-        client = connect_redis(settings.redis)
-        source = StreamSource(client, settings, service, group=group, consumer=consumer, owns_redis=True)
+    async def factory(
+        group: str = "g-file", consumer: str = "c1", service: str = "file", using: Settings | None = None
+    ) -> StreamSource:
+        """``using``: changed settings (``with_changes``) for this source; the fixture's by default."""
+        chosen = using or settings
+        client = connect_redis(chosen.redis)
+        source = StreamSource(client, chosen, service, group=group, consumer=consumer, owns_redis=True)
         opened.append(source)
         await source.start()
         return source
@@ -94,9 +99,9 @@ async def test_unacked_entries_are_claimed_by_another_consumer_after_the_claim_t
     make_event: MakeEvent,
     read_until: ReadUntil,
 ) -> None:
-    settings.streams.claim_time = 0.2
-    crashed = await open_source(consumer="crashed")
-    survivor = await open_source(consumer="survivor")
+    claiming = with_changes(settings, streams={"claim_time": 0.2})
+    crashed = await open_source(consumer="crashed", using=claiming)
+    survivor = await open_source(consumer="survivor", using=claiming)
     events = [make_event(n) for n in range(3)]
     await publish_all(bus, events)
     taken = await crashed.read(10, 0.1)  # and never acked
@@ -168,7 +173,7 @@ async def test_entries_are_handed_out_as_stored_and_one_without_an_event_field_a
 async def test_maxlen_trims_the_stream_approximately(
     settings: Settings, redis: Redis, make_event: MakeEvent
 ) -> None:
-    settings.streams.max_len = 100
+    settings = with_changes(settings, streams={"max_len": 100})
     bus = RedisStreamBus(connect_redis(settings.redis), settings, owns_redis=True)
     await bus.start()
     await publish_all(bus, [make_event(n) for n in range(1000)])
@@ -233,7 +238,7 @@ async def test_a_vanished_group_is_recreated_and_reading_continues(
 
 
 async def test_an_unreachable_redis_raises_bus_unavailable_naming_the_address(settings: Settings) -> None:
-    settings.redis.addr = "127.0.0.1:1"
+    settings = with_changes(settings, redis={"addr": "127.0.0.1:1"})
     source = StreamSource(
         connect_redis(settings.redis), settings, "file", group="g", consumer="c", owns_redis=True
     )
@@ -274,14 +279,14 @@ async def test_pending_entries_trimmed_away_by_maxlen_are_counted_when_claimed(
     make_event: MakeEvent,
     poll: Poll,
 ) -> None:
-    settings.streams.claim_time = 0.2
-    crashed = await open_source(consumer="crashed")
+    claiming = with_changes(settings, streams={"claim_time": 0.2})
+    crashed = await open_source(consumer="crashed", using=claiming)
     for n in range(5):
         await redis.xadd(settings.streams.key, {"event": encode_event(make_event(n))})
     assert len(await crashed.read(10, 0.1)) == 5  # never acked
     for _ in range(300):  # MAXLEN ~ trims whole nodes, the oldest (with the pending five) first
         await redis.xadd(settings.streams.key, {"event": b"{}"}, maxlen=10, approximate=True)
-    survivor = await open_source(consumer="survivor")
+    survivor = await open_source(consumer="survivor", using=claiming)
 
     async def trimmed_entries_noticed() -> bool:
         await survivor.read(500, 0.01)
@@ -303,12 +308,13 @@ async def test_consumers_of_gone_workers_are_removed_once_their_entries_were_cla
     """A worker killed with entries in hand leaves its consumer behind; once a live one claimed them and the
     consumer stayed idle (twice the claim or block time), a live one deletes it, so the group lists the
     workers that run. A live consumer that gets nothing is kept (on Redis 7.0 an empty read leaves it idle)."""
-    settings.streams.claim_time = 0.2
-    settings.streams.block_time = 0.1
+    quick = with_changes(settings, streams={"claim_time": 0.2, "block_time": 0.1})
     key = settings.streams.key
-    survivor = await open_source(consumer="survivor")
-    waiting = await open_source(consumer="waiting")  # one of them claims the entry, the other gets nothing
-    killed = await open_source(consumer="killed")
+    survivor = await open_source(consumer="survivor", using=quick)
+    waiting = await open_source(
+        consumer="waiting", using=quick
+    )  # one claims the entry, the other gets nothing
+    killed = await open_source(consumer="killed", using=quick)
     await redis.xadd(key, {"event": encode_event(make_event(1))})
     assert len(await killed.read(10, 0.1)) == 1  # never acked: the worker was killed holding it
     await redis.xgroup_createconsumer(key, "g-file", "killed-idle")  # one that had nothing in hand

@@ -46,7 +46,7 @@ async def running(
         purged.append(prefix)
         return 7
 
-    api = ManageAPI(settings, store, authority, auditor, purge_cache=purge_cache, throttle=throttle)
+    api = ManageAPI(settings.server, store, authority, auditor, purge_cache=purge_cache, throttle=throttle)
     writer = asyncio.get_running_loop().create_task(auditor.run())
     try:
         async with TestClient(TestServer(manage_app(api), host="127.0.0.1", port=0)) as client:

@@ -107,7 +107,9 @@ async def test_an_empty_configured_management_token_refuses_everyone(tmp_path: P
     store = SqliteStore(str(tmp_path / "empty.db"), None)
     await store.open()
     try:
-        api = ManageAPI(settings, store, Authority(store, settings.auth), Auditor(settings.audit, None))
+        api = ManageAPI(
+            settings.server, store, Authority(store, settings.auth), Auditor(settings.audit, None)
+        )
         async with TestClient(TestServer(manage_app(api), host="127.0.0.1", port=0)) as client:
             response = await client.get("/manage/projects", headers={"Authorization": "Bearer "})
             assert response.status == 401

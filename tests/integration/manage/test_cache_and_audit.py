@@ -44,7 +44,7 @@ async def test_an_unknown_purge_parameter_is_422(manage: Manage) -> None:
 async def test_purging_a_disabled_cache_is_503_and_audited_as_an_error(
     tmp_path: Path, manage: Manage
 ) -> None:
-    api = ManageAPI(manage.settings, manage.store, manage.authority, manage.auditor)  # no purge_cache
+    api = ManageAPI(manage.settings.server, manage.store, manage.authority, manage.auditor)  # no purge_cache
     async with TestClient(TestServer(manage_app(api), host="127.0.0.1", port=0)) as client:
         response = await client.delete("/manage/cache", headers=AUTH)
         body = await response.json()
@@ -62,7 +62,9 @@ async def test_a_failing_cache_backend_is_503_and_audited_as_an_error(manage: Ma
     async def broken(prefix: str | None) -> int:
         raise ConnectionError("redis at 127.0.0.1:1 refused the connection")
 
-    api = ManageAPI(manage.settings, manage.store, manage.authority, manage.auditor, purge_cache=broken)
+    api = ManageAPI(
+        manage.settings.server, manage.store, manage.authority, manage.auditor, purge_cache=broken
+    )
     async with TestClient(TestServer(manage_app(api), host="127.0.0.1", port=0)) as client:
         response = await client.delete("/manage/cache?prefix=x", headers=AUTH)
         body = await response.json()
@@ -154,7 +156,7 @@ async def test_a_database_outage_is_503_service_unavailable(tmp_path: Path, mana
     await store.open()
     await store.close()  # every call now raises StoreUnavailable
     auditor = Auditor(manage.settings.audit, None)
-    api = ManageAPI(manage.settings, store, Authority(store, manage.settings.auth), auditor)
+    api = ManageAPI(manage.settings.server, store, Authority(store, manage.settings.auth), auditor)
     async with TestClient(TestServer(manage_app(api), host="127.0.0.1", port=0)) as client:
         for method, path, body in (
             ("GET", "/manage/projects", None),

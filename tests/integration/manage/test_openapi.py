@@ -53,7 +53,7 @@ async def test_the_document_is_openapi_3_1_and_lists_every_route(manage: Manage)
 
 
 async def test_the_document_matches_the_routes_the_api_serves(manage: Manage) -> None:
-    api = ManageAPI(manage.settings, manage.store, manage.authority, manage.auditor)
+    api = ManageAPI(manage.settings.server, manage.store, manage.authority, manage.auditor)
     served = {
         (route.method.lower(), route.path)
         for route in api.routes()

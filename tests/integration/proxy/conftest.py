@@ -25,6 +25,7 @@ from llmproxy.server.middleware import request_middleware
 from llmproxy.server.routing import add_proxy_route, route_proxy_first
 from llmproxy.store.base import AuditRecord
 from tests.fakes.upstream import FakeUpstream
+from tests.settings import with_changes
 
 PROJECT_KEY = "sk-upstream-project-key-0123456789"
 
@@ -121,11 +122,14 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         **api_changes: Any,
     ) -> Proxy:
         """A started proxy; ``api_changes`` are ApiConfig fields (``timeouts`` as a dict)."""
-        settings = Settings()
-        settings.upstream.base_url = upstream.url
-        settings.upstream.api = api_config(**api_changes)
-        settings.events.max_request_body_bytes = max_request_body_bytes
-        settings.events.max_response_body_bytes = max_response_body_bytes
+        settings = with_changes(
+            Settings(),
+            upstream={"base_url": upstream.url, "api": api_config(**api_changes)},
+            events={
+                "max_request_body_bytes": max_request_body_bytes,
+                "max_response_body_bytes": max_response_body_bytes,
+            },
+        )
         grant = Grant(
             token_id="tok-1",
             project_id="proj-1",
@@ -138,7 +142,15 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         auditor = AuditorDouble()
         observers: list[Callable[[Flow], None]] = []
         transport = UpstreamPool(settings.upstream.api)
-        handler = ProxyHandler(settings, authority, auditor, transport, cache=cache, observers=observers)  # type: ignore[arg-type]
+        handler = ProxyHandler(
+            settings.upstream,
+            settings.events,
+            authority,  # type: ignore[arg-type]
+            auditor,  # type: ignore[arg-type]
+            transport,
+            cache=cache,
+            observers=observers,
+        )
 
         async def transport_ctx(app: web.Application) -> AsyncIterator[None]:
             yield

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -12,6 +11,7 @@ from llmproxy.auth.authority import Grant
 from llmproxy.cache.http_cache import HttpCache
 from llmproxy.cache.storage import MemoryStorage
 from llmproxy.config import Settings
+from tests.settings import with_changes
 
 BODY = b'{"object":"list","data":[]}'
 UPSTREAM = CIMultiDictProxy(
@@ -47,11 +47,10 @@ def grant(project_id: str = "p1") -> Grant:
 
 
 def make_cache(**cache_settings: Any) -> tuple[HttpCache, Clock]:
-    settings = Settings()
-    settings.cache = msgspec.structs.replace(settings.cache, enabled=True, **cache_settings)
+    settings = with_changes(Settings(), cache={"enabled": True, **cache_settings})
     clock = Clock()
     storage = MemoryStorage(max_entries=100, max_bytes=1 << 20, clock=clock)
-    return HttpCache(settings, storage, clock=clock), clock
+    return HttpCache(settings.cache, storage, clock=clock), clock
 
 
 def request(method: str = "GET", path: str = "/v1/models", **headers: str) -> Any:

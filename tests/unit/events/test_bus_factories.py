@@ -10,13 +10,11 @@ from llmproxy.events.memory import InMemoryBus, MemorySource
 from llmproxy.events.redis_streams import StreamSource
 from llmproxy.redis_client import connect_redis
 from llmproxy.redis_keys import dead_letter_key, group_name
+from tests.settings import with_changes
 
 
 def settings_for(bus: str) -> Settings:
-    settings = Settings()
-    settings.events.bus = bus
-    settings.streams.consumer_name = "host-1"
-    return settings
+    return with_changes(Settings(), events={"bus": bus}, streams={"consumer_name": "host-1"})
 
 
 async def test_the_in_memory_source_is_a_subscription_to_the_servers_bus() -> None:
