@@ -341,3 +341,27 @@ async def test_kill_9_of_one_instance_under_load_loses_no_answered_request_and_n
         f"{len(failed)} failed in flight, worker gone {worker_exit_s * 1000:.0f} ms after the kill, "
         f"{len(lost)} of {len(may_be_lost)} answered in the last {LAST_MOMENTS_S * 1000:.0f} ms have no event {lost_ms} ms before the kill"
     )
+
+
+async def test_two_instances_on_one_host_may_share_one_sqlite_file(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """SQLite is single-host, but two servers on one host (a rolling restart, say) share its file as one."""
+    made = await start_cluster(tmp_path, f"sqlite:///{tmp_path}/shared.db", upstream, 2)
+    try:
+        token_id, token = await made.add_token(rate_limit_per_minute=4)
+        one, two = (server.url for server in made.servers)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+            statuses = [await proxied(session, made.balancer.url, token, f"sq-{n}") for n in range(8)]
+            assert statuses.count(200) == 4, statuses
+            browser = Browser(session)
+            assert await browser.sign_in(form_from=one, post_to=two) == 303
+            await browser.csrf_token(one)
+            async with session.delete(f"{one}/manage/tokens/{token_id}", headers=MANAGE) as response:
+                assert response.status == 204
+            async with session.get(
+                f"{two}/v1/models", headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                assert response.status == 401
+    finally:
+        await stop_cluster(made)
