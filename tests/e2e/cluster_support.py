@@ -51,7 +51,7 @@ error_log {prefix / "error.log"} notice;
 pid {prefix / "nginx.pid"};
 events {{ worker_connections 4096; }}
 http {{
-    log_format cluster '$msec $status "$upstream_addr" $http_x_request_id';
+    log_format cluster '$msec $status $http_x_request_id $upstream_addr';
     access_log {prefix / "access.log"} cluster;
 {paths}
     include {include};
@@ -116,9 +116,20 @@ class LoadBalancer:
         lines = (self.prefix / "access.log").read_text().splitlines()
         found = []
         for line in lines:
-            at, status, upstreams, request_id = line.split(" ", 3)
-            found.append(Answered(float(at), int(status), upstreams.strip('"').split(", "), request_id))
+            at, status, request_id, upstreams = line.split(" ", 3)  # "a:1, b:2" when nginx tried several
+            found.append(Answered(float(at), int(status), upstreams.split(", "), request_id))
         return found
+
+    async def answered_all(self, request_ids: set[str], deadline_s: float = 5.0) -> list[Answered]:
+        """The access log once it names every one of ``request_ids`` (nginx logs after the answer went out)."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            found = self.answered()
+            missing = request_ids - {a.request_id for a in found}
+            if not missing:
+                return found
+            assert time.monotonic() < deadline, f"not in nginx's access log: {sorted(missing)[:5]}"
+            await asyncio.sleep(0.02)
 
 
 def workers_of(server: ServerProcess) -> list[int]:

@@ -30,9 +30,9 @@ from tests.fakes.upstream import FakeUpstream
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 MANAGE = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
 # How long before a kill -9 an answered request's event may still be only in the dead server's memory:
-# the 2 ms event hold + the 5 ms producer linger + the XADD round trip (README "Scaling out"), with room
-# for a loaded 2-core machine's scheduling.
-LAST_MOMENTS_S = 0.1
+# the 2 ms event hold + the 5 ms producer linger + the XADD round trip, ~7 ms on an idle machine (README,
+# "What a kill -9 (or a host crash) can lose"), with room for a starved CPU: 42 ms was seen at load 10.
+LAST_MOMENTS_S = 0.25
 _FORM_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 _META_TOKEN = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
@@ -158,7 +158,8 @@ async def test_a_30_per_minute_token_passes_30_of_60_requests_spread_over_three_
         statuses = [await proxied(session, cluster.balancer.url, token, f"rl-{n}") for n in range(60)]
     assert 29 <= statuses.count(200) <= 31, Counter(statuses)
     assert statuses.count(200) + statuses.count(429) == 60
-    served = Counter(a.upstreams[-1] for a in cluster.balancer.answered() if a.request_id.startswith("rl-"))
+    answered = await cluster.balancer.answered_all({f"rl-{n}" for n in range(60)})
+    served = Counter(a.upstreams[-1] for a in answered if a.request_id.startswith("rl-"))
     assert sorted(served.values()) == [20, 20, 20], served  # round-robin: each instance saw a third
     print(f"\nrate limit 30/min over 3 instances: {statuses.count(200)} of 60 passed, served {dict(served)}")
 
@@ -311,9 +312,10 @@ async def test_kill_9_of_one_instance_under_load_loses_no_answered_request_and_n
         await redis.aclose()
 
     # The JSONL holds every answered (2xx) request's event exactly once, but for the victim's very last.
-    answered = [
-        a for a in cluster.balancer.answered() if a.request_id.startswith("load-") and a.status == 200
-    ]
+    logged = await cluster.balancer.answered_all(
+        {rid for rid, outcome, _ in results if isinstance(outcome, int)}
+    )
+    answered = [a for a in logged if a.request_id.startswith("load-") and a.status == 200]
     victim_addr = f"127.0.0.1:{victim.port}"
     may_be_lost = {
         a.request_id
@@ -336,8 +338,9 @@ async def test_kill_9_of_one_instance_under_load_loses_no_answered_request_and_n
     lost = may_be_lost - set(per_request)
     lost_ms = sorted(round((killed_at_wall - a.at) * 1000, 1) for a in answered if a.request_id in lost)
     by_victim = sum(1 for a in answered if a.upstreams[-1] == victim_addr)
+    resent = sum(1 for a in answered if len(a.upstreams) > 1)
     print(
-        f"\nkill -9 at {time.strftime('%H:%M:%S', time.localtime(killed_at_wall))}.{int(killed_at_wall % 1 * 1000):03d} under load: {len(answered)} answered 2xx ({by_victim} by the victim), "
+        f"\nkill -9 at {time.strftime('%H:%M:%S', time.localtime(killed_at_wall))}.{int(killed_at_wall % 1 * 1000):03d} under load: {len(answered)} answered 2xx ({by_victim} by the victim, {resent} resent by nginx), "
         f"{len(failed)} failed in flight, worker gone {worker_exit_s * 1000:.0f} ms after the kill, "
         f"{len(lost)} of {len(may_be_lost)} answered in the last {LAST_MOMENTS_S * 1000:.0f} ms have no event {lost_ms} ms before the kill"
     )
@@ -349,19 +352,21 @@ async def test_two_instances_on_one_host_may_share_one_sqlite_file(
     """SQLite is single-host, but two servers on one host (a rolling restart, say) share its file as one."""
     made = await start_cluster(tmp_path, f"sqlite:///{tmp_path}/shared.db", upstream, 2)
     try:
-        token_id, token = await made.add_token(rate_limit_per_minute=4)
+        _, limited = await made.add_token(rate_limit_per_minute=4)
+        token_id, token = await made.add_token()
         one, two = (server.url for server in made.servers)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-            statuses = [await proxied(session, made.balancer.url, token, f"sq-{n}") for n in range(8)]
-            assert statuses.count(200) == 4, statuses
+            statuses = [await proxied(session, made.balancer.url, limited, f"sq-{n}") for n in range(8)]
+            assert statuses.count(200) == 4, statuses  # one limit for both
             browser = Browser(session)
             assert await browser.sign_in(form_from=one, post_to=two) == 303
-            await browser.csrf_token(one)
+            await browser.csrf_token(one)  # the session opened on two works on one
+            assert await proxied(session, two, token, "sq-warm") == 200
             async with session.delete(f"{one}/manage/tokens/{token_id}", headers=MANAGE) as response:
                 assert response.status == 204
-            async with session.get(
-                f"{two}/v1/models", headers={"Authorization": f"Bearer {token}"}
-            ) as response:
-                assert response.status == 401
+            deadline = time.monotonic() + 1.0
+            while await proxied(session, two, token, "sq-revoked") == 200:
+                assert time.monotonic() < deadline, "the other instance still honours the revoked token"
+                await asyncio.sleep(0.001)
     finally:
         await stop_cluster(made)
