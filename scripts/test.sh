@@ -80,6 +80,12 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
   log "installing systemd (for systemd-analyze)"; apt_install systemd
 fi
 
+# nginx: the load balancer of tests/e2e/test_cluster.py (run by the test itself, in the foreground,
+# with its own config), and the `nginx -t` of tests/integration/test_deploy_compose.py
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  log "installing nginx"; apt_install nginx
+fi
+
 # --- the suite --------------------------------------------------------------------------
 log "running the test suite"
 exec .venv/bin/python -m pytest "$@"

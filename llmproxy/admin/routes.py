@@ -23,8 +23,8 @@ from llmproxy.admin.login import LoginFormGuard
 from llmproxy.admin.pages import LINKED, NAV, SECURITY_HEADERS, Pages
 from llmproxy.admin.sessions import AdminSession, SessionStore
 from llmproxy.audit import audit_record
-from llmproxy.auth.throttle import AuthThrottle
-from llmproxy.errors import ProxyError, Refusal
+from llmproxy.auth.throttle import SharedAuthThrottle
+from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
 
 if TYPE_CHECKING:
     from llmproxy.audit import Auditor
@@ -76,8 +76,8 @@ class AdminUI:
         settings: Settings,
         auditor: Auditor,
         *,
-        sessions: SessionStore | None = None,
-        throttle: AuthThrottle | None = None,
+        sessions: SessionStore,
+        throttle: SharedAuthThrottle,
         failed_login_delay: float = FAILED_LOGIN_DELAY,
     ) -> None:
         self._management_token = settings.server.management_token.encode()
@@ -85,10 +85,10 @@ class AdminUI:
         self._event_log = settings.events.file_event_log
         self._metrics_enabled = settings.metrics_enabled
         self._auditor = auditor
-        self._sessions = sessions or SessionStore()
-        self._throttle = throttle or AuthThrottle()
+        self._sessions = sessions
+        self._throttle = throttle
         self._failed_login_delay = failed_login_delay
-        self._form = LoginFormGuard()
+        self._form = LoginFormGuard.for_deployment(self._management_token)
         self._pages = Pages()
 
     def routes(self) -> list[web.RouteDef]:
@@ -109,10 +109,10 @@ class AdminUI:
 
     # --- the management API's second way in --------------------------------------------------
 
-    def authenticate(self, request: web.Request) -> str | None:
+    async def authenticate(self, request: web.Request) -> str | None:
         """``ACTOR`` when ``request`` comes from a signed-in admin browser, else None. A change
         (POST, PATCH, DELETE…) must also carry the session's CSRF token, or it is refused with 403."""
-        session = self._session(request)
+        session = await self._session(request)
         if session is None:
             return None
         if request.method not in _SAFE_METHODS:
@@ -125,22 +125,29 @@ class AdminUI:
                 )
         return ACTOR
 
-    def _session(self, request: web.Request) -> AdminSession | None:
-        return self._sessions.get(request.cookies.get(COOKIE))
+    async def _session(self, request: web.Request) -> AdminSession | None:
+        """The request's live session; 503 while the database that holds the sessions is down."""
+        try:
+            return await self._sessions.get(request.cookies.get(COOKIE))
+        except StoreUnavailable as exc:
+            log.warning("admin UI: cannot read sessions: %s", exc)
+            raise ProxyError(
+                Refusal.SERVICE_UNAVAILABLE, "The database is unavailable, try again later"
+            ) from None
 
     # --- signing in and out ------------------------------------------------------------------
 
     async def home(self, request: web.Request) -> web.Response:
-        return _redirect(_HOME if self._session(request) else _LOGIN)
+        return _redirect(_HOME if await self._session(request) else _LOGIN)
 
     async def login_page(self, request: web.Request) -> web.Response:
-        if self._session(request) is not None:
+        if await self._session(request) is not None:
             return _redirect(_HOME)
         return self._login_form(request)
 
     async def login(self, request: web.Request) -> web.Response:
         client = request.remote or "unknown"
-        wait = self._throttle.retry_after(client)
+        wait = await self._throttle.retry_after(client)
         if wait is not None:
             self._audit_login(request, "denied", "rate_limited")
             message = f"Too many failed sign-ins: try again in {wait} seconds."
@@ -152,13 +159,18 @@ class AdminUI:
         given = _secret(form.get("management_token"))
         # compare_digest always runs, so an empty configured token costs the same as a wrong guess
         if not (hmac.compare_digest(given, self._management_token) and self._management_token):
-            self._throttle.failed(client)
+            await self._throttle.failed(client)
             self._audit_login(request, "denied", "invalid_token")
             await asyncio.sleep(self._failed_login_delay)
             return self._login_form(request, 401, "Wrong management token.")
-        self._throttle.succeeded(client)
-        self._sessions.end(request.cookies.get(COOKIE))
-        session_id, _ = self._sessions.create()
+        await self._throttle.succeeded(client)
+        try:
+            await self._sessions.end(request.cookies.get(COOKIE))
+            session_id, _ = await self._sessions.create()
+        except StoreUnavailable as exc:
+            log.warning("admin UI: cannot store the new session: %s", exc)
+            self._audit_login(request, "error", "service_unavailable")
+            return self._login_form(request, 503, "The database is unavailable: try again later.")
         self._audit_login(request, "success")
         response = _redirect(_HOME)
         # no Max-Age: the cookie goes when the browser closes; the server ends the session anyway
@@ -170,7 +182,7 @@ class AdminUI:
 
     async def logout(self, request: web.Request) -> web.Response:
         session_id = request.cookies.get(COOKIE)
-        session = self._sessions.get(session_id)
+        session = await self._session(request)
         if session is not None:
             form = await request.post()
             given = _secret(form.get("csrf_token") or request.headers.get(CSRF_HEADER))
@@ -178,7 +190,13 @@ class AdminUI:
                 return _html(
                     self._pages.message("Sign-out refused", "Reload the page and sign out again."), 403
                 )
-            self._sessions.end(session_id)
+            try:
+                await self._sessions.end(session_id)
+            except StoreUnavailable as exc:  # never claim a sign-out that did not happen
+                log.warning("admin UI: cannot end a session: %s", exc)
+                raise ProxyError(
+                    Refusal.SERVICE_UNAVAILABLE, "The database is unavailable, try again later"
+                ) from None
         response = _redirect(_LOGIN)
         response.del_cookie(COOKIE, path="/")
         return response
@@ -213,7 +231,7 @@ class AdminUI:
 
     def _page(self, name: str) -> Handler:
         async def page(request: web.Request) -> web.Response:
-            session = self._session(request)
+            session = await self._session(request)
             if session is None:
                 return _redirect(_LOGIN)
             metrics = "enabled" if self._metrics_enabled else "disabled"
@@ -223,7 +241,7 @@ class AdminUI:
 
     async def events(self, request: web.Request) -> web.Response:
         """The newest event summaries appended after byte ``?after=`` of the event log."""
-        if self._session(request) is None:
+        if await self._session(request) is None:
             raise ProxyError(
                 Refusal.UNAUTHORIZED, "Sign in to the admin UI first", headers={"Cache-Control": "no-store"}
             )
@@ -246,7 +264,7 @@ class AdminUI:
 
     async def dead_letters(self, request: web.Request) -> web.Response:
         """How many dead letters there are and the newest ``?limit=`` (default 50, at most 500) of them."""
-        if self._session(request) is None:
+        if await self._session(request) is None:
             raise ProxyError(
                 Refusal.UNAUTHORIZED, "Sign in to the admin UI first", headers={"Cache-Control": "no-store"}
             )

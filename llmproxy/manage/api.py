@@ -16,7 +16,7 @@ import msgspec
 from aiohttp import web
 from msgspec import UNSET
 
-from llmproxy.auth.throttle import AuthThrottle
+from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.auth.tokens import generate_token, hash_token, token_hint
 from llmproxy.errors import ProxyError, Refusal
 from llmproxy.manage import openapi
@@ -80,11 +80,11 @@ class ManageAPI:
         auditor: Auditor,
         *,
         purge_cache: PurgeCache | None = None,
-        authenticate: Callable[[web.Request], str | None] | None = None,  # another way in: its actor
-        throttle: AuthThrottle | None = None,  # wrong tokens per address; share the admin UI's
+        authenticate: Callable[[web.Request], Awaitable[str | None]] | None = None,  # another way in
+        throttle: SharedAuthThrottle | None = None,  # wrong tokens per address; share the admin UI's
     ) -> None:
         token = server.management_token.encode()
-        self._guard = Guard(token, auditor, throttle or AuthThrottle(), authenticate)
+        self._guard = Guard(token, auditor, throttle or SharedAuthThrottle(store), authenticate)
         self._audit = self._guard.audit
         self._store = store
         self._authority = authority

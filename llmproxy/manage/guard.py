@@ -1,7 +1,7 @@
 """The guard around every management route: who may call, store outages as 503, refusals audited.
 
 A caller gets in with the management token or through another way (the admin UI's session). Wrong
-tokens count against the client's address in an ``AuthThrottle`` shared with the admin sign-in form:
+tokens count against the client's address in a ``SharedAuthThrottle`` shared with the admin sign-in form:
 past the limit, every request of that address carrying a token gets 429 until the window has passed,
 the right token included (else the lockout would still tell a right guess from a wrong one).
 """
@@ -9,7 +9,7 @@ the right token included (else the lockout would still tell a right guess from a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -20,7 +20,7 @@ from llmproxy.manage.edge import Handler, authenticate, is_uuid
 
 if TYPE_CHECKING:
     from llmproxy.audit import Auditor
-    from llmproxy.auth.throttle import AuthThrottle
+    from llmproxy.auth.throttle import SharedAuthThrottle
 
 __all__ = ("ACTOR", "Guard")
 
@@ -37,8 +37,8 @@ class Guard:
         self,
         management_token: bytes,
         auditor: Auditor,
-        throttle: AuthThrottle,
-        authenticate_other: Callable[[web.Request], str | None] | None = None,
+        throttle: SharedAuthThrottle,
+        authenticate_other: Callable[[web.Request], Awaitable[str | None]] | None = None,
     ) -> None:
         self._management_token = management_token
         self._auditor = auditor
@@ -48,7 +48,7 @@ class Guard:
     def __call__(self, handler: Handler, action: str | None = None) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
             try:
-                self._admit(request)
+                await self._admit(request)
                 return await handler(request)
             except StoreUnavailable as exc:
                 log.warning(
@@ -69,11 +69,11 @@ class Guard:
         actor = request.get(_ACTOR, ACTOR)
         self._auditor.record(audit_record(action, result, actor=actor, request=request, **fields))
 
-    def _admit(self, request: web.Request) -> None:
+    async def _admit(self, request: web.Request) -> None:
         """401 without a valid way in, 429 while the address is locked out; a request without any
         Authorization header is no guess, so it is neither counted nor locked out."""
         guessing = "Authorization" in request.headers
-        if guessing and (wait := self._throttle.retry_after(request.remote)) is not None:
+        if guessing and (wait := await self._throttle.retry_after(request.remote)) is not None:
             raise ProxyError(
                 Refusal.TOO_MANY_ATTEMPTS,
                 f"Too many failed attempts: try again in {wait} seconds",
@@ -82,14 +82,14 @@ class Guard:
         try:
             authenticate(request, self._management_token)
         except ProxyError:  # no valid bearer: the admin UI's session, say, may still let it in
-            if actor := self._authenticate_other and self._authenticate_other(request):
+            if actor := self._authenticate_other and await self._authenticate_other(request):
                 request[_ACTOR] = actor
                 return
-            if guessing and (wait := self._throttle.failed(request.remote)) is not None:
+            if guessing and (wait := await self._throttle.failed(request.remote)) is not None:
                 details = {"failures": self._throttle.max_failures, "retry_after": wait}
                 self.audit("manage.auth", request, "denied", reason="too_many_attempts", details=details)
             raise
-        self._throttle.succeeded(request.remote)
+        await self._throttle.succeeded(request.remote)
 
     def _audit_refusal(self, action: str | None, request: web.Request, error: ProxyError) -> None:
         if action is None:

@@ -16,11 +16,12 @@ from typing import Any
 from aiohttp import web, web_response
 
 from llmproxy.admin.routes import AdminUI
+from llmproxy.admin.sessions import SessionStore
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
 from llmproxy.auth.invalidation import Invalidations
 from llmproxy.auth.shared_ratelimit import SharedRateLimiter, shares_rate_limit, uses_redis
-from llmproxy.auth.throttle import AuthThrottle
+from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
@@ -98,8 +99,9 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         observers=pipeline.observers,
     )
     purge = cache.purge if cache is not None else None
-    throttle = AuthThrottle()  # one count of wrong management tokens, at the sign-in form or the API
-    admin = AdminUI(settings, auditor, throttle=throttle)
+    # one count of wrong management tokens, at the sign-in form or the API, on every instance of the store
+    throttle = SharedAuthThrottle(store)
+    admin = AdminUI(settings, auditor, sessions=SessionStore(store), throttle=throttle)
     manage = ManageAPI(
         settings.server,
         store,

@@ -1,4 +1,4 @@
-"""The Store protocol: projects, tokens and audit rows, whatever database holds them.
+"""The Store protocol: projects, tokens, audit rows and admin sign-ins, whatever database holds them.
 
 Implementations (``sqlite.py``, ``postgres.py``) raise ``llmproxy.errors.StoreUnavailable`` when the
 database cannot be reached, so callers can answer 503 without knowing the driver.
@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import msgspec
 
 __all__ = (
+    "AdminSessionRecord",
     "AuditQuery",
     "AuditRecord",
     "Project",
@@ -76,6 +77,15 @@ class AuditRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     method: str | None = None
     path: str | None = None
     details: dict[str, Any] = {}
+
+
+class AdminSessionRecord(msgspec.Struct, kw_only=True):
+    """One signed-in admin browser, found by the SHA-256 of its cookie value (never the value itself)."""
+
+    id_hash: str
+    csrf_token: str
+    created_at: datetime
+    last_seen_at: datetime
 
 
 class AuditQuery(msgspec.Struct, kw_only=True):
@@ -146,3 +156,26 @@ class Store(Protocol):
 
     async def list_audit(self, query: AuditQuery) -> tuple[list[AuditRecord], int]:
         """Rows newest first, one page, and the total count matching the filters."""
+
+    # admin sessions and failed management sign-ins: shared by every instance on the database
+    async def create_admin_session(
+        self, session: AdminSessionRecord, *, created_after: datetime, seen_after: datetime, keep: int
+    ) -> None:
+        """Insert ``session`` after forgetting the expired ones (created or last seen before the bounds)
+        and all but the newest ``keep - 1``."""
+
+    async def touch_admin_session(
+        self, id_hash: str, now: datetime, *, created_after: datetime, seen_after: datetime
+    ) -> AdminSessionRecord | None:
+        """The session if it is still live, now last seen at ``now``; None if unknown or expired."""
+
+    async def delete_admin_session(self, id_hash: str) -> None: ...
+
+    async def record_auth_failure(self, client: str, at: datetime, after: datetime) -> list[datetime]:
+        """Count a failure of ``client`` at ``at`` and forget everyone's failures up to ``after``; return
+        this client's failures later than ``after``, oldest first."""
+
+    async def auth_failures(self, client: str, after: datetime) -> list[datetime]:
+        """The client's failures later than ``after``, oldest first."""
+
+    async def clear_auth_failures(self, client: str) -> None: ...

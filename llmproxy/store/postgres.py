@@ -20,6 +20,7 @@ from llmproxy.errors import StoreUnavailable
 from llmproxy.store.base import AuditQuery, AuditRecord, Project, Token, TokenUsage
 from llmproxy.store.crypto import check_key
 from llmproxy.store.migrate import load_migrations, pending_migrations
+from llmproxy.store.postgres_signins import PostgresSignIns
 from llmproxy.store.rows import (
     AUDIT_COLUMNS,
     PROJECT_COLUMNS,
@@ -80,7 +81,7 @@ def _conflict(exc: asyncpg.IntegrityConstraintViolationError) -> ValueError:
     return ValueError(_CONSTRAINT_FIELD.get(constraint) or column or constraint or "conflict")
 
 
-class PostgresStore:
+class PostgresStore(PostgresSignIns):
     """Store on PostgreSQL; ``schema`` (created if missing) isolates one tenant or test run."""
 
     def __init__(

@@ -28,6 +28,7 @@ __all__ = (
     "Dialect",
     "Row",
     "audit_filters",
+    "fixed_width_utc",
     "audit_page_sql",
     "in_utc",
     "merge_usage",
@@ -95,6 +96,12 @@ _MAX_PAGE_SIZE = 1000
 S = TypeVar("S", Project, Token, AuditRecord)
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def fixed_width_utc(moment: datetime) -> str:
+    """SQLite's timestamp text, "0001-02-03T04:05:06.000007Z": one width, so comparing the text compares the
+    instants (strftime's %Y alone writes year 1 as "1", which neither compares nor parses back)."""
+    return f"{moment.year:04d}{moment.strftime('-%m-%dT%H:%M:%S.%fZ')}"
 
 
 def utc(moment: datetime) -> datetime:

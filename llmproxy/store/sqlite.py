@@ -32,23 +32,18 @@ from llmproxy.store.rows import (
     TOKEN_UPDATABLE,
     Dialect,
     audit_page_sql,
+    fixed_width_utc,
     in_utc,
     merge_usage,
     page_window,
     project_changes,
     utc,
 )
+from llmproxy.store.sqlite_signins import SqliteSignIns
 
 __all__ = ("SqliteStore",)
 
-# Fixed width, so that comparing the text compares the instants (audit since/until, max()). The year
-# is padded here: strftime's %Y writes year 1 as "1", which neither compares nor parses back.
-_TIME_FORMAT = "-%m-%dT%H:%M:%S.%fZ"
-_DIALECT = Dialect(
-    placeholder=lambda i: f"?{i}",
-    time_out=lambda moment: f"{moment.year:04d}{moment.strftime(_TIME_FORMAT)}",
-    time_in=datetime.fromisoformat,
-)
+_DIALECT = Dialect(placeholder=lambda i: f"?{i}", time_out=fixed_width_utc, time_in=datetime.fromisoformat)
 _CONSTRAINT_COLUMN = re.compile(r"constraint failed: (?:\w+\.)?(\w+)")
 
 
@@ -74,7 +69,7 @@ async def _enable_wal(db: aiosqlite.Connection, attempts: int = 50) -> None:
             await asyncio.sleep(0.1)
 
 
-class SqliteStore:
+class SqliteStore(SqliteSignIns):
     """Store on a SQLite file; the file and its directory are created on open."""
 
     def __init__(self, path: str, encryption_key: bytes | None) -> None:

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from llmproxy import config
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
-from llmproxy.auth.throttle import AuthThrottle
+from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.manage.api import ManageAPI
 from llmproxy.store.base import Store
 from llmproxy.store.postgres import PostgresStore
@@ -34,7 +34,7 @@ def settings(tmp_path: Path) -> config.Settings:
 
 @asynccontextmanager
 async def running(
-    settings: config.Settings, store: Store, throttle: AuthThrottle | None = None
+    settings: config.Settings, store: Store, throttle: SharedAuthThrottle | None = None
 ) -> AsyncIterator[Manage]:
     """The management API over ``store`` (opened here, closed after), with a purge_cache that counts."""
     await store.open()

@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from llmproxy import config
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
-from llmproxy.auth.throttle import AuthThrottle
+from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.manage import edge
 from llmproxy.manage.api import ManageAPI
 from llmproxy.store.sqlite import SqliteStore
@@ -201,8 +201,8 @@ async def test_the_retry_after_of_a_lockout_is_exact_and_the_address_is_let_in_o
     settings: config.Settings, tmp_path: Path
 ) -> None:
     now = [1000.0]
-    throttle = AuthThrottle(clock=lambda: now[0])
-    async with running(settings, SqliteStore(str(tmp_path / "db"), None), throttle) as manage:
+    store = SqliteStore(str(tmp_path / "db"), None)
+    async with running(settings, store, SharedAuthThrottle(store, clock=lambda: now[0])) as manage:
         for n in range(5):
             await manage.client.get("/manage/projects", headers={"Authorization": f"Bearer g{n}"})
             now[0] += 1

@@ -115,11 +115,18 @@ async def test_migrations_land_in_the_configured_schema(pg_backend):
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name",
         pg_backend.schema,
     )
-    assert [r["table_name"] for r in found] == ["audit_events", "projects", "schema_migrations", "tokens"]
+    assert [r["table_name"] for r in found] == [
+        "admin_sessions",
+        "audit_events",
+        "auth_failures",
+        "projects",
+        "schema_migrations",
+        "tokens",
+    ]
 
 
 async def test_store_creates_its_schema_when_missing(pg_backend):
     await pg_backend.admin.execute(f'DROP SCHEMA "{pg_backend.schema}" CASCADE')
     store = pg_backend.make()
-    assert await store.migrate() == ["0001_initial"]
+    assert await store.migrate() == ["0001_initial", "0002_admin_sessions"]
     await store.ping()
