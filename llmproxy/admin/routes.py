@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from multidict import MultiDictProxy
 from redis.exceptions import RedisError
 
 from llmproxy.admin.dead_letters import read_dead_letters
@@ -46,6 +47,17 @@ _LOGIN = "/admin/login"
 
 def _secret(value: object) -> bytes:
     return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else b""
+
+
+async def _form(request: web.Request) -> MultiDictProxy[Any]:
+    """The posted form as the sign-in and sign-out pages send it (urlencoded text). 400 for multipart
+    (never sent here, and no parser for it on a route open to anyone) or bytes that do not decode."""
+    if request.content_type.startswith("multipart/"):
+        raise ProxyError(Refusal.BAD_REQUEST, "Forms are sent urlencoded here")
+    try:
+        return await request.post()
+    except (ValueError, LookupError):  # not text in its charset (UnicodeDecodeError), an unknown charset
+        raise ProxyError(Refusal.BAD_REQUEST, "Form body does not decode") from None
 
 
 def _https(request: web.Request) -> bool:
@@ -152,7 +164,7 @@ class AdminUI:
             self._audit_login(request, "denied", "rate_limited")
             message = f"Too many failed sign-ins: try again in {wait} seconds."
             return self._login_form(request, 429, message, headers={"Retry-After": str(wait)})
-        form = await request.post()
+        form = await _form(request)
         if not self._form.valid(request.cookies.get(LOGIN_COOKIE), _text(form.get("csrf_token"))):
             self._audit_login(request, "denied", "csrf_failed")
             return self._login_form(request, 403, "The sign-in form had expired: please sign in again.")
@@ -184,7 +196,7 @@ class AdminUI:
         session_id = request.cookies.get(COOKIE)
         session = await self._session(request)
         if session is not None:
-            form = await request.post()
+            form = await _form(request)
             given = _secret(form.get("csrf_token") or request.headers.get(CSRF_HEADER))
             if not hmac.compare_digest(given, session.csrf_token.encode()):
                 return _html(

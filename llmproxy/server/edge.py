@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 # What a connection is waiting for: nothing, its first request, the rest of a head, body bytes.
 _IDLE, _FIRST, _HEAD, _BODY = range(4)
+_CLIENT_CLOSED = 499  # nginx's "client closed request": an answer nobody is left to receive
 _MESSAGES = {
     "bad_request_line": "Malformed request line",
     "bad_header": "Malformed header",
@@ -148,7 +149,14 @@ class EdgeProtocol(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        """Malformed HTTP is the client's doing: counted, one DEBUG line, a JSON 400. Else aiohttp's way."""
+        """Malformed HTTP is the client's doing: counted, one DEBUG line, a JSON 400. So is a client gone
+        before a handler could answer (aiohttp's "100 Continue" runs outside our middleware): one DEBUG
+        line. Else aiohttp's way."""
+        if isinstance(exc, ConnectionError) and (self.transport is None or self.transport.is_closing()):
+            log.debug("client hung up on %s %s before its answer", request.method, request.path)
+            response = web.Response(status=_CLIENT_CLOSED)
+            response.force_close()
+            return response
         if not isinstance(exc, HttpProcessingError):
             return super().handle_error(request, status, exc, message)
         reason = bad_request_reason(exc)

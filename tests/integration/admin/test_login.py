@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.integration.admin.conftest import MANAGEMENT_TOKEN, Admin, MakeAdmin, set_cookie
 
@@ -173,3 +174,24 @@ async def test_without_a_management_token_configured_nobody_can_sign_in(make_adm
     response = await admin.submit_login("")
     assert response.status == 401
     assert admin.session_cookie() is None
+
+
+UNREADABLE_FORMS = {
+    "not UTF-8": ("application/x-www-form-urlencoded", b"csrf_token=\xff\xfe&management_token=x"),
+    "gzip, unannounced to the form parser": ("application/x-www-form-urlencoded", b"\x1f\x8b\x08\x00\xed"),
+    "unknown charset": ("application/x-www-form-urlencoded; charset=klingon", b"csrf_token=x"),
+    "multipart without a boundary": ("multipart/form-data", b"--x\r\n\r\nx\r\n--x--\r\n"),
+    "multipart": ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--x--\r\n'),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("form", list(UNREADABLE_FORMS))
+@pytest.mark.parametrize("path", ["/admin/login", "/admin/logout"])
+async def test_a_sign_in_or_out_form_that_is_not_a_urlencoded_text_form_is_a_400(
+    signed_in: Admin, caplog: pytest.LogCaptureFixture, path: str, form: str
+) -> None:
+    content_type, body = UNREADABLE_FORMS[form]
+    response = await signed_in.client.post(path, data=body, headers={"Content-Type": content_type})
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "bad_request"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []

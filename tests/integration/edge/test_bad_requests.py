@@ -106,3 +106,22 @@ async def test_a_body_whose_chunked_framing_breaks_mid_way_gets_a_400_not_a_hang
     writer.close()
     assert _loud(caplog.records) == []
     assert (await edge.metrics())["bad_requests"]["bad_framing"] == 1
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/manage/projects"])
+async def test_a_client_gone_before_its_100_continue_is_no_server_error(
+    start_edge: StartEdge, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    edge = await start_edge()
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    reader, writer = await edge.connect()
+    head = edge.head(
+        "POST", path, "Expect: 100-continue", "Content-Type: application/json", "Content-Length: 10"
+    )
+    writer.write(head)
+    writer.transport.abort()  # aiohttp writes "100 Continue" before any handler runs: to a closed socket
+    said = await poll(lambda: any("hung up" in r.getMessage() for r in caplog.records), timeout=1.0)
+    assert _loud(caplog.records) == []
+    assert said
+    assert edge.upstream.requests == []
