@@ -73,7 +73,8 @@ class Machine:
         sh("ip", "link", "set", "lo", "up")
         self._package_mirror()
         self._shims()
-        sh("useradd", "--create-home", "--shell", "/bin/bash", "--user-group", READER)
+        if subprocess.run(["id", READER], capture_output=True).returncode != 0:  # a Debian AMI has one
+            sh("useradd", "--create-home", "--shell", "/bin/bash", "--user-group", READER)
         self._checkout()
         self.steps_dir.mkdir()
         shutil.chown(self.steps_dir, READER, READER)
@@ -100,6 +101,8 @@ class Machine:
 
     def _checkout(self) -> None:
         source = Path(self.plan["source"])
+        CHECKOUT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.chown(CHECKOUT.parent, READER, READER)
         for name in self.plan["files"]:
             target = CHECKOUT / name
             target.parent.mkdir(parents=True, exist_ok=True)
