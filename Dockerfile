@@ -1,7 +1,9 @@
-# llm-proxy in a container: the same `llm-proxy` command as on a host, as a non-root user.
+# llm-proxy in a container: the same `llm-proxy` command as on a host, as a non-root user, writing
+# its database, audit log and event log in the /data volume (docs/deploy-ec2.md, "Docker").
+#   install -m 0600 deploy/docker.env.example docker.env   # then set MANAGEMENT_TOKEN in it
 #   docker build -t llm-proxy .
-#   docker run -d --name llm-proxy -p 8080:8080 -v llm-proxy-data:/data \
-#     -e MANAGEMENT_TOKEN=... --stop-timeout 40 llm-proxy
+#   docker run -d --name llm-proxy -p 127.0.0.1:8080:8080 -v llm-proxy-data:/data \
+#     --env-file docker.env --stop-timeout 40 llm-proxy
 # --stop-timeout: SIGTERM drains in-flight requests for up to SHUTDOWN_TIMEOUT (30s), longer
 # than Docker's default 10s before SIGKILL.
 
@@ -25,7 +27,8 @@ ENV PATH=/opt/llm-proxy/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     LISTEN_ADDR=0.0.0.0:8080 \
     DATABASE_URL=sqlite:////data/llm-proxy.db \
-    AUDIT_LOG_FILE=/data/audit.log
+    AUDIT_LOG_FILE=/data/audit.log \
+    FILE_EVENT_LOG=/data/events.jsonl
 WORKDIR /data
 VOLUME /data
 USER llm-proxy

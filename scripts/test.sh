@@ -85,6 +85,15 @@ fi
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   log "installing nginx"; apt_install nginx
 fi
+# The docs' shell blocks run in tests/e2e/test_docs.py on a scratch copy of this machine, whose
+# apt-get installs nothing but checks the packages the docs name are here; curl and ip it uses itself
+missing=()
+for package in python3 python3-venv redis-server logrotate postgresql curl iproute2; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]} (for the docs' walk-throughs)"; apt_install "${missing[@]}"
+fi
 
 # --- the suite --------------------------------------------------------------------------
 log "running the test suite"
