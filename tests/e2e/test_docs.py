@@ -22,6 +22,16 @@ EXPECTED_SKIPS = {  # (document, first line of the block): why it cannot run on 
     ("README.md", "scripts/test.sh"): "the test suite itself",
     ("docs/deploy-ec2.md", "sudo dnf install -y python3.11 redis6 logrotate"): "Amazon Linux",
     ("docs/deploy-ec2.md", "sudo -u postgres createuser llm_proxy --pwprompt"): "asks for a password",
+    # Scaling out: tests/e2e/test_cluster.py runs the same topology (3 instances behind nginx, one
+    # PostgreSQL, one Redis) and tests/integration/test_deploy_compose.py checks the compose file
+    ("docs/deploy-ec2.md", "sudo -u postgres psql -c \"CREATE ROLE llm_proxy LOGIN PASSWORD 'change-me'\""): (
+        "needs a PostgreSQL server"
+    ),
+    (
+        "docs/deploy-ec2.md",
+        "sudo install -m 0644 deploy/nginx/llm-proxy.conf /etc/nginx/conf.d/llm-proxy.conf",
+    ): ("installs a file into /etc/nginx"),
+    ("docs/deploy-ec2.md", "cd deploy && docker compose up -d --build"): "needs Docker",
     ("docs/deploy-ec2.md", "sudo systemctl enable --now llm-proxy-dispatcher@lunary"): "Lunary account",
     ("docs/deploy-ec2.md", "docker build -t llm-proxy ."): "needs docker",
 }
