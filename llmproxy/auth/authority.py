@@ -21,9 +21,9 @@ import msgspec
 
 from llmproxy.auth.grant import Grant
 from llmproxy.auth.invalidation import Invalidations
-from llmproxy.auth.ratelimit import RateLimiter, refusal_headers
+from llmproxy.auth.ratelimit import RateLimiter
 from llmproxy.auth.shared_ratelimit import SharedRateLimiter
-from llmproxy.auth.tokens import hash_token
+from llmproxy.auth.tokens import hash_token, token_hint
 from llmproxy.config import AuthSettings
 from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
 from llmproxy.store.base import Project, Store, Token, TokenUsage
@@ -127,21 +127,21 @@ class Authority:
         if entry is None or entry.stale_at <= now:
             entry = await self._lookup(token_hash)
         if entry.refusal is not None:
-            raise _refused(entry.refusal, entry)
+            raise _refused(entry.refusal, entry, raw_token)
         if entry.expires_at is not None and entry.expires_at <= now:
-            raise _refused(Refusal.TOKEN_EXPIRED, entry)
+            raise _refused(Refusal.TOKEN_EXPIRED, entry, raw_token)
         grant = entry.grant
         if grant is None:
-            raise _refused(Refusal.PROJECT_INACTIVE, entry)
+            raise _refused(Refusal.PROJECT_INACTIVE, entry, raw_token)
         if entry.exhausted:
-            raise _refused(Refusal.QUOTA_EXCEEDED, entry)
+            raise _refused(Refusal.QUOTA_EXCEEDED, entry, raw_token)
         limit = grant.rate_limit_per_minute
         if limit is not None:
             shared = self._shared_limiter  # when Redis cannot answer (None), this instance counts alone
             verdict = await shared.hit(grant.token_id, limit) if shared is not None else None
             verdict = verdict or self._limiter.hit(grant.token_id, limit, now)
             if not verdict.allowed:
-                raise _refused(Refusal.RATE_LIMITED, entry, refusal_headers(verdict))
+                raise _refused(Refusal.RATE_LIMITED, entry, raw_token, verdict.refusal_headers())
             return msgspec.structs.replace(grant, window=verdict)  # its x-ratelimit-* headers
         return grant
 
@@ -376,9 +376,14 @@ def _new_entry(
     return _Entry(token_hash, stale_at, token=token, grant=grant)
 
 
-def _refused(refusal: Refusal, entry: _Entry, headers: dict[str, str] | None = None) -> ProxyError:
-    """The refusal of a token this instance knows: whose it is goes along (audit, access log)."""
-    return ProxyError(refusal, headers=headers, project_id=entry.project_id, token_id=entry.token_id)
+def _refused(
+    refusal: Refusal, entry: _Entry, raw_token: str, headers: dict[str, str] | None = None
+) -> ProxyError:
+    """A refusal naming whose token it was (audit, access log): its hint, and its ids when known."""
+    hint = token_hint(raw_token)
+    return ProxyError(
+        refusal, headers=headers, project_id=entry.project_id, token_id=entry.token_id, token_hint=hint
+    )
 
 
 def _timestamp(moment: datetime | None) -> float | None:

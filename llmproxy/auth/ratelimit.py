@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Container
 from typing import NamedTuple
 
-__all__ = ("GRAIN", "WINDOW", "RateLimiter", "RateVerdict", "rate_limit_headers", "refusal_headers")
+__all__ = ("GRAIN", "WINDOW", "RateLimiter", "RateVerdict")
 
 WINDOW = 60.0
 GRAIN = 0.5
@@ -32,6 +32,18 @@ class RateVerdict(NamedTuple):
     limit: int
     remaining: int  # requests still allowed in the window, this one counted
     reset: float  # seconds until the oldest counted request leaves the window (a slot frees)
+
+    def headers(self, upstream: Container[str] = ()) -> list[tuple[str, str]]:
+        """OpenAI-style ``x-ratelimit-*-requests``. ``upstream`` holds the header names of the upstream's
+        answer: when it sent its own ``x-ratelimit-limit-requests`` (OpenAI does, for the organisation's
+        key), ours are ``x-llmproxy-ratelimit-*`` so that theirs pass through untouched."""
+        names = _PREFIXED if _NAMES[0] in upstream else _NAMES
+        values = (str(self.limit), str(self.remaining), _duration(self.reset))
+        return list(zip(names, values, strict=True))
+
+    def refusal_headers(self) -> dict[str, str]:
+        """A rate-limited 429's: ``Retry-After`` and the window (no upstream answer to defer to)."""
+        return {"Retry-After": str(self.retry_after), **dict(self.headers())}
 
 
 class _Log:
@@ -127,20 +139,6 @@ def _until(stamp: float, now: float) -> float:
     """Seconds until a request logged at ``stamp`` leaves the window; never more than the window
     (a clock stepped back must not ask for longer)."""
     return min(WINDOW, max(0.0, stamp + WINDOW - now))
-
-
-def rate_limit_headers(verdict: RateVerdict, upstream: Container[str] = ()) -> list[tuple[str, str]]:
-    """OpenAI-style ``x-ratelimit-*-requests`` of a limited token. ``upstream`` holds the header names
-    of the upstream's answer: when it sent its own ``x-ratelimit-limit-requests`` (OpenAI does, for the
-    organisation's key), ours are ``x-llmproxy-ratelimit-*`` so that theirs pass through untouched."""
-    names = _PREFIXED if _NAMES[0] in upstream else _NAMES
-    values = (str(verdict.limit), str(verdict.remaining), _duration(verdict.reset))
-    return list(zip(names, values, strict=True))
-
-
-def refusal_headers(verdict: RateVerdict) -> dict[str, str]:
-    """The headers of a rate-limited 429: ``Retry-After`` and the window (no upstream answer to defer to)."""
-    return {"Retry-After": str(verdict.retry_after), **dict(rate_limit_headers(verdict))}
 
 
 def _duration(seconds: float) -> str:

@@ -23,7 +23,7 @@ from llmproxy.config import Settings
 from llmproxy.errors import ClientBodyTimeout, ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.capture import TAIL_BYTES, BodyCapture, Exchange, Observer, bounded
-from llmproxy.proxy.keys import CANCEL_ON_DISCONNECT, REQUEST_ID
+from llmproxy.proxy.keys import CALLER, CANCEL_ON_DISCONNECT, REQUEST_ID
 from llmproxy.proxy.policy import Policy, split_target
 from llmproxy.proxy.relay import Flight, relay
 from llmproxy.proxy.transport import UpstreamAnswer, UpstreamTransport
@@ -159,7 +159,8 @@ class ProxyHandler:
     async def _authorize(self, request: web.Request) -> Grant:
         raw_token = parse_bearer(request.headers.get("Authorization"))
         try:
-            return await self._authority.check(raw_token)
+            request[CALLER] = grant = await self._authority.check(raw_token)  # whose request: access log
+            return grant
         except ProxyError as exc:
             self._audit_refusal(request, exc, None)
             raise
@@ -332,6 +333,8 @@ class ProxyHandler:
             flight.response_headers = dict(up_headers)
             flight.response_capture = BodyCapture(self._max_response_capture, tail=TAIL_BYTES)
         own_headers = [("X-Request-ID", request_id), ("Server-Timing", timing)]
+        if grant.window is not None:  # a rate-limited token's x-ratelimit-*, never over the upstream's own
+            own_headers.extend(grant.window.headers(up_headers))
         cache = self._cache
         if cache is not None:
             if cache.storable(request, up.status, up_headers):

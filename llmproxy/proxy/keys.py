@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from llmproxy.context import REQUEST_ID
+from llmproxy.context import CALLER, REQUEST_ID
 
 if TYPE_CHECKING:
     from llmproxy.config import Settings
 
-__all__ = ("CANCEL_ON_DISCONNECT", "REQUEST_ID", "SETTINGS")
+__all__ = ("CALLER", "CANCEL_ON_DISCONNECT", "REQUEST_ID", "SETTINGS")
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 # While true, the server cancels the request's handler as soon as its client disconnects

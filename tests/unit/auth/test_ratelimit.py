@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmproxy.auth.ratelimit import GRAIN, RateLimiter, rate_limit_headers
+from llmproxy.auth.ratelimit import GRAIN, RateLimiter
 
 T0 = 1_700_000_040.0
 
@@ -114,20 +114,20 @@ def test_headers_say_limit_remaining_and_when_a_slot_frees() -> None:
     limiter = RateLimiter()
     limiter.hit("t", 3, T0)
     verdict = limiter.hit("t", 3, T0 + 0.5)
-    assert dict(rate_limit_headers(verdict)) == {
+    assert dict(verdict.headers()) == {
         "x-ratelimit-limit-requests": "3",
         "x-ratelimit-remaining-requests": "1",
         "x-ratelimit-reset-requests": "59.5s",
     }
     limiter.hit("t", 3, T0 + 59.99)
     refused = limiter.hit("t", 3, T0 + 59.995)
-    assert dict(rate_limit_headers(refused))["x-ratelimit-reset-requests"] == "5ms"
+    assert dict(refused.headers())["x-ratelimit-reset-requests"] == "5ms"
 
 
 def test_headers_go_under_our_prefix_when_the_upstream_sent_its_own() -> None:
     verdict = RateLimiter().hit("t", 3, T0)
     upstream = {"x-ratelimit-limit-requests": "10000", "Content-Type": "application/json"}
-    assert [name for name, _ in rate_limit_headers(verdict, upstream)] == [
+    assert [name for name, _ in verdict.headers(upstream)] == [
         "x-llmproxy-ratelimit-limit-requests",
         "x-llmproxy-ratelimit-remaining-requests",
         "x-llmproxy-ratelimit-reset-requests",
