@@ -166,3 +166,12 @@ def test_the_api_config_yaml_is_read_and_unknown_keys_are_refused(tmp_path: Path
     f.write_text("allowed_endpoint: [/v1/x]\n")
     with pytest.raises(ConfigError, match="allowed_endpoint"):
         config.load({"API_CONFIG_PATH": str(f)})
+
+
+def test_access_log_is_stderr_by_default_and_off_or_a_path_when_set() -> None:
+    assert config.load({}).log.access == "-"
+    assert config.load({"ACCESS_LOG": "OFF"}).log.access == "off"
+    assert (
+        config.load({"ACCESS_LOG": "/var/log/llm-proxy/access.log"}).log.access
+        == "/var/log/llm-proxy/access.log"
+    )
