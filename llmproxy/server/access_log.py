@@ -2,9 +2,9 @@
 
 aiohttp calls ``AccessLine.log`` once a response is finished (its access-log hook: status, bytes written
 and duration are final); a proxy request whose client left mid-exchange is written by the edge as a 499.
-Lines are encoded into one buffer on the loop and written in batches by a thread, every FLUSH_INTERVAL or
-as soon as BATCH_BYTES wait, so no request waits on a disk or on journald; past MAX_PENDING (a stuck
-stderr) lines are dropped and counted, never held without bound. A path is opened append-only, 0640, and
+On the loop a request costs one row of the values read from it; a thread formats, encodes and writes
+them in batches, every FLUSH_INTERVAL or as soon as BATCH_LINES wait, so no request waits on a disk or on
+journald; past MAX_PENDING rows (a stuck stderr) lines are dropped and counted, never held unbounded. A path is opened append-only, 0640, and
 reopened by the writer on SIGHUP (logrotate), between two batches.
 """
 
@@ -33,8 +33,11 @@ __all__ = ("ACCESS_LOG", "AccessEntry", "AccessLine", "AccessLog")
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.25  # seconds a line may wait in memory
-BATCH_BYTES = 64 * 1024  # a batch this large is written at once
-MAX_PENDING = 8 * 1024 * 1024  # past this (the writer is stuck), new lines are dropped and counted
+BATCH_LINES = 256  # a batch this large is written at once
+MAX_PENDING = 50_000  # lines; past this (the writer is stuck), new ones are dropped and counted
+# What ``record`` keeps of a request: arrival, request id, method, raw path, status, error code,
+# seconds, project id, token hint, bytes in, bytes out, Cache-Status.
+_Row = tuple[float, Any, str, str, int, Any, float, Any, Any, int, int, Any]
 
 
 class AccessEntry(msgspec.Struct):
@@ -61,9 +64,9 @@ class AccessLog:
         self.target = target
         self.dropped = 0
         self._cache_enabled = cache_enabled
-        self._buffer = bytearray()
-        self._encode_into = msgspec.json.Encoder().encode_into
-        self._second = -1  # the whole second whose "YYYY-MM-DDTHH:MM:SS" is in _stamp
+        self._rows: list[_Row] = []
+        self._encode_lines = msgspec.json.Encoder().encode_lines
+        self._second = -1  # the whole second whose "YYYY-MM-DDTHH:MM:SS" is in _stamp (writer thread's)
         self._stamp = ""
         self._fd = -1
         self._lock = threading.Lock()  # one write or reopen at a time, in the writer thread
@@ -75,45 +78,35 @@ class AccessLog:
     # --- the loop side -------------------------------------------------------------------------
 
     def record(self, request: web.BaseRequest, response: web.StreamResponse, seconds: float) -> None:
-        """Encode one line for ``request``, answered with ``response`` after ``seconds``."""
-        buffer = self._buffer
-        if len(buffer) >= MAX_PENDING:
+        """Keep one row for ``request``, answered with ``response`` after ``seconds``: only reads here;
+        formatting and encoding are the writer thread's, a batch at a time."""
+        rows = self._rows
+        if len(rows) >= MAX_PENDING:
             self.dropped += 1
             return
-        state: dict[Any, Any] = (
-            request._state
-        )  # aiohttp internal: Mapping.get raises and catches per missing key
-        arrived = time.time() - seconds
-        second = int(arrived)
-        if second != self._second:
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        path = request.raw_path
-        if "?" in path:
-            path, _, query = path.partition("?")
-            path = f"{path}?{redact_query(query)}"
+        state: dict[Any, Any] = request._state  # aiohttp's: Mapping.get would raise and catch per miss
         caller = state.get(CALLER)
         cache = None
         if self._cache_enabled:
             statuses = response.headers.getall("Cache-Status", None)
             cache = statuses[-1] if statuses else None  # ours comes after an upstream's own
-        entry = AccessEntry(
-            f"{self._stamp}.{int((arrived - second) * 1e6):06d}Z",
-            state.get(REQUEST_ID),
-            request.method,
-            path,
-            response.status,
-            state.get(ERROR_CODE),
-            round(seconds * 1000.0, 3),
-            caller.project_id if caller is not None else None,
-            caller.token_hint if caller is not None else None,
-            request.content.total_bytes,
-            response.body_length,
-            cache,
+        rows.append(
+            (
+                time.time() - seconds,
+                state.get(REQUEST_ID),
+                request.method,
+                request.raw_path,
+                response.status,
+                state.get(ERROR_CODE),
+                seconds,
+                caller.project_id if caller is not None else None,
+                caller.token_hint if caller is not None else None,
+                request.content.total_bytes,
+                response.body_length,
+                cache,
+            )
         )
-        self._encode_into(entry, buffer, -1)
-        buffer += b"\n"
-        if len(buffer) >= BATCH_BYTES:
+        if len(rows) >= BATCH_LINES:
             self._due.set()
 
     def reopen(self) -> None:
@@ -134,9 +127,9 @@ class AccessLog:
         """Hand what is buffered to the writer thread and wait for it (one batch at a time)."""
         if self._writing is not None and not self._writing.done():
             await asyncio.wait([self._writing])  # a batch cut short by cancellation still finishes first
-        if not self._buffer and not self._reopen:
+        if not self._rows and not self._reopen:
             return
-        batch, self._buffer = self._buffer, bytearray()
+        batch, self._rows = self._rows, []
         self._writing = asyncio.get_running_loop().run_in_executor(None, self._write, batch)
         await asyncio.shield(self._writing)
 
@@ -163,12 +156,14 @@ class AccessLog:
 
     # --- the writer thread ---------------------------------------------------------------------
 
-    def _write(self, batch: bytearray) -> None:
+    def _write(self, batch: list[_Row]) -> None:
         with self._lock:
             if self._reopen:
                 self._reopen = False
                 self._reopen_file()
-            view = memoryview(batch)
+            if not batch:
+                return
+            view = memoryview(self._encode_lines(self._entries(batch)))
             while view:
                 try:
                     view = view[os.write(self._fd, view) :]
@@ -180,6 +175,53 @@ class AccessLog:
                     self._failing = True
                     return
             self._failing = False
+
+    def _entries(self, batch: list[_Row]) -> list[AccessEntry]:
+        """The rows as lines' entries: one loop with its names local (a call per row costs ~10%)."""
+        entries = []
+        append, entry, whole_second = entries.append, AccessEntry, self._whole_second
+        for (
+            arrived,
+            request_id,
+            method,
+            path,
+            status,
+            error,
+            seconds,
+            project,
+            token,
+            size_in,
+            size_out,
+            cache,
+        ) in batch:
+            second = int(arrived)
+            if "?" in path:
+                path, _, query = path.partition("?")
+                path = f"{path}?{redact_query(query)}"
+            append(
+                entry(
+                    f"{whole_second(second)}.{int((arrived - second) * 1e6):06d}Z",
+                    request_id,
+                    method,
+                    path,
+                    status,
+                    error,
+                    int(seconds * 1e6) / 1000,
+                    project,
+                    token,
+                    size_in,
+                    size_out,
+                    cache,
+                )
+            )
+        return entries
+
+    def _whole_second(self, second: int) -> str:
+        """``YYYY-MM-DDTHH:MM:SS`` of ``second`` (UTC), formatted once per second."""
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return self._stamp
 
     def _reopen_file(self) -> None:
         if self.target == "-":
