@@ -157,6 +157,7 @@ class LogSettings(msgspec.Struct, frozen=True):
     level: str = "info"
     format: str = "text"
     file: str = ""
+    access: str = "-"  # ACCESS_LOG: "-" stderr, "off", or a path
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -230,6 +231,7 @@ _VARS: dict[str, tuple[str, str, Any]] = {
     "LOG_LEVEL": ("log", "level", choice("debug", "info", "warning", "error", "critical")),
     "LOG_FORMAT": ("log", "format", choice("text", "json")),
     "LOG_FILE": ("log", "file", text),
+    "ACCESS_LOG": ("log", "access", lambda v: "off" if str(v).strip().lower() == "off" else str(v) or "-"),
 }
 
 ENV_VARS = tuple(_VARS)

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 __all__ = (
+    "FINAL_REFUSALS",
     "ClientBodyTimeout",
     "ConfigError",
     "Outcome",
@@ -112,11 +113,24 @@ class Outcome(enum.Enum):
         return refusal
 
 
+# Refusals that the same request can never turn into a success by being sent again: answered with
+# ``x-should-retry: false``, which the OpenAI SDKs obey (they would retry a 429 twice in vain).
+FINAL_REFUSALS = frozenset(
+    {
+        Refusal.QUOTA_EXCEEDED,
+        Refusal.MISSING_TOKEN,
+        Refusal.INVALID_TOKEN,
+        Refusal.TOKEN_REVOKED,
+        Refusal.TOKEN_EXPIRED,
+    }
+)
+
+
 class ProxyError(Exception):
     """A refusal with an optional message, extra fields (``param``) and response headers.
 
-    ``project_id``/``token_id`` name whose token was refused, when it is known, for the audit record;
-    they never reach the client.
+    ``project_id``/``token_id`` name whose token was refused, when it is known, for the audit record, and
+    ``token_hint`` (``sk-abcd…wxyz``) for the access log; they never reach the client.
     """
 
     def __init__(
@@ -128,6 +142,7 @@ class ProxyError(Exception):
         headers: dict[str, str] | None = None,
         project_id: str | None = None,
         token_id: str | None = None,
+        token_hint: str | None = None,
     ) -> None:
         super().__init__(message or refusal.message)
         self.refusal = refusal
@@ -136,6 +151,7 @@ class ProxyError(Exception):
         self.headers = headers or {}
         self.project_id = project_id
         self.token_id = token_id
+        self.token_hint = token_hint
 
     def body(self) -> bytes:
         return error_body(self.refusal, self.message, param=self.param)

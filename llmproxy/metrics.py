@@ -130,6 +130,11 @@ class RequestMetrics:
         self.errors: dict[tuple[str, str], int] = {}
         self.duration = _Histograms(buckets)
         self.ttfb = _Histograms(buckets)
+        self.refusals: dict[str, int] = {}  # error.code -> count; codes are errors.Refusal's (bounded)
+
+    def refused(self, code: str) -> None:
+        """A request the proxy refused itself, by its ``error.code``."""
+        self.refusals[code] = self.refusals.get(code, 0) + 1
 
     def count(self, path: str, status: int, duration_s: float, ttfb_s: float | None = None) -> None:
         """One answered request (``path`` as requested): its count, an error if >= 400, its duration and,
@@ -226,6 +231,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     request_duration_seconds: list[HistogramFigures] = []
     upstream_ttfb_seconds: list[HistogramFigures] = []
     bad_requests: dict[str, int] = {}  # reason -> count (BAD_REQUEST_REASONS)
+    refusals: dict[str, int] = {}  # error.code -> proxy requests refused with it
     cache: CacheFigures = msgspec.field(default_factory=CacheFigures)
     events: EventFigures = msgspec.field(default_factory=EventFigures)
     dispatchers: dict[str, DispatcherFigures] = {}
@@ -294,6 +300,12 @@ def prometheus_families(snapshot: Snapshot) -> Iterable[Metric]:
     for reason, n in s.bad_requests.items():
         bad.add_metric((reason,), n)
     yield bad
+    refusals = CounterMetricFamily(
+        "llm_proxy_refusals_total", "Proxy requests the proxy refused itself, by error.code", labels=("code",)
+    )
+    for code, n in sorted(s.refusals.items()):
+        refusals.add_metric((code,), n)
+    yield refusals
     for field, help_text in (
         ("hits", "Requests answered from the response cache"),
         ("misses", "Cacheable lookups that found nothing"),

@@ -19,10 +19,11 @@ from typing import TypeVar
 
 import msgspec
 
+from llmproxy.auth.grant import Grant
 from llmproxy.auth.invalidation import Invalidations
 from llmproxy.auth.ratelimit import RateLimiter
 from llmproxy.auth.shared_ratelimit import SharedRateLimiter
-from llmproxy.auth.tokens import hash_token
+from llmproxy.auth.tokens import hash_token, token_hint
 from llmproxy.config import AuthSettings
 from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
 from llmproxy.store.base import Project, Store, Token, TokenUsage
@@ -35,20 +36,6 @@ FLUSH_INTERVAL = 1.0
 NEGATIVE_TTL = 5.0  # unknown tokens are remembered this long (at most key_cache_ttl)
 _PRUNE_EVERY = 60  # flush ticks between sweeps of idle rate-limit windows
 T = TypeVar("T")
-
-
-class Grant(msgspec.Struct, frozen=True):
-    """What an allowed token may do: where to forward, with which key, under which limits."""
-
-    token_id: str
-    project_id: str
-    api_key: str
-    upstream_base_url: str | None
-    max_requests: int | None
-    rate_limit_per_minute: int | None
-
-    def __repr__(self) -> str:  # never the upstream key, even in a debug log
-        return f"Grant(token_id={self.token_id!r}, project_id={self.project_id!r})"
 
 
 class _Entry:
@@ -140,21 +127,22 @@ class Authority:
         if entry is None or entry.stale_at <= now:
             entry = await self._lookup(token_hash)
         if entry.refusal is not None:
-            raise ProxyError(entry.refusal)
+            raise _refused(entry.refusal, entry, raw_token)
         if entry.expires_at is not None and entry.expires_at <= now:
-            raise ProxyError(Refusal.TOKEN_EXPIRED)
+            raise _refused(Refusal.TOKEN_EXPIRED, entry, raw_token)
         grant = entry.grant
         if grant is None:
-            raise ProxyError(Refusal.PROJECT_INACTIVE, project_id=entry.project_id, token_id=entry.token_id)
+            raise _refused(Refusal.PROJECT_INACTIVE, entry, raw_token)
         if entry.exhausted:
-            raise ProxyError(Refusal.QUOTA_EXCEEDED)
+            raise _refused(Refusal.QUOTA_EXCEEDED, entry, raw_token)
         limit = grant.rate_limit_per_minute
         if limit is not None:
             shared = self._shared_limiter  # when Redis cannot answer (None), this instance counts alone
             verdict = await shared.hit(grant.token_id, limit) if shared is not None else None
-            allowed, retry_after = verdict or self._limiter.hit(grant.token_id, limit, now)
-            if not allowed:
-                raise ProxyError(Refusal.RATE_LIMITED, headers={"Retry-After": str(retry_after)})
+            verdict = verdict or self._limiter.hit(grant.token_id, limit, now)
+            if not verdict.allowed:
+                raise _refused(Refusal.RATE_LIMITED, entry, raw_token, verdict.refusal_headers())
+            return msgspec.structs.replace(grant, window=verdict)  # its x-ratelimit-* headers
         return grant
 
     async def count_request(self, grant: Grant) -> None:
@@ -179,7 +167,7 @@ class Authority:
             raise ProxyError(Refusal.TOKEN_REVOKED if token is not None else Refusal.INVALID_TOKEN)
         if entry is not None:
             entry.exhausted = True
-        raise ProxyError(Refusal.QUOTA_EXCEEDED)
+        raise ProxyError(Refusal.QUOTA_EXCEEDED, project_id=grant.project_id, token_id=token_id)
 
     def count_cache_hit(self, grant: Grant) -> None:
         """A response served from the HTTP cache: counted in cache_hit_count, not request_count."""
@@ -383,8 +371,19 @@ def _new_entry(
             upstream_base_url=project.upstream_base_url,
             max_requests=token.max_requests,
             rate_limit_per_minute=token.rate_limit_per_minute,
+            token_hint=token.token_hint,
         )
     return _Entry(token_hash, stale_at, token=token, grant=grant)
+
+
+def _refused(
+    refusal: Refusal, entry: _Entry, raw_token: str, headers: dict[str, str] | None = None
+) -> ProxyError:
+    """A refusal naming whose token it was (audit, access log): its hint, and its ids when known."""
+    hint = token_hint(raw_token)
+    return ProxyError(
+        refusal, headers=headers, project_id=entry.project_id, token_id=entry.token_id, token_hint=hint
+    )
 
 
 def _timestamp(moment: datetime | None) -> float | None:

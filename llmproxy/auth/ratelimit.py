@@ -1,102 +1,151 @@
-"""Per-token requests-per-minute limit, in this process: a sliding-window counter.
+"""Per-token requests-per-minute limit, in this process: a sliding window log.
 
-Each token keeps the counts of the current and the previous fixed minute; the requests of the last
-60 s are estimated as ``previous * (unseen part of the previous minute) + current``. That is O(1)
-memory per token, has no burst at window edges (unlike a fixed window), and gives an exact
-``Retry-After``. Only allowed requests are counted, so a client hammering a limit still gets through
-as the window slides. Several proxy instances each allow the full rate: shared limits are
-``shared_ratelimit.py``'s, with this one as the fallback while Redis is unreachable.
+Each token keeps the times of its allowed requests of the last 60 s, so no 60 s span ever holds more than
+``limit``, and a refusal's ``Retry-After`` is when the oldest request that matters leaves the window:
+exact, never more than 60 s (``shared_ratelimit.py`` keeps the same log in Redis). Requests less than
+``GRAIN`` apart share one entry stamped with the latest of them, so a token holds at most 60/GRAIN + 1
+entries whatever its limit; that errs by less than GRAIN on the strict side. Only allowed requests are
+logged: a client hammering a limit still gets through as the window slides.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
+from typing import NamedTuple
 
-__all__ = ("RateLimiter",)
+__all__ = ("GRAIN", "WINDOW", "RateLimiter", "RateVerdict")
 
 WINDOW = 60.0
+GRAIN = 0.5
+# OpenAI's names (SDKs and users read them); ours move under PREFIXED when the upstream sent its own.
+_NAMES = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+_PREFIXED = tuple("x-llmproxy-" + name[2:] for name in _NAMES)
 
 
-class _Window:
-    __slots__ = ("start", "previous", "current")
+class RateVerdict(NamedTuple):
+    """One request's answer from a limiter."""
 
-    def __init__(self, start: float) -> None:
-        self.start = start
-        self.previous = 0
-        self.current = 0
+    allowed: bool
+    retry_after: int  # whole seconds until one more request would be allowed (0 when allowed), 1..60
+    limit: int
+    remaining: int  # requests still allowed in the window, this one counted
+    reset: float  # seconds until the oldest counted request leaves the window (a slot frees)
+
+    def headers(self, upstream: Container[str] = ()) -> list[tuple[str, str]]:
+        """OpenAI-style ``x-ratelimit-*-requests``. ``upstream`` holds the header names of the upstream's
+        answer: when it sent its own ``x-ratelimit-limit-requests`` (OpenAI does, for the organisation's
+        key), ours are ``x-llmproxy-ratelimit-*`` so that theirs pass through untouched."""
+        names = _PREFIXED if _NAMES[0] in upstream else _NAMES
+        values = (str(self.limit), str(self.remaining), _duration(self.reset))
+        return list(zip(names, values, strict=True))
+
+    def refusal_headers(self) -> dict[str, str]:
+        """A rate-limited 429's: ``Retry-After`` and the window (no upstream answer to defer to)."""
+        return {"Retry-After": str(self.retry_after), **dict(self.headers())}
+
+
+class _Log:
+    """One token's allowed requests: entry i is ``counts[i]`` requests, the latest at ``stamps[i]``."""
+
+    __slots__ = ("stamps", "counts", "total", "opened")
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self.counts: list[int] = []
+        self.total = 0
+        self.opened = -math.inf  # when the last entry began: requests within GRAIN of it join it
 
 
 class RateLimiter:
-    """``hit(key, limit)`` → (allowed, retry_after_seconds); the clock is injectable for tests."""
+    """``hit(key, limit)`` → RateVerdict; the clock is injectable for tests."""
 
     def __init__(self, *, max_keys: int = 100_000, clock: Callable[[], float] = time.time) -> None:
-        self._windows: dict[str, _Window] = {}
+        self._logs: dict[str, _Log] = {}
         self._max_keys = max(1, max_keys)
         self._clock = clock
 
     def __len__(self) -> int:
-        return len(self._windows)
+        return len(self._logs)
 
-    def hit(self, key: str, limit: int, now: float | None = None) -> tuple[bool, int]:
-        """Count one request for ``key`` if it is within ``limit`` per minute.
+    def entries(self, key: str) -> int:
+        """How many entries ``key`` holds (its memory), for tests and diagnostics."""
+        log = self._logs.get(key)
+        return 0 if log is None else len(log.stamps)
 
-        Returns (True, 0) when allowed, else (False, whole seconds until one more would be allowed, ≥ 1).
-        """
+    def hit(self, key: str, limit: int, now: float | None = None) -> RateVerdict:
+        """Count one request for ``key`` if fewer than ``limit`` were allowed in the last 60 s."""
         if now is None:
             now = self._clock()
         if limit <= 0:
-            return False, int(WINDOW)
-        window = self._windows.get(key)
-        if window is None:
-            if len(self._windows) >= self._max_keys:
+            return RateVerdict(False, int(WINDOW), 0, 0, WINDOW)
+        log = self._logs.get(key)
+        if log is None:
+            if len(self._logs) >= self._max_keys:
                 self.prune(now)
-            window = self._windows[key] = _Window(now - now % WINDOW)
-        _slide(window, now)
-        elapsed = now - window.start
-        estimate = window.previous * (WINDOW - elapsed) / WINDOW + window.current
-        if estimate + 1 <= limit:
-            window.current += 1
-            return True, 0
-        return False, _retry_after(window, limit, elapsed)
+            log = self._logs[key] = _Log()
+        else:
+            _expire(log, now)
+        stamps = log.stamps
+        if log.total < limit:
+            log.total += 1
+            if now - log.opened < GRAIN:
+                stamps[-1] = max(stamps[-1], now)
+                log.counts[-1] += 1
+            else:
+                stamps.append(now)
+                log.counts.append(1)
+                log.opened = now
+            return RateVerdict(True, 0, limit, limit - log.total, _until(stamps[0], now))
+        # Refused: total - limit + 1 of the logged requests must leave first, the oldest first.
+        due, counts, i = log.total - limit + 1, log.counts, 0
+        while due > counts[i]:
+            due -= counts[i]
+            i += 1
+        wait = _until(stamps[i], now)
+        return RateVerdict(False, max(1, math.ceil(wait - 1e-9)), limit, 0, wait)
 
     def forget(self, key: str) -> None:
-        self._windows.pop(key, None)
+        self._logs.pop(key, None)
 
     def prune(self, now: float | None = None) -> None:
-        """Drop keys idle for two windows; if still full, the oldest tenth (amortised O(1) per key)."""
+        """Drop keys idle for a window; if still full, the oldest tenth (amortised O(1) per key)."""
         if now is None:
             now = self._clock()
-        horizon = now - 2 * WINDOW
-        for key in [k for k, w in self._windows.items() if w.start <= horizon]:
-            del self._windows[key]
-        if len(self._windows) >= self._max_keys:
-            excess = len(self._windows) - self._max_keys + max(1, self._max_keys // 10)
-            for key in list(self._windows)[:excess]:
-                del self._windows[key]
+        horizon = now - WINDOW
+        for key in [k for k, log in self._logs.items() if not log.stamps or log.stamps[-1] <= horizon]:
+            del self._logs[key]
+        if len(self._logs) >= self._max_keys:
+            excess = len(self._logs) - self._max_keys + max(1, self._max_keys // 10)
+            for key in list(self._logs)[:excess]:
+                del self._logs[key]
 
 
-def _slide(window: _Window, now: float) -> None:
-    """Move the window so that ``now`` falls in its current minute."""
-    elapsed = now - window.start
-    if elapsed < WINDOW:
+def _expire(log: _Log, now: float) -> None:
+    """Drop the entries a full window old (as Redis drops scores <= now - window)."""
+    stamps = log.stamps
+    if not stamps or stamps[0] > now - WINDOW:
         return
-    start = now - now % WINDOW
-    window.previous = window.current if elapsed < 2 * WINDOW else 0
-    window.current = 0
-    window.start = start
+    horizon = now - WINDOW
+    gone = 0
+    while gone < len(stamps) and stamps[gone] <= horizon:
+        log.total -= log.counts[gone]
+        gone += 1
+    del stamps[:gone], log.counts[:gone]
 
 
-def _retry_after(window: _Window, limit: int, elapsed: float) -> int:
-    """Seconds until ``estimate + 1 <= limit`` holds again, assuming no other request is allowed."""
-    room = limit - 1 - window.current  # how much of the previous minute may still weigh in
-    if room >= 0 and window.previous > 0:
-        # previous * (WINDOW - t) / WINDOW <= room  ⇔  t >= WINDOW * (1 - room / previous)
-        wait = WINDOW * (1 - room / window.previous) - elapsed
-    else:
-        # Only after this minute ends, when the current count becomes the previous one.
-        until_next = WINDOW - elapsed
-        weighted = WINDOW * (1 - (limit - 1) / window.current) if window.current else 0.0
-        wait = until_next + max(0.0, weighted)
-    return max(1, math.ceil(wait - 1e-9))
+def _until(stamp: float, now: float) -> float:
+    """Seconds until a request logged at ``stamp`` leaves the window; never more than the window
+    (a clock stepped back must not ask for longer)."""
+    return min(WINDOW, max(0.0, stamp + WINDOW - now))
+
+
+def _duration(seconds: float) -> str:
+    """As OpenAI writes them: ``20ms``, ``1s``, ``59.5s``, ``1m0s``."""
+    ms = round(seconds * 1000)
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:g}s"
+    return f"{ms // 60_000}m{(ms % 60_000) / 1000:g}s"

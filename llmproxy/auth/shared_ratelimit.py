@@ -16,6 +16,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from llmproxy.auth.ratelimit import RateVerdict
 from llmproxy.config import RedisSettings, Settings
 from llmproxy.redis_client import connect_redis
 from llmproxy.redis_keys import PREFIX, rate_limit_prefix
@@ -30,7 +31,8 @@ REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 REDIS_TIMEOUT = 0.25  # a limited request waits at most this long (twice: one retry) on a Redis going away
 
 # KEYS[1]: the token's log; ARGV[1]: its limit; ARGV[2]: the window in µs.
-# Returns 0 when the request is counted, else the µs until one more would be allowed.
+# Returns {µs until one more would be allowed (0: this one is counted), requests left, µs until the
+# oldest logged request leaves the window}.
 _SCRIPT = """
 local key, limit, window = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
 local clock = redis.call('TIME')
@@ -41,10 +43,12 @@ if count < limit then
   local stamp = now
   while redis.call('ZADD', key, 'NX', stamp, stamp) == 0 do stamp = stamp + 1 end
   redis.call('PEXPIRE', key, math.ceil(window / 1000))
-  return 0
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return {0, limit - count - 1, math.max(0, tonumber(first[2]) + window - now)}
 end
 local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now)
+local wait = math.max(1, tonumber(oldest[2]) + window - now)
+return {wait, 0, wait}
 """
 
 
@@ -77,20 +81,23 @@ class SharedRateLimiter:
         self._failed = asyncio.Event()  # set when a call fails: wakes ``run``
         self.degraded = False
 
-    async def hit(self, token_id: str, limit: int) -> tuple[bool, int] | None:
+    async def hit(self, token_id: str, limit: int) -> RateVerdict | None:
         """Count one request of ``token_id`` if under ``limit`` per minute; one Redis round trip."""
         if self.degraded:
             return None
         if limit <= 0:
-            return False, WINDOW_US // 1_000_000
+            return RateVerdict(False, WINDOW_US // 1_000_000, 0, 0, WINDOW_US / 1e6)
         try:
-            wait_us = await self._script(keys=(self._prefix + token_id,), args=(limit, WINDOW_US))
+            wait_us, remaining, reset_us = await self._script(
+                keys=(self._prefix + token_id,), args=(limit, WINDOW_US)
+            )
         except REDIS_ERRORS as exc:
             self._fail(exc)
             return None
+        reset = min(int(reset_us), WINDOW_US) / 1e6  # Redis TIME and the scores are one clock: ≤ 60 s
         if wait_us == 0:
-            return True, 0
-        return False, -(-int(wait_us) // 1_000_000)
+            return RateVerdict(True, 0, limit, int(remaining), reset)
+        return RateVerdict(False, -(-min(int(wait_us), WINDOW_US) // 1_000_000), limit, 0, reset)
 
     async def run(self) -> None:
         """Load the script now, and again ``retry_every`` seconds after each failure until Redis answers."""

@@ -24,7 +24,7 @@ from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.bodies import decoded, read_whole, streamed
 from llmproxy.proxy.capture import TAIL_BYTES, BodyCapture, bounded
 from llmproxy.proxy.flow import Flow, Observer
-from llmproxy.proxy.keys import CANCEL_ON_DISCONNECT, REQUEST_ID
+from llmproxy.proxy.keys import CALLER, CANCEL_ON_DISCONNECT, REQUEST_ID
 from llmproxy.proxy.policy import Policy, allow_origin, split_target
 from llmproxy.proxy.ports import ResponseCache
 from llmproxy.proxy.relay import relay
@@ -123,7 +123,8 @@ class ProxyHandler:
     async def _authorize(self, request: web.Request) -> Grant:
         raw_token = parse_bearer(request.headers.get("Authorization"))
         try:
-            return await self._authority.check(raw_token)
+            request[CALLER] = grant = await self._authority.check(raw_token)  # whose request: access log
+            return grant
         except ProxyError as exc:
             self._audit_refusal(request, exc, None)
             raise
@@ -258,6 +259,9 @@ class ProxyHandler:
             f"proxy;dur={flow.forwarded_ms:.3f}, upstream;dur={(flow.ttfb_ms or 0.0) - flow.forwarded_ms:.3f}"
         )
         own_headers = [("X-Request-ID", flow.request_id), ("Server-Timing", timing)]
+        window = flow.grant.window
+        if window is not None:  # a rate-limited token's x-ratelimit-*, never over the upstream's own
+            own_headers.extend(window.headers(up_headers))
         cache = self._cache
         if cache is not None:
             if cache.storable(request, up.status, up_headers):

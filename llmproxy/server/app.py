@@ -28,6 +28,7 @@ from llmproxy.manage.api import ManageAPI
 from llmproxy.metrics import BadRequests
 from llmproxy.proxy.handler import ProxyHandler
 from llmproxy.proxy.pool import UpstreamPool
+from llmproxy.server.access_log import ACCESS_LOG, AccessLog
 from llmproxy.server.health import HealthRoutes, Probe
 from llmproxy.server.middleware import request_middleware
 from llmproxy.server.observability import Observability
@@ -133,6 +134,17 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         if cache is not None:
             await cache.aclose()  # after the proxy: its last stores are written, then Redis is closed
 
+    access_log = AccessLog(settings.log.access, cache_enabled=settings.cache.enabled)
+
+    async def access_log_ctx(app: web.Application) -> AsyncIterator[None]:
+        access_log.open()
+        task = asyncio.get_running_loop().create_task(access_log.run(), name="access-log-writer")
+        yield  # torn down last: every request, drained ones included, has its line by then
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await access_log.aclose()
+
     app = web.Application(middlewares=[request_middleware], client_max_size=1024 * 1024)
     app[STORE] = store
     app[PIPELINE] = pipeline
@@ -146,6 +158,9 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         cluster.append(_owned_task("invalidation-listener", listen, invalidations.aclose))
         probes["invalidations"] = invalidations.state
     app[BAD_REQUESTS] = bad_requests = BadRequests()
+    if settings.log.access != "off":
+        app[ACCESS_LOG] = access_log  # make_runner hands it to aiohttp's access-log hook
+        app.cleanup_ctx.append(access_log_ctx)
     app.cleanup_ctx.extend(
         [
             store_ctx,

@@ -29,6 +29,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from llmproxy.config import ServerSettings
+from llmproxy.context import ERROR_CODE
 from llmproxy.errors import ClientBodyTimeout, Refusal, error_body
 from llmproxy.metrics import BadRequests
 from llmproxy.proxy.keys import CANCEL_ON_DISCONNECT
@@ -38,6 +39,7 @@ __all__ = ("EdgeProtocol", "EdgeRunner", "bad_request_reason")
 
 log = logging.getLogger(__name__)
 
+_CLIENT_CLOSED = 499  # nginx's "client closed request"
 # What a connection is waiting for: nothing, its first request, the rest of a head, body bytes.
 _IDLE, _FIRST, _HEAD, _BODY = range(4)
 _CLIENT_CLOSED = 499  # nginx's "client closed request": an answer nobody is left to receive
@@ -76,6 +78,7 @@ class EdgeProtocol(RequestHandler):
         "_since",
         "_body",
         "_watchdog",
+        "_started",
     )
 
     def __init__(
@@ -95,6 +98,7 @@ class EdgeProtocol(RequestHandler):
         self._since = 0.0  # when the head began, or when the body last made progress
         self._body: StreamReader | None = None  # the body being received (phase _BODY)
         self._watchdog: asyncio.TimerHandle | None = None
+        self._started: float | None = None  # aiohttp's start time of the request in progress (access log)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -141,6 +145,13 @@ class EdgeProtocol(RequestHandler):
         # write to the database and must finish (aiohttp's handler_cancellation would cancel them all).
         if request is not None and handler is not None and request.get(CANCEL_ON_DISCONNECT):
             handler.cancel()
+            # aiohttp logs no access for a cancelled handler: this line is the request's only trace
+            self.log_access(request, web.Response(status=_CLIENT_CLOSED), self._started)
+
+    def _handle_request(self, request: web.BaseRequest, start_time: float | None, handler: Any) -> Any:
+        """aiohttp's, remembering when the request began (a plain call: no coroutine frame added)."""
+        self._started = start_time
+        return super()._handle_request(request, start_time, handler)
 
     def handle_error(
         self,
@@ -163,6 +174,7 @@ class EdgeProtocol(RequestHandler):
         self._bad_requests.count(reason)
         log.debug("malformed request from %s refused: %s", request.remote, reason)
         body = error_body(Refusal.BAD_REQUEST, _MESSAGES[reason])
+        request[ERROR_CODE] = Refusal.BAD_REQUEST.code  # for the access log
         response = web.Response(status=status, body=body, content_type="application/json")
         response.force_close()
         return response

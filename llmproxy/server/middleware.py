@@ -9,7 +9,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from llmproxy.errors import ClientBodyTimeout, ProxyError, Refusal, error_body
+from llmproxy.context import CALLER, ERROR_CODE
+from llmproxy.errors import FINAL_REFUSALS, ClientBodyTimeout, ProxyError, Refusal, error_body
 from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.keys import REQUEST_ID
 
@@ -36,8 +37,13 @@ def _request_id(request: web.Request) -> str:
     return uuid4_hex()
 
 
-def _error_response(exc: ProxyError, request_id: str) -> web.Response:
+def _error_response(request: web.Request, exc: ProxyError, request_id: str) -> web.Response:
+    request[ERROR_CODE] = exc.refusal.code  # read by the access log and the refusal counter
+    if CALLER not in request:  # refused before a grant: the error names whose token it was, if known
+        request[CALLER] = exc
     headers = {"X-Request-ID": request_id, **exc.headers}
+    if exc.refusal in FINAL_REFUSALS:
+        headers["x-should-retry"] = "false"
     return web.Response(status=exc.refusal.status, body=exc.body(), content_type=_JSON, headers=headers)
 
 
@@ -48,7 +54,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         response = await handler(request)
     except ProxyError as exc:
-        return _error_response(exc, request_id)
+        return _error_response(request, exc, request_id)
     except web.HTTPException as exc:
         refusal = _HTTP_REFUSALS.get(exc.status)
         if refusal is None or exc.status < 400:
@@ -57,17 +63,18 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         if exc.status == 405 and "Allow" in exc.headers:
             headers["Allow"] = exc.headers["Allow"]
         body = error_body(refusal, exc.reason if exc.status != 404 else "Not found")
+        request[ERROR_CODE] = refusal.code
         return web.Response(status=exc.status, body=body, content_type=_JSON, headers=headers)
     except ClientBodyTimeout:
-        return _error_response(ProxyError(Refusal.REQUEST_TIMEOUT), request_id)
+        return _error_response(request, ProxyError(Refusal.REQUEST_TIMEOUT), request_id)
     except HttpProcessingError:  # the body's framing broke (server/edge.py)
-        return _error_response(ProxyError(Refusal.BAD_REQUEST, "Malformed request body"), request_id)
+        return _error_response(request, ProxyError(Refusal.BAD_REQUEST, "Malformed request body"), request_id)
     except Exception as exc:
         if isinstance(exc, ConnectionError) and request.transport is None:  # e.g. gone mid-body: no error
             log.debug("client hung up on %s %s (request_id=%s)", request.method, request.path, request_id)
             return web.Response(status=_CLIENT_CLOSED)
         log.exception("unhandled error on %s %s (request_id=%s)", request.method, request.path, request_id)
-        return _error_response(ProxyError(Refusal.INTERNAL), request_id)
+        return _error_response(request, ProxyError(Refusal.INTERNAL), request_id)
     if not response.prepared:
         response.headers.setdefault("X-Request-ID", request_id)
     return response

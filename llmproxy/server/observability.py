@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from llmproxy.config import Settings
+from llmproxy.context import ERROR_CODE
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.metrics import (
     BadRequests,
@@ -141,6 +142,8 @@ class Observability:
         try:
             response = await handler(request)
             status = response.status
+            if status >= 400 and (code := request.get(ERROR_CODE)) is not None:
+                self.requests.refused(code)
             timings = response.headers.getall("Server-Timing", None)
             if timings is not None:
                 ttfb = upstream_ttfb(timings[-1])
@@ -179,6 +182,7 @@ class Observability:
             request_duration_seconds=r.duration.figures(),
             upstream_ttfb_seconds=r.ttfb.figures(),
             bad_requests=dict(self._bad_requests.counts),
+            refusals=dict(r.refusals),
             cache=self._cache_figures(),
             events=EventFigures(
                 published=bus.get("published", 0),

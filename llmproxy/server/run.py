@@ -16,6 +16,7 @@ from llmproxy.config import Settings
 from llmproxy.errors import StartupError, StoreUnavailable
 from llmproxy.events.bus import BusUnavailable
 from llmproxy.loop import run_loop
+from llmproxy.server.access_log import ACCESS_LOG, AccessLine
 from llmproxy.server.app import BAD_REQUESTS, PIPELINE, build_app
 from llmproxy.server.edge import EdgeRunner
 from llmproxy.server.routing import route_proxy_first
@@ -32,12 +33,14 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     body on the way in, and the proxy must forward the bytes the client sent under the framing it
     announced (``llmproxy.codings`` decodes a bounded copy where a body must be read).
     """
+    access_log = app.get(ACCESS_LOG)  # None: ACCESS_LOG=off, and aiohttp skips its hook altogether
     return EdgeRunner(
         app,
         settings.server,
         app[BAD_REQUESTS],
         handle_signals=False,
-        access_log=None,
+        access_log=access_log,  # AccessLine's "logger": our AccessLog
+        access_log_class=AccessLine,
         shutdown_timeout=settings.server.shutdown_timeout,
         auto_decompress=False,
     )
@@ -68,9 +71,13 @@ async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> Non
         loop.add_signal_handler(sig, stop.set)
     pipeline = app[PIPELINE]
 
+    access_log = app.get(ACCESS_LOG)
+
     def reopen() -> None:  # SIGHUP: logrotate moved our files
         logs.reopen_files()
         pipeline.reopen()
+        if access_log is not None:
+            access_log.reopen()
 
     loop.add_signal_handler(signal.SIGHUP, reopen)
     log.info("llm-proxy listening on %s", settings.server.listen_addr)

@@ -174,3 +174,12 @@ def test_loaded_settings_and_their_sections_are_frozen() -> None:
         s.upstream.base_url = "http://127.0.0.1:1"  # type: ignore[misc]
     with pytest.raises(AttributeError):
         s.metrics_enabled = False  # type: ignore[misc]
+
+
+def test_access_log_is_stderr_by_default_and_off_or_a_path_when_set() -> None:
+    assert config.load({}).log.access == "-"
+    assert config.load({"ACCESS_LOG": "OFF"}).log.access == "off"
+    assert (
+        config.load({"ACCESS_LOG": "/var/log/llm-proxy/access.log"}).log.access
+        == "/var/log/llm-proxy/access.log"
+    )

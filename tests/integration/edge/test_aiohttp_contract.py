@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 from aiohttp import web
 
@@ -20,6 +21,7 @@ async def test_the_aiohttp_internals_the_edge_builds_on_are_still_there() -> Non
         "_request_in_progress",
         "_current_request",
         "_task_handler",
+        "_logging_enabled",
     }
     assert used <= state, used - state
     for method in (
@@ -31,6 +33,10 @@ async def test_the_aiohttp_internals_the_edge_builds_on_are_still_there() -> Non
         "force_close",
     ):
         assert callable(getattr(RequestHandler, method))
+    # the access log's start time of a request (EdgeProtocol._handle_request) and its hook
+    handle = inspect.signature(RequestHandler._handle_request)
+    assert list(handle.parameters) == ["self", "request", "start_time", "request_handler"]
+    assert callable(RequestHandler.log_access) and "access_logger" in state
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return web.Response()

@@ -27,13 +27,14 @@ async def test_a_valid_token_is_granted_its_project_key_upstream_and_limits(stor
     project = store.add_project(api_key="sk-upstream-secret-0123456789")
     raw, token = store.add_token(project, max_requests=10, rate_limit_per_minute=60)
     grant = await authority.check(raw)
-    assert grant == Grant(
+    assert msgspec.structs.replace(grant, window=None) == Grant(
         token_id=token.id,
         project_id=project.id,
         api_key="sk-upstream-secret-0123456789",
         upstream_base_url="http://127.0.0.1:9/v1",
         max_requests=10,
         rate_limit_per_minute=60,
+        token_hint=token.token_hint,
     )
 
 
@@ -151,6 +152,43 @@ async def test_rate_limit_refuses_with_429_and_retry_after(store, authority) -> 
     error = await refusal(authority, raw)
     assert (error.refusal.status, error.refusal.code) == (429, "rate_limited")
     assert int(error.headers["Retry-After"]) >= 1
+
+
+async def test_a_rate_limited_refusal_says_limit_remaining_and_reset_openai_style(
+    store, authority, clock
+) -> None:
+    raw, _ = store.add_token(store.add_project(), rate_limit_per_minute=2)
+    await authority.check(raw)
+    clock.advance(20)
+    await authority.check(raw)
+    clock.advance(10)
+    error = await refusal(authority, raw)
+    assert error.headers == {
+        "Retry-After": "30",
+        "x-ratelimit-limit-requests": "2",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "30s",
+    }
+
+
+async def test_an_allowed_limited_token_carries_its_window_and_an_unlimited_one_none(
+    store, authority
+) -> None:
+    limited, _ = store.add_token(store.add_project(), rate_limit_per_minute=5)
+    unlimited, _ = store.add_token(store.add_project())
+    window = (await authority.check(limited)).window
+    assert window is not None and (window.limit, window.remaining) == (5, 4)
+    assert (await authority.check(unlimited)).window is None
+
+
+async def test_refusals_of_a_known_token_name_its_project_and_token(store, authority, clock) -> None:
+    project = store.add_project()
+    expired, expired_token = store.add_token(project, expires_at=clock.datetime(-1))
+    exhausted, exhausted_token = store.add_token(project, max_requests=1, request_count=1)
+    revoked, revoked_token = store.add_token(project, is_active=False)
+    for raw, token in ((expired, expired_token), (exhausted, exhausted_token), (revoked, revoked_token)):
+        error = await refusal(authority, raw)
+        assert (error.project_id, error.token_id) == (project.id, token.id)
 
 
 async def test_rate_limit_lets_requests_through_again_after_retry_after(store, authority, clock) -> None:
