@@ -62,7 +62,9 @@ class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     required_headers: tuple[str, ...] = ()
     max_body_bytes: int = 32 * 1024 * 1024
     timeouts: Timeouts = Timeouts()
-    max_connections: int = 200
+    # Upstream exchanges in flight (0: no limit). A stream holds one for its whole life, so this is how
+    # many open streams an instance serves; 10,000 is what one 2-core instance held (bench_streams.py).
+    max_connections: int = 10_000
     max_connections_per_host: int = 0  # 0 = no per-host limit
 
 

@@ -243,6 +243,15 @@ def _client_process(plan: list[tuple[str, bool, float]], ports: dict[bool, int],
 # --- what the orchestrating process watches ---------------------------------------------------------
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listen queue was full (all sockets)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split(), values.split(), strict=True))["ListenOverflows"])
+    return 0
+
+
 def rss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -260,7 +269,7 @@ class Prober(threading.Thread):
     def __init__(self, port: int, path: str, every: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.port, self.path, self.every = port, path, every
-        self.samples: list[float] = []
+        self.samples: list[tuple[float, float]] = []  # (sent at, round trip)
         self.failures = 0
         self.stop = threading.Event()
 
@@ -272,7 +281,7 @@ class Prober(threading.Thread):
             try:
                 conn.request("GET", self.path)
                 conn.getresponse().read()
-                self.samples.append(time.monotonic() - t0)
+                self.samples.append((t0, time.monotonic() - t0))
             except (OSError, http.client.HTTPException):
                 self.failures += 1
                 conn.close()
@@ -346,7 +355,7 @@ def run_streams(n: int, args: argparse.Namespace, up_port: int, up_pid: int) -> 
     api_config = workdir / "api_config.yaml"
     api_config.write_text(f"max_connections: {max_connections}\n")
     env = {"API_CONFIG_PATH": str(api_config), "OBSERVABILITY_BUFFER_SIZE": "10000"}
-    with proxy_server("in-memory", True, 1, up_port, extra_env=env) as px:
+    with proxy_server("in-memory", not args.no_events, 1, up_port, extra_env=env) as px:
         pid, base = px["pid"], px["base"]
         # warm-up: a few streams cut after their first chunk (imports, the token cache, the pool)
         warm = plan_streams(20, 1000.0, 1, time.monotonic(), "warm")[0]
@@ -371,27 +380,28 @@ def run_streams(n: int, args: argparse.Namespace, up_port: int, up_pid: int) -> 
         ports = {False: px["port"], True: up_port}
         box: dict[str, list[Result]] = {}
         loader = threading.Thread(
-            target=lambda: box.update(results=_run_clients(plans, ports, px["token"], deadline))
+            daemon=True,  # Ctrl-C ends the run (the client processes are daemons too)
+            target=lambda: box.update(results=_run_clients(plans, ports, px["token"], deadline)),
         )
-        load0 = os.getloadavg()
+        load0, overflows0 = os.getloadavg(), listen_overflows()
         cpu0 = bench.cpu_seconds(pid), bench.cpu_seconds(up_pid)
         loader.start()
         samples = []  # (t - t0, rss, fds)
         while loader.is_alive():
             loader.join(1.0)
             try:
-                samples.append((time.monotonic() - t0, rss_bytes(pid), open_fds(pid)))
+                samples.append((time.monotonic() - t0, rss_bytes(pid), open_fds(pid), bench.cpu_seconds(pid)))
             except OSError:  # the server died
                 break
         cpu1 = bench.cpu_seconds(pid), bench.cpu_seconds(up_pid)
-        load1 = os.getloadavg()
+        load1, overflows1 = os.getloadavg(), listen_overflows()
         for probe in probes:
             probe.stop.set()
             probe.join()
         lag_after = server_lag(base)
         results = box.get("results", [])
         settle(px["event_log"], quiet_s=1.0, timeout=120)
-        logged = event_ids(px["event_log"]) if px["event_log"].exists() else {}
+        logged = event_ids(px["event_log"]) if px["event_log"] and px["event_log"].exists() else {}
         after_rss = rss_bytes(pid)
 
     proxied = [r for r in results if not r[1]]
@@ -402,16 +412,29 @@ def run_streams(n: int, args: argparse.Namespace, up_port: int, up_pid: int) -> 
         if not (r[2] == 200 and r[5]):
             key = r[6] or f"status {r[2]}"
             errors[key] = errors.get(key, 0) + 1
-    missing = [r[0] for r in proxied if logged.get(r[0]) != (200, True)]
+    missing = [] if args.no_events else [r[0] for r in proxied if logged.get(r[0]) != (200, True)]
     plateau = [s for s in samples if ramp + 1 <= s[0] <= args.seconds - 1] or samples
     peak_rss = max((s[1] for s in plateau), default=0)
     peak_fds = max((s[2] for s in samples), default=0)
     ttfb_p = [r[3] for r in ok if r[3] is not None]
     ttfb_d = [r[3] for r in direct if r[3] is not None and r[5]]
-    probe_proxy, probe_up = probes[0].samples, probes[1].samples
+    probe_up = [rtt for _, rtt in probes[1].samples]
+    hold_end = max(ramp, args.seconds - 1)
+    phases = {"ramp": (t0, t0 + ramp), "hold": (t0 + ramp, t0 + hold_end), "run": (t0, t0 + hold_end)}
+    lag_ms = {}
+    for phase, (lo, hi) in phases.items():
+        rtts = [rtt for at, rtt in probes[0].samples if lo <= at < hi]
+        lag_ms[phase] = {"samples": len(rtts), "p50": (pct(rtts, 0.5) or 0) * 1000,
+                         "p99": (pct(rtts, 0.99) or 0) * 1000, "max": max(rtts, default=0) * 1000}  # fmt: skip
+    cpu_share = {}  # the server's CPU use, in cores, over each phase (from the 1 s samples)
+    for phase, (lo, hi) in phases.items():
+        inside = [x for x in samples if lo - t0 <= x[0] <= hi - t0]
+        if len(inside) >= 2:
+            cpu_share[phase] = (inside[-1][3] - inside[0][3]) / (inside[-1][0] - inside[0][0])
     expected_events = max(1, round(args.seconds / args.gap)) + 3  # role, a token a tick, stop, usage, [DONE]
     return {
         "streams": n,
+        "events": not args.no_events,
         "clients": clients,
         "max_connections": max_connections,
         "rate": args.rate,
@@ -428,15 +451,8 @@ def run_streams(n: int, args: argparse.Namespace, up_port: int, up_pid: int) -> 
         "idle_fds": idle_fds,
         "peak_fds": peak_fds,
         "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE),
-        "lag_probe_ms": {
-            k: (v * 1000 if v is not None else None)
-            for k, v in (
-                ("p50", pct(probe_proxy, 0.5)),
-                ("p99", pct(probe_proxy, 0.99)),
-                ("max", max(probe_proxy, default=None)),
-            )
-        },  # fmt: skip
-        "lag_probe_samples": len(probe_proxy),
+        "lag_probe_ms": lag_ms,
+        "server_cpu_cores": cpu_share,
         "lag_probe_failures": probes[0].failures,
         "floor_probe_ms": {"p50": (pct(probe_up, 0.5) or 0) * 1000, "p99": (pct(probe_up, 0.99) or 0) * 1000},
         "server_lag": lag_quantiles(lag_before, lag_after),
@@ -450,6 +466,7 @@ def run_streams(n: int, args: argparse.Namespace, up_port: int, up_pid: int) -> 
         "events_missing": len(missing),
         "server_cpu_s": cpu1[0] - cpu0[0],
         "upstream_cpu_s": cpu1[1] - cpu0[1],
+        "listen_overflows": overflows1 - overflows0,
         "loadavg_before": load0,
         "loadavg_after": load1,
         "samples": samples,
@@ -462,7 +479,7 @@ def _run_clients(plans: list[list[tuple[str, bool, float]]], ports: dict[bool, i
     pipes, procs = [], []
     for plan in plans:
         parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_client_process, args=(plan, ports, token, deadline, child))
+        proc = ctx.Process(target=_client_process, args=(plan, ports, token, deadline, child), daemon=True)
         proc.start()
         child.close()
         pipes.append(parent)
@@ -481,7 +498,7 @@ def _run_clients(plans: list[list[tuple[str, bool, float]]], ports: dict[bool, i
 
 
 def print_run(r: dict) -> None:
-    t, lag, floor = r["ttfb_ms"], r["lag_probe_ms"], r["floor_probe_ms"]
+    t, floor = r["ttfb_ms"], r["floor_probe_ms"]
     added50, added99 = t["proxy_p50"] - t["direct_p50"], t["proxy_p99"] - t["direct_p99"]
     print(f"\nN={r['streams']:,} streams of {r['seconds']:.0f} s, opened at {r['rate']:.0f}/s by {r['clients']} "
           f"client processes; max_connections {r['max_connections']}; fd limit {r['fd_limit'][0]}")  # fmt: skip
@@ -490,20 +507,27 @@ def print_run(r: dict) -> None:
     print(f"  RSS           idle {r['idle_rss_mb']:.1f} MB, all open {r['peak_rss_mb']:.1f} MB, after "
           f"{r['after_rss_mb']:.1f} MB → {r['rss_kb_per_stream']:.1f} KB per open stream")  # fmt: skip
     print(f"  fds           idle {r['idle_fds']}, peak {r['peak_fds']:,}")
-    if lag["p50"] is not None:
-        print(f"  loop lag      /health round trip p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms, max "
-              f"{lag['max']:.1f} ms ({r['lag_probe_samples']} probes, {r['lag_probe_failures']} failed; the "
-              f"fake upstream's floor p50 {floor['p50']:.2f} / p99 {floor['p99']:.2f} ms)")  # fmt: skip
+    for phase, lag in r["lag_probe_ms"].items():
+        if lag["samples"]:
+            print(f"  loop lag      {phase:<4}: /health round trip p50 {lag['p50']:.2f} ms, p99 {lag['p99']:.2f} ms, "
+                  f"max {lag['max']:.1f} ms ({lag['samples']} probes); server CPU "
+                  f"{r['server_cpu_cores'].get(phase, 0):.2f} cores")  # fmt: skip
+    print(f"                {r['lag_probe_failures']} probes failed; the fake upstream's floor p50 {floor['p50']:.2f} / "
+          f"p99 {floor['p99']:.2f} ms")  # fmt: skip
     s = r["server_lag"]
     if s.get("samples"):
         print(f"                server's 1 s timer: p50 ≤ {s['p50_le']} s, p99 ≤ {s['p99_le']} s, max ≤ "
               f"{s['max_le']} s ({s['samples']} ticks)")  # fmt: skip
     print(f"  first chunk   proxy p50 {t['proxy_p50']:.2f} / p99 {t['proxy_p99']:.2f} ms; direct p50 "
           f"{t['direct_p50']:.2f} / p99 {t['direct_p99']:.2f} ms → added p50 {added50:.2f} / p99 {added99:.2f} ms")  # fmt: skip
-    print(f"  events        {r['events_logged']:,} of {r['streams']:,} proxied streams in the JSONL log, "
-          f"{r['events_missing']} missing or not 200")  # fmt: skip
+    if not r["events"]:
+        print("  events        none: no event log, so no body captured (--no-events)")
+    else:
+        print(f"  events        {r['events_logged']:,} of {r['streams']:,} proxied streams in the JSONL log, "
+              f"{r['events_missing']} missing or not 200")  # fmt: skip
     print(f"  CPU           server {r['server_cpu_s']:.1f} s, fake upstream {r['upstream_cpu_s']:.1f} s; load "
-          f"average {r['loadavg_before'][0]:.2f} → {r['loadavg_after'][0]:.2f}")  # fmt: skip
+          f"average {r['loadavg_before'][0]:.2f} → {r['loadavg_after'][0]:.2f}; listen queue overflows "
+          f"{r['listen_overflows']} (whole machine)")  # fmt: skip
 
 
 def main() -> int:
@@ -518,6 +542,8 @@ def main() -> int:
     )
     ap.add_argument("--clients", type=int, default=0, help="load processes (default: one per 2,500 streams)")
     ap.add_argument("--max-connections", type=int, default=0, help="the pool's max_connections (default N)")
+    ap.add_argument("--no-events", action="store_true",
+                    help="no event log (no observer: no body is captured), to see what capture costs per stream")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="50 streams of 2 s: the smoke test's run")
     ap.add_argument("--json", metavar="FILE", help="write every run's figures to FILE")
     ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
