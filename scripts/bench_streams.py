@@ -80,9 +80,18 @@ def _chunk(event: dict) -> bytes:
 _BASE = {"id": "chatcmpl-streams", "object": "chat.completion.chunk", "created": 1700000000,
          "model": "gpt-4o-mini-2024-07-18"}  # fmt: skip
 FIRST_CHUNK = _chunk({**_BASE, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
-TOKEN_CHUNK = _chunk(
-    {**_BASE, "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None}]}
-)
+
+
+def token_chunk(size: int = 0) -> bytes:
+    """One content event; with ``size``, its text padded so the event is about ``size`` bytes."""
+    event = {**_BASE, "choices": [{"index": 0, "delta": {"content": " word"}, "finish_reason": None}]}
+    pad = size - len(_chunk(event))
+    if pad > 0:
+        event["choices"][0]["delta"]["content"] = " word" + "x" * pad
+    return _chunk(event)
+
+
+TOKEN_CHUNK = token_chunk()
 LAST_CHUNKS = (
     _chunk({**_BASE, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     + _chunk(
@@ -98,6 +107,7 @@ class _SlowStream(bench._UpstreamProtocol):
 
     seconds = 60.0
     gap = 1.0
+    token = TOKEN_CHUNK
 
     def _stream(self) -> None:
         loop = asyncio.get_running_loop()
@@ -109,7 +119,7 @@ class _SlowStream(bench._UpstreamProtocol):
             if transport.is_closing():
                 return
             if i < ticks:
-                transport.write(TOKEN_CHUNK)  # type: ignore[attr-defined]
+                transport.write(self.token)  # type: ignore[attr-defined]
                 loop.call_at(start + (i + 1) * self.gap, tick, i + 1)
             else:
                 transport.write(LAST_CHUNKS)  # type: ignore[attr-defined]
@@ -117,9 +127,9 @@ class _SlowStream(bench._UpstreamProtocol):
         loop.call_at(start + self.gap, tick, 1)
 
 
-def serve_upstream(port: int, seconds: float, gap: float) -> None:
+def serve_upstream(port: int, seconds: float, gap: float, chunk_bytes: int) -> None:
     raise_fd_limit()
-    _SlowStream.seconds, _SlowStream.gap = seconds, gap
+    _SlowStream.seconds, _SlowStream.gap, _SlowStream.token = seconds, gap, token_chunk(chunk_bytes)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -133,11 +143,11 @@ def serve_upstream(port: int, seconds: float, gap: float) -> None:
 
 
 @contextmanager
-def slow_upstream(seconds: float, gap: float) -> Iterator[tuple[int, int]]:
+def slow_upstream(seconds: float, gap: float, chunk_bytes: int) -> Iterator[tuple[int, int]]:
     """The fake upstream in a process of its own; yields (port, pid)."""
     port = free_port()
     command = [sys.executable, str(Path(__file__).resolve()), "--serve-upstream", str(port),
-               "--seconds", str(seconds), "--gap", str(gap)]  # fmt: skip
+               "--seconds", str(seconds), "--gap", str(gap), "--chunk-bytes", str(chunk_bytes)]  # fmt: skip
     upstream = subprocess.Popen(command)
     try:
         wait_port(port)
@@ -439,6 +449,7 @@ def run_streams(n: int, args: argparse.Namespace, up_port: int, up_pid: int) -> 
         "max_connections": max_connections,
         "rate": args.rate,
         "seconds": args.seconds,
+        "chunk_bytes": len(token_chunk(args.chunk_bytes)),
         "completed": len(ok),
         "complete_with_every_chunk": sum(1 for r in ok if r[4] >= expected_events),
         "errors": errors,
@@ -501,7 +512,7 @@ def print_run(r: dict) -> None:
     t, floor = r["ttfb_ms"], r["floor_probe_ms"]
     added50, added99 = t["proxy_p50"] - t["direct_p50"], t["proxy_p99"] - t["direct_p99"]
     print(f"\nN={r['streams']:,} streams of {r['seconds']:.0f} s, opened at {r['rate']:.0f}/s by {r['clients']} "
-          f"client processes; max_connections {r['max_connections']}; fd limit {r['fd_limit'][0]}")  # fmt: skip
+          f"client processes, {r['chunk_bytes']} B events; max_connections {r['max_connections']}; fd limit {r['fd_limit'][0]}")  # fmt: skip
     print(f"  completed     {r['completed']:,}/{r['streams']:,} ({r['complete_with_every_chunk']:,} with every "
           f"chunk); errors {r['errors'] or 'none'}; direct {r['direct_completed']}/{r['direct_streams']}")  # fmt: skip
     print(f"  RSS           idle {r['idle_rss_mb']:.1f} MB, all open {r['peak_rss_mb']:.1f} MB, after "
@@ -540,6 +551,8 @@ def main() -> int:
     ap.add_argument(
         "--rate", type=float, default=500.0, help="proxied streams opened per second (default 500)"
     )
+    ap.add_argument("--chunk-bytes", type=int, default=0,
+                    help="pad each content event to about this size (default: ~210 bytes, one word)")  # fmt: skip
     ap.add_argument("--clients", type=int, default=0, help="load processes (default: one per 2,500 streams)")
     ap.add_argument("--max-connections", type=int, default=0, help="the pool's max_connections (default N)")
     ap.add_argument("--no-events", action="store_true",
@@ -549,7 +562,7 @@ def main() -> int:
     ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_upstream:
-        serve_upstream(args.serve_upstream, args.seconds, args.gap)
+        serve_upstream(args.serve_upstream, args.seconds, args.gap, args.chunk_bytes)
         return 0
     if args.quick:
         args.streams, args.seconds, args.rate = "50", 2.0, 100.0
@@ -558,7 +571,7 @@ def main() -> int:
         f"RLIMIT_NOFILE {soft}/{hard}; {os.cpu_count()} CPUs; load average {os.getloadavg()}", file=sys.stderr
     )
     runs = []
-    with slow_upstream(args.seconds, args.gap) as (up_port, up_pid):
+    with slow_upstream(args.seconds, args.gap, args.chunk_bytes) as (up_port, up_pid):
         for n in (int(x) for x in args.streams.split(",")):
             print(
                 f"N={n}: opening at {args.rate:.0f}/s, holding {args.seconds:.0f} s",
