@@ -25,6 +25,10 @@ __all__ = ("StartupError", "make_runner", "serve")
 
 log = logging.getLogger(__name__)
 
+# aiohttp's default of 128 overflows when the loop is busy for a moment while clients connect at hundreds a
+# second (an instance filling up with streams, a load balancer failing over): each dropped SYN costs its
+# client a 1 s retransmit. The kernel caps it at net.core.somaxconn (4096 on Linux >= 5.4).
+LISTEN_BACKLOG = 1024
 SPARE_FDS = 64  # what the server holds besides its streams: listener, store, logs, Redis, workers' pipes
 
 
@@ -58,7 +62,7 @@ async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> Non
         raise StartupError(f"{what} unavailable at start: {exc}") from None
     route_proxy_first(runner)
     host, _, port = settings.server.listen_addr.rpartition(":")
-    site = web.TCPSite(runner, host or None, int(port))
+    site = web.TCPSite(runner, host or None, int(port), backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:
