@@ -302,11 +302,13 @@ class Prober(threading.Thread):
 
 
 def server_lag(base: str) -> dict:
-    """The server's llm_proxy_event_loop_lag_seconds histogram, from /metrics (cumulative buckets)."""
+    """The server's llm_proxy_event_loop_lag_seconds histogram, from /metrics (cumulative buckets), and
+    its GC collections per generation (``gc``)."""
     import urllib.request
 
     with urllib.request.urlopen(base + "/metrics", timeout=30) as resp:
-        return json.loads(resp.read())["event_loop_lag"]
+        document = json.loads(resp.read())
+    return {**document["event_loop_lag"], "gc": [g["collections"] for g in document["process"]["gc"]]}
 
 
 def lag_quantiles(before: dict, after: dict) -> dict:
@@ -467,6 +469,7 @@ def run_streams(n: int, args: argparse.Namespace, up_port: int, up_pid: int) -> 
         "lag_probe_failures": probes[0].failures,
         "floor_probe_ms": {"p50": (pct(probe_up, 0.5) or 0) * 1000, "p99": (pct(probe_up, 0.99) or 0) * 1000},
         "server_lag": lag_quantiles(lag_before, lag_after),
+        "gc_collections": [b - a for a, b in zip(lag_before["gc"], lag_after["gc"], strict=True)],
         "ttfb_ms": {
             "proxy_p50": (pct(ttfb_p, 0.5) or 0) * 1000,
             "proxy_p99": (pct(ttfb_p, 0.99) or 0) * 1000,
@@ -528,7 +531,7 @@ def print_run(r: dict) -> None:
     s = r["server_lag"]
     if s.get("samples"):
         print(f"                server's 1 s timer: p50 ≤ {s['p50_le']} s, p99 ≤ {s['p99_le']} s, max ≤ "
-              f"{s['max_le']} s ({s['samples']} ticks)")  # fmt: skip
+              f"{s['max_le']} s ({s['samples']} ticks); GC collections by generation {r['gc_collections']}")  # fmt: skip
     print(f"  first chunk   proxy p50 {t['proxy_p50']:.2f} / p99 {t['proxy_p99']:.2f} ms; direct p50 "
           f"{t['direct_p50']:.2f} / p99 {t['direct_p99']:.2f} ms → added p50 {added50:.2f} / p99 {added99:.2f} ms")  # fmt: skip
     if not r["events"]:
