@@ -64,7 +64,10 @@ class ApiConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     required_headers: tuple[str, ...] = ()
     max_body_bytes: int = 32 * 1024 * 1024
     timeouts: Timeouts = Timeouts()
-    max_connections: int = 200
+    # Upstream exchanges in flight (0: no limit). A stream holds one for its whole life, so this is how
+    # many open streams an instance serves: 10,000 is what a 2 vCPU instance is sized for (~25-40 KB and
+    # 2 fds each; docs/performance.md, "Open streams"), where 200 made the 201st stream wait, then 504.
+    max_connections: int = 10_000
     max_connections_per_host: int = 0  # 0 = no per-host limit
 
 

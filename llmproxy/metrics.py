@@ -33,6 +33,7 @@ __all__ = (
     "EndpointLabels",
     "EventFigures",
     "HistogramFigures",
+    "LagFigures",
     "MetricsRegistry",
     "PathCounts",
     "ProcessFigures",
@@ -207,6 +208,15 @@ class DispatcherFigures(msgspec.Struct, kw_only=True):
     reports: int = 0  # worker processes whose counters are summed (Redis buses)
 
 
+class LagFigures(msgspec.Struct, kw_only=True):
+    """The event loop's lag histogram (server/loop_lag.py): one sample a second."""
+
+    count: int
+    sum_seconds: float
+    last_seconds: float | None
+    buckets: dict[str, int]  # upper bound ("+Inf" last) -> cumulative count
+
+
 class GcGeneration(msgspec.Struct):
     generation: int
     collections: int
@@ -237,6 +247,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     dispatchers: dict[str, DispatcherFigures] = {}
     redis_up: bool | None = None  # None: the event bus does not use Redis
     process: ProcessFigures = msgspec.field(default_factory=ProcessFigures)
+    event_loop_lag: LagFigures | None = None
 
 
 # --- Prometheus rendering -----------------------------------------------------------------------------
@@ -350,6 +361,10 @@ def prometheus_families(snapshot: Snapshot) -> Iterable[Metric]:
             "llm_proxy_redis_up", "1 if Redis answered this scrape", value=int(s.redis_up)
         )
     yield GaugeMetricFamily("llm_proxy_tasks", "asyncio tasks in the server process", value=s.process.tasks)
+    if (lag := s.event_loop_lag) is not None:
+        family = HistogramMetricFamily("llm_proxy_event_loop_lag_seconds", "How late a 1 s timer fires")
+        family.add_metric((), list(lag.buckets.items()), lag.sum_seconds)
+        yield family
 
 
 class SnapshotCollector(Collector):

@@ -525,10 +525,11 @@ def proxy_server(
     cpus: set[int] | None = None,
     launcher: list[str] | None = None,
     start_timeout: float = 30.0,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[dict]:
     """A running `llm-proxy server` with a project and token; its Redis keys are deleted afterwards.
     ``launcher`` runs ``-m llmproxy server`` instead of the `llm-proxy` script: a Python interpreter,
-    with what wraps it (cProfile after it, valgrind before it)."""
+    with what wraps it (cProfile after it, valgrind before it). ``extra_env`` adds to its environment."""
     workdir = Path(tempfile.mkdtemp(prefix="llmproxy-bench-"))
     proxy_port = free_port()
     mgmt = secrets.token_urlsafe(24)
@@ -558,6 +559,7 @@ def proxy_server(
     if event_log is not None:
         env["FILE_EVENT_LOG"] = str(event_log)
         env["DISPATCHER_SERVICES"] = "file"
+    env |= extra_env or {}
     cli = shutil.which("llm-proxy", path=str(Path(sys.executable).parent)) or "llm-proxy"
     command = [*launcher, "-m", "llmproxy", "server"] if launcher else [cli, "server"]
     pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None  # before exec: its workers inherit it

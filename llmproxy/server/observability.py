@@ -38,6 +38,7 @@ from llmproxy.metrics import (
 )
 from llmproxy.redis_client import connect_redis
 from llmproxy.redis_keys import group_name, list_key, stats_key, totals_key
+from llmproxy.server.loop_lag import LoopLag
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -115,13 +116,14 @@ class Observability:
         self._redis_bus = not pipeline.in_process
         self._redis: Redis | None = None
         self._remote = _RedisFigures()
+        self.loop_lag = LoopLag()
 
     def install(self, app: web.Application) -> None:
         """Add the routes (call before the proxy's catch-all), the counting middleware (outermost, so it
-        sees the final status of refusals too) and the Redis client's cleanup."""
+        sees the final status of refusals too), the loop-lag timer and the Redis client's cleanup."""
         app.add_routes(self.routes())
         app.middlewares.insert(0, self.middleware)
-        app.cleanup_ctx.append(self._redis_ctx)
+        app.cleanup_ctx.extend([self._loop_lag_ctx, self._redis_ctx])
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -194,6 +196,7 @@ class Observability:
             dispatchers=self._remote_dispatchers() if self._redis_bus else self._local_dispatchers(),
             redis_up=self._remote.up,
             process=ProcessFigures(tasks=_task_count()),
+            event_loop_lag=self.loop_lag.figures(),
         )
 
     def _cache_figures(self) -> CacheFigures:
@@ -326,6 +329,13 @@ class Observability:
             redis, self._redis = self._redis, None
             with contextlib.suppress(Exception):
                 await redis.aclose()
+
+    async def _loop_lag_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(self.loop_lag.run(), name="loop-lag")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _redis_ctx(self, app: web.Application) -> AsyncIterator[None]:
         yield

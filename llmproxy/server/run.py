@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Callable
 
@@ -24,6 +25,12 @@ from llmproxy.server.routing import route_proxy_first
 __all__ = ("StartupError", "make_runner", "serve")
 
 log = logging.getLogger(__name__)
+
+# aiohttp's default of 128 overflows when the loop is busy for a moment while clients connect at hundreds a
+# second (an instance filling up with streams, a load balancer failing over): each dropped SYN costs its
+# client a 1 s retransmit. The kernel caps it at net.core.somaxconn (4096 on Linux >= 5.4).
+LISTEN_BACKLOG = 1024
+SPARE_FDS = 64  # what the server holds besides its streams: listener, store, logs, Redis, workers' pipes
 
 
 def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
@@ -58,7 +65,7 @@ async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> Non
         raise StartupError(f"{what} unavailable at start: {exc}") from None
     route_proxy_first(runner)
     host, _, port = settings.server.listen_addr.rpartition(":")
-    site = web.TCPSite(runner, host or None, int(port))
+    site = web.TCPSite(runner, host or None, int(port), backlog=LISTEN_BACKLOG)
     try:
         await site.start()
     except OSError as exc:
@@ -103,7 +110,27 @@ def run_server_command(settings: Settings, on_ready: Callable[[], None] | None =
 
 def _serve_logged(settings: Settings, on_ready: Callable[[], None] | None) -> None:
     logs.configure(settings.log.level, settings.log.format, settings.log.file)
+    raise_open_files_limit(settings.upstream.api.max_connections)
     serve(settings, on_ready)
+
+
+def raise_open_files_limit(max_connections: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go's runtime does) and log how many open
+    streams it allows: each holds two fds, client and upstream, so a shell's soft 1024 holds ~480."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):  # an unlimited hard limit, above fs.nr_open: keep the soft one
+            pass
+    streams = (soft - SPARE_FDS) // 2
+    if 0 < streams < max_connections:
+        log.warning("open files limit %d allows about %d open streams, fewer than max_connections %d: "
+                    "raise LimitNOFILE (ulimit -n)", soft, streams, max_connections)  # fmt: skip
+    else:
+        log.info("open files limit %d: about %d open streams (2 fds each)", soft, streams)
+    return streams
 
 
 def run_migrate_command(settings: Settings) -> int:

@@ -351,3 +351,14 @@ async def test_cache_counters_are_read_from_the_response_cache(tmp_path, upstrea
         "llm_proxy_cache_stores_total 1.0",
     ):
         assert line in lines
+
+
+async def test_the_servers_event_loop_lag_is_sampled_and_exposed_in_both_renderings(tmp_path, upstream):
+    async with running_proxy(tmp_path, upstream) as proxy:
+        document = await poll(proxy.metrics, lambda d: (d["event_loop_lag"] or {}).get("count", 0) >= 1)
+        text = await proxy.prometheus()
+    lag = document["event_loop_lag"]
+    assert lag["count"] >= 1 and lag["buckets"]["+Inf"] == lag["count"]
+    assert 0.0 <= lag["last_seconds"] < 5.0
+    assert "# TYPE llm_proxy_event_loop_lag_seconds histogram" in text
+    assert "llm_proxy_event_loop_lag_seconds_count" in text
