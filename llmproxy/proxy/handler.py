@@ -228,12 +228,17 @@ class ProxyHandler:
         try:
             up = await self._transport.request(request.method, base, request.raw_path, up_headers, data)
         except (TimeoutError, OSError) as exc:
-            if flow.outcome is Outcome.OK:  # else the client's body failed first: that is the cause
-                timeout = isinstance(exc, TimeoutError)
-                flow.outcome = Outcome.UPSTREAM_TIMEOUT if timeout else Outcome.UPSTREAM_UNAVAILABLE
-                if not timeout:
-                    log.warning("upstream unavailable for %s %s: %r", request.method, flow.path, exc)
-            raise self._refusal(flow.outcome) from None
+            if flow.outcome is not Outcome.OK:  # the client's body failed first: that is the cause
+                raise self._refusal(flow.outcome) from None
+            if isinstance(exc, TimeoutError):
+                flow.outcome = Outcome.UPSTREAM_TIMEOUT
+                raise self._refusal(flow.outcome) from None
+            flow.outcome = Outcome.UPSTREAM_UNAVAILABLE
+            log.warning("upstream unavailable for %s %s: %r", request.method, flow.path, exc)
+            # the class of what failed (ConnectionRefusedError, gaierror, SSLCertVerificationError...)
+            # tells the client why, and never carries a URL, a key or a token
+            reason = type(exc.__cause__ or exc).__name__
+            raise ProxyError(flow.outcome.refusal, f"Upstream unavailable ({reason})") from None
         flow.ttfb_ms = (perf_counter() - flow.arrived) * 1000.0
         if flow.outcome is Outcome.BODY_TOO_LARGE:  # the upstream answered before the whole body was read
             up.close()

@@ -24,6 +24,14 @@ async def test_an_unreachable_upstream_is_a_502_upstream_unavailable(make_proxy)
     assert (flow.status, flow.error, flow.ttfb_ms) == (502, "upstream_unavailable", None)
 
 
+async def test_the_502_names_the_upstream_error_class_and_nothing_secret(make_proxy):
+    proxy = await make_proxy(upstream_base_url=f"http://127.0.0.1:{closed_port()}")
+    resp = await proxy.request("GET", "/v1/models")
+    message = (await resp.json())["error"]["message"]
+    assert message == "Upstream unavailable (ConnectionRefusedError)"
+    assert proxy.project_key not in message and proxy.token not in message
+
+
 async def test_an_upstream_too_slow_to_answer_is_a_504_upstream_timeout(make_proxy):
     proxy = await make_proxy(observe=True, timeouts={"response_header": 0.2})
     proxy.upstream.script(proxy.upstream.hang())
