@@ -36,7 +36,9 @@ LAST_MOMENTS_S = 0.25
 _FORM_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 _META_TOKEN = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
-pytestmark = pytest.mark.timeout(240)  # a hang guard only: on a busy 2-core machine the kill -9 test takes ~90 s
+pytestmark = pytest.mark.timeout(
+    240
+)  # a hang guard only: on a busy 2-core machine the kill -9 test takes ~90 s
 
 
 @dataclass
