@@ -208,11 +208,8 @@ async def test_a_body_labelled_gzip_that_is_not_gzip_is_a_400_or_passes_untouche
 async def test_a_management_body_labelled_gzip_that_is_not_gzip_is_a_400(make_server):
     server = await make_server()
     body = b'{"name":"p","api_key":"sk-x"}'
-    head = (
-        f"POST /manage/projects HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {MANAGEMENT_TOKEN}\r\n"
-        f"Content-Type: application/json\r\nContent-Encoding: gzip\r\nConnection: close\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head = post_head("/manage/projects", MANAGEMENT_TOKEN, len(body), Content_Encoding="gzip",
+                     Content_Type="application/json")  # fmt: skip
     status, answer = await raw_exchange(server.port, head, body)
     assert status == 400, answer
     assert b'"invalid_request_body"' in answer
@@ -222,11 +219,8 @@ async def test_a_management_body_labelled_gzip_that_is_not_gzip_is_a_400(make_se
 async def test_a_gzip_management_body_is_understood(make_server):
     server = await make_server()
     body = gzip.compress(b'{"name":"zipped","api_key":"sk-zipped-key-0123"}', mtime=0)
-    head = (
-        f"POST /manage/projects HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer {MANAGEMENT_TOKEN}\r\n"
-        f"Content-Type: application/json\r\nContent-Encoding: gzip\r\nConnection: close\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head = post_head("/manage/projects", MANAGEMENT_TOKEN, len(body), Content_Encoding="gzip",
+                     Content_Type="application/json")  # fmt: skip
     status, answer = await raw_exchange(server.port, head, body)
     assert status == 201, answer
     assert b'"zipped"' in answer
