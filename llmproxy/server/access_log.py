@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 0.25  # seconds a line may wait in memory
 BATCH_LINES = 256  # a batch this large is written at once
 MAX_PENDING = 50_000  # lines; past this (the writer is stuck), new ones are dropped and counted
+CLOSE_TIMEOUT = 5.0  # seconds the stop waits for the last lines to be written
 # What ``record`` keeps of a request: arrival, request id, method, raw path, status, error code,
 # seconds, project id, token hint, bytes in, bytes out, Cache-Status.
 _Row = tuple[float, Any, str, str, int, Any, float, Any, Any, int, int, Any]
@@ -130,8 +131,28 @@ class AccessLog:
         if not self._rows and not self._reopen:
             return
         batch, self._rows = self._rows, []
-        self._writing = asyncio.get_running_loop().run_in_executor(None, self._write, batch)
+        self._writing = self._start_writing(batch)
         await asyncio.shield(self._writing)
+
+    def _start_writing(self, batch: list[_Row]) -> asyncio.Future[None]:
+        """Write ``batch`` in a daemon thread: one blocked on a stuck stderr never holds the exit
+        (an executor's threads are joined at exit, forever if a write never returns)."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def write() -> None:
+            try:
+                self._write(batch)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed while the write was stuck
+                    loop.call_soon_threadsafe(settle)
+
+        threading.Thread(target=write, name="access-log-writer", daemon=True).start()
+        return done
 
     # --- start and stop ------------------------------------------------------------------------
 
@@ -146,8 +167,17 @@ class AccessLog:
             raise StartupError(f"cannot open ACCESS_LOG {self.target}: {exc.strerror or exc}") from None
 
     async def aclose(self) -> None:
-        """Write what is left, then close the file (stderr stays open)."""
-        await self.flush()
+        """Write what is left, then close the file (stderr stays open). A destination that takes no
+        bytes for CLOSE_TIMEOUT (a wedged journald, a pipe nobody reads) does not hold the stop."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.flush()
+        except TimeoutError:
+            log.warning(
+                "access log: %s took no bytes for %.0f s at stop: %d lines not written",
+                self.target, CLOSE_TIMEOUT, len(self._rows) + self.dropped,
+            )  # fmt: skip
+            return  # the writer thread may still hold the fd: leave it open, the process is ending
         if self.dropped:
             log.warning("access log: %d lines dropped while the writer could not keep up", self.dropped)
         if self.target != "-" and self._fd >= 0:

@@ -37,6 +37,10 @@ class ServerProcess:
         self.events_file = tmp_path / "events.jsonl"
         self.audit_file = tmp_path / "audit.log"
         self.log_file = tmp_path / "server.log"
+        # stdout and stderr go to files: a pipe nobody reads fills up (64 KiB of access lines) and
+        # stalls the server's writers, which is not what a test of anything else means to exercise
+        self.stdout_file = tmp_path / "stdout.log"
+        self.stderr_file = tmp_path / "stderr.log"
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(tmp_path),
@@ -50,16 +54,18 @@ class ServerProcess:
         }
         self.process: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            LLM_PROXY, "server", env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+    async def start(self, stderr: int | None = None) -> None:
+        """Start the server; its stderr goes to ``stderr_file`` unless another fd is given."""
+        with self.stdout_file.open("ab") as out, self.stderr_file.open("ab") as err:
+            self.process = await asyncio.create_subprocess_exec(
+                LLM_PROXY, "server", env=self.env, stdout=out, stderr=err if stderr is None else stderr
+            )
         deadline = time.monotonic() + 30
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < deadline:
                 if self.process.returncode is not None:
-                    _, err = await self.process.communicate()
-                    raise AssertionError(f"server exited {self.process.returncode}: {err.decode()}")
+                    await self.process.wait()
+                    raise AssertionError(f"server exited {self.process.returncode}: {self.stderr()}")
                 try:
                     async with session.get(f"{self.url}/health") as r:
                         if r.status == 200:
@@ -71,6 +77,9 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def stderr(self) -> str:
+        return self.stderr_file.read_text() if self.stderr_file.exists() else ""
 
     async def stop(self, timeout: float = 40) -> int:
         assert self.process is not None

@@ -7,15 +7,18 @@ rename + SIGHUP, and not at all with ``off``. Each refusal is also counted by co
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from tests.e2e.conftest import MANAGEMENT_TOKEN, poll
+from tests.e2e.conftest import MANAGEMENT_TOKEN, ServerProcess, poll
 from tests.fakes.upstream import FakeUpstream
 
 UPSTREAM_KEY = "sk-upstream-project-key-0123456789abcdef"
@@ -139,8 +142,7 @@ async def test_the_default_access_log_is_stderr(make_server) -> None:
         async with aiohttp.ClientSession() as client:
             assert await get(client, server.url, UNKNOWN, "req-stderr") == 401
         assert await server.stop() == 0
-    assert server.process is not None and server.process.stderr is not None
-    stderr = (await server.process.stderr.read()).decode()
+    stderr = server.stderr()
     entries = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     [entry] = by_id(entries, "req-stderr")
     assert (entry["status"], entry["error"], entry["token"]) == (401, "invalid_token", hint(UNKNOWN))
@@ -177,7 +179,28 @@ async def test_access_log_off_writes_nothing(make_server, tmp_path) -> None:
             async with client.get(server.url + "/metrics") as r:
                 assert (await r.json())["refusals"]["invalid_token"] == 1  # still counted
         assert await server.stop() == 0
-    assert server.process is not None and server.process.stderr is not None
-    stderr = (await server.process.stderr.read()).decode()
+    stderr = server.stderr()
     assert "req-off" not in stderr and "req-off" not in server.log()
     assert not list(tmp_path.glob("*access*"))
+
+
+async def test_a_stderr_nobody_reads_neither_stalls_requests_nor_keeps_sigterm_from_stopping_the_server(
+    tmp_path: Path,
+) -> None:
+    """A wedged journald, or a parent that never reads the pipe: the access lines cannot be written."""
+    read_end, write_end = os.pipe()  # 64 KiB of buffer, then every write blocks; never read
+    server = ServerProcess(tmp_path, {})  # ACCESS_LOG unset: "-"
+    try:
+        await server.start(stderr=write_end)
+        os.close(write_end)
+        async with aiohttp.ClientSession() as client:
+            statuses = Counter([await get(client, server.url, UNKNOWN, f"req-{n}") for n in range(1500)])
+        assert statuses == {401: 1500}  # ~250 bytes a line: the pipe was full long before the last
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.process.wait(), 60) == 0, server.log()
+    finally:
+        if server.process is not None and server.process.returncode is None:
+            server.process.kill()
+        os.close(read_end)
+    assert "access log" in server.log()  # it said why lines were lost
