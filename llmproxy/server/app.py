@@ -1,4 +1,5 @@
-"""build_app(settings): the one place where concrete classes are chosen and wired together.
+"""build_app(settings): the one place where concrete classes are chosen and wired together, each handed
+its own frozen section of the settings (config.py's, or config_sections.py's), never the whole.
 
 Each shared resource is owned by a cleanup context: set up in order, torn down in reverse, and
 torn down only if it was set up.
@@ -20,10 +21,17 @@ from llmproxy.admin.sessions import SessionStore
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
 from llmproxy.auth.invalidation import Invalidations
-from llmproxy.auth.shared_ratelimit import SharedRateLimiter, shares_rate_limit, uses_redis
+from llmproxy.auth.shared_ratelimit import SharedRateLimiter
 from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
+from llmproxy.config_sections import (
+    AdminSettings,
+    ObservabilitySettings,
+    PipelineSettings,
+    shares_rate_limit,
+    uses_redis,
+)
 from llmproxy.manage.api import ManageAPI
 from llmproxy.metrics import BadRequests
 from llmproxy.proxy.handler import ProxyHandler
@@ -87,7 +95,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     invalidations = Invalidations(settings.redis, prefix=prefix) if shared_caches else None
     authority = Authority(store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations)
     auditor = Auditor(settings.audit, store)
-    pipeline = EventPipeline(settings)
+    pipeline = EventPipeline(PipelineSettings.of(settings))
     cache: HttpCache | None = make_cache(settings.cache, settings.redis) if settings.cache.enabled else None
     transport = UpstreamPool(settings.upstream.api)  # connects on demand: nothing opened before startup
     proxy = ProxyHandler(
@@ -102,7 +110,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     purge = cache.purge if cache is not None else None
     # one count of wrong management tokens, at the sign-in form or the API, on every instance of the store
     throttle = SharedAuthThrottle(store)
-    admin = AdminUI(settings, auditor, sessions=SessionStore(store), throttle=throttle)
+    admin = AdminUI(AdminSettings.of(settings), auditor, sessions=SessionStore(store), throttle=throttle)
     manage = ManageAPI(
         settings.server,
         store,
@@ -175,7 +183,8 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     health = HealthRoutes(probes)
     app.add_routes(health.routes())
     if settings.metrics_enabled:
-        Observability(settings, pipeline, cache=cache, bad_requests=bad_requests).install(app)
+        observability = ObservabilitySettings.of(settings)
+        Observability(observability, pipeline, cache=cache, bad_requests=bad_requests).install(app)
     app.add_routes(manage.routes())
     app.add_routes(admin.routes())
     add_proxy_route(app, proxy.handle)

@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 
-from llmproxy.config import Settings
+from llmproxy.config_sections import PipelineSettings
 from llmproxy.dispatch.dispatcher import DispatchStats
 from llmproxy.dispatch.worker import run_service
 from llmproxy.events.bus import EventBus
@@ -33,10 +33,11 @@ Probe = Callable[[], Awaitable[None]]
 class EventPipeline:
     """Publishes one event per proxied request and runs the dispatchers for DISPATCHER_SERVICES."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.services = settings.dispatch.services
-        self.bus: EventBus = make_bus(settings)
+    def __init__(self, settings: PipelineSettings) -> None:
+        self._worker = settings.worker  # what each dispatcher, task or process, is handed
+        self._shutdown_timeout = settings.shutdown_timeout
+        self.services = settings.worker.dispatch.services
+        self.bus: EventBus = make_bus(settings.worker.bus)
         self.in_process = isinstance(self.bus, InMemoryBus)
         self.instrumentation = Instrumentation(self.bus, settings.events)
         # With an in-memory bus and no dispatcher, events would go nowhere: don't build them at all.
@@ -50,7 +51,7 @@ class EventPipeline:
         self.probes: dict[str, Probe] = {} if self.in_process else {"event_bus": self._ping_redis}
 
     async def _ping_redis(self) -> None:
-        redis = connect_redis(self.settings.redis, socket_timeout=1.0)
+        redis = connect_redis(self._worker.bus.redis, socket_timeout=1.0)
         try:
             await redis.ping()
         finally:
@@ -62,7 +63,7 @@ class EventPipeline:
         if self.in_process:
             for service in self.services:
                 run = run_service(
-                    self.settings,
+                    self._worker,
                     service,
                     self._stop,
                     bus=self.bus,
@@ -72,7 +73,7 @@ class EventPipeline:
                 self._tasks.append(loop.create_task(run, name=f"dispatcher-{service}"))
         elif self.services:
             await self._create_groups()
-            self.supervisor = Supervisor(self.settings, self.services, self.settings.dispatch.workers)
+            self.supervisor = Supervisor(self._worker, self.services, self._worker.dispatch.workers)
             self._tasks.append(loop.create_task(self.supervisor.run(), name="dispatcher-supervisor"))
 
     async def _create_groups(self) -> None:
@@ -82,7 +83,7 @@ class EventPipeline:
         they start would be behind the group's position and never delivered to that service.
         """
         for service in self.services:
-            source = make_source(self.settings, service, consumer=f"{service}-setup")
+            source = make_source(self._worker.bus, service, consumer=f"{service}-setup")
             try:
                 await source.start()
             finally:
@@ -97,7 +98,7 @@ class EventPipeline:
 
     async def aclose(self) -> None:
         """Publish what waits, flush the bus, let dispatchers deliver it, then stop them."""
-        timeout = self.settings.server.shutdown_timeout
+        timeout = self._shutdown_timeout
         await self.instrumentation.aclose()
         if self.in_process:
             await self._drain_in_process(deadline=time.monotonic() + timeout)

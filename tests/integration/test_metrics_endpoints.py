@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from llmproxy.config import Settings
+from llmproxy.config_sections import ObservabilitySettings, PipelineSettings
 from llmproxy.server.app import build_app
 from llmproxy.server.observability import Observability
 from llmproxy.server.pipeline import EventPipeline
@@ -318,7 +319,9 @@ async def test_redis_down_reports_redis_up_zero_and_no_lag(tmp_path):
         DISPATCHER_SERVICES="file",
         FILE_EVENT_LOG=str(tmp_path / "events.jsonl"),
     )
-    observability = Observability(settings, EventPipeline(settings))
+    observability = Observability(
+        ObservabilitySettings.of(settings), EventPipeline(PipelineSettings.of(settings))
+    )
     try:
         await observability.refresh()
         snapshot = observability.snapshot()
