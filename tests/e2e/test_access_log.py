@@ -139,8 +139,7 @@ async def test_the_default_access_log_is_stderr(make_server) -> None:
         async with aiohttp.ClientSession() as client:
             assert await get(client, server.url, UNKNOWN, "req-stderr") == 401
         assert await server.stop() == 0
-    assert server.process is not None and server.process.stderr is not None
-    stderr = (await server.process.stderr.read()).decode()
+    stderr = server.stderr()
     entries = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     [entry] = by_id(entries, "req-stderr")
     assert (entry["status"], entry["error"], entry["token"]) == (401, "invalid_token", hint(UNKNOWN))
@@ -177,7 +176,6 @@ async def test_access_log_off_writes_nothing(make_server, tmp_path) -> None:
             async with client.get(server.url + "/metrics") as r:
                 assert (await r.json())["refusals"]["invalid_token"] == 1  # still counted
         assert await server.stop() == 0
-    assert server.process is not None and server.process.stderr is not None
-    stderr = (await server.process.stderr.read()).decode()
+    stderr = server.stderr()
     assert "req-off" not in stderr and "req-off" not in server.log()
     assert not list(tmp_path.glob("*access*"))
