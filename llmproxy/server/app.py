@@ -32,9 +32,12 @@ from llmproxy.config_sections import (
     shares_rate_limit,
     uses_redis,
 )
+from llmproxy.events.factory import make_bus
+from llmproxy.events.memory import InMemoryBus
 from llmproxy.manage.api import ManageAPI
 from llmproxy.metrics import BadRequests
 from llmproxy.proxy.handler import ProxyHandler
+from llmproxy.proxy.instrument import Instrumentation
 from llmproxy.proxy.pool import UpstreamPool
 from llmproxy.server.access_log import ACCESS_LOG, AccessLog
 from llmproxy.server.health import HealthRoutes, Probe
@@ -42,6 +45,7 @@ from llmproxy.server.middleware import request_middleware
 from llmproxy.server.observability import Observability
 from llmproxy.server.pipeline import EventPipeline
 from llmproxy.server.routing import add_proxy_route
+from llmproxy.server.supervisor import Supervisor
 from llmproxy.store.base import Store
 from llmproxy.store.factory import make_store
 
@@ -85,6 +89,17 @@ def name_the_server() -> None:
     web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
 
 
+def make_pipeline(settings: PipelineSettings) -> EventPipeline:
+    """The bus, the instrumentation publishing to it and, for a Redis bus with services, the supervisor
+    of the dispatcher worker processes."""
+    bus = make_bus(settings.worker.bus)
+    dispatch = settings.worker.dispatch
+    supervisor = None
+    if not isinstance(bus, InMemoryBus) and dispatch.services:
+        supervisor = Supervisor(settings.worker, dispatch.services, dispatch.workers)
+    return EventPipeline(settings, bus, Instrumentation(bus, settings.events), supervisor)
+
+
 def build_app(settings: Settings, *, store: Store | None = None) -> web.Application:
     """The whole server: proxy, management API, health. ``store`` may be injected by tests."""
     name_the_server()
@@ -95,7 +110,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     invalidations = Invalidations(settings.redis, prefix=prefix) if shared_caches else None
     authority = Authority(store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations)
     auditor = Auditor(settings.audit, store)
-    pipeline = EventPipeline(PipelineSettings.of(settings))
+    pipeline = make_pipeline(PipelineSettings.of(settings))
     cache: HttpCache | None = make_cache(settings.cache, settings.redis) if settings.cache.enabled else None
     transport = UpstreamPool(settings.upstream.api)  # connects on demand: nothing opened before startup
     proxy = ProxyHandler(

@@ -16,7 +16,7 @@ from llmproxy.config_sections import PipelineSettings
 from llmproxy.dispatch.dispatcher import DispatchStats
 from llmproxy.dispatch.worker import run_service
 from llmproxy.events.bus import EventBus
-from llmproxy.events.factory import make_bus, make_source
+from llmproxy.events.factory import make_source
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.proxy.flow import Observer
 from llmproxy.proxy.instrument import Instrumentation
@@ -33,18 +33,26 @@ Probe = Callable[[], Awaitable[None]]
 class EventPipeline:
     """Publishes one event per proxied request and runs the dispatchers for DISPATCHER_SERVICES."""
 
-    def __init__(self, settings: PipelineSettings) -> None:
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        bus: EventBus,
+        instrumentation: Instrumentation,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        """``bus``, the ``instrumentation`` publishing to it and the ``supervisor`` of worker processes
+        (a Redis bus with services) are chosen by the composition root (server/app.py)."""
         self._worker = settings.worker  # what each dispatcher, task or process, is handed
         self._shutdown_timeout = settings.shutdown_timeout
         self.services = settings.worker.dispatch.services
-        self.bus: EventBus = make_bus(settings.worker.bus)
-        self.in_process = isinstance(self.bus, InMemoryBus)
-        self.instrumentation = Instrumentation(self.bus, settings.events)
+        self.bus = bus
+        self.in_process = isinstance(bus, InMemoryBus)
+        self.instrumentation = instrumentation
         # With an in-memory bus and no dispatcher, events would go nowhere: don't build them at all.
         publishing = not self.in_process or bool(self.services)
         self.observers: list[Observer] = [self.instrumentation] if publishing else []
         self.stats: dict[str, DispatchStats] = {s: DispatchStats() for s in self.services}
-        self.supervisor: Supervisor | None = None
+        self.supervisor = supervisor
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reopeners: list[Callable[[], None]] = []
@@ -71,9 +79,8 @@ class EventPipeline:
                     reopeners=self._reopeners,
                 )
                 self._tasks.append(loop.create_task(run, name=f"dispatcher-{service}"))
-        elif self.services:
+        elif self.supervisor is not None:
             await self._create_groups()
-            self.supervisor = Supervisor(self._worker, self.services, self._worker.dispatch.workers)
             self._tasks.append(loop.create_task(self.supervisor.run(), name="dispatcher-supervisor"))
 
     async def _create_groups(self) -> None:

@@ -19,9 +19,8 @@ from redis.asyncio import Redis
 
 from llmproxy.config import Settings
 from llmproxy.config_sections import ObservabilitySettings, PipelineSettings
-from llmproxy.server.app import build_app
+from llmproxy.server.app import build_app, make_pipeline
 from llmproxy.server.observability import Observability
-from llmproxy.server.pipeline import EventPipeline
 from llmproxy.server.routing import route_proxy_first
 from tests.fakes.upstream import FakeUpstream, error_reply
 from tests.integration.manage.support import AUTH, MANAGEMENT_TOKEN, UPSTREAM_KEY, make_settings
@@ -320,7 +319,7 @@ async def test_redis_down_reports_redis_up_zero_and_no_lag(tmp_path):
         FILE_EVENT_LOG=str(tmp_path / "events.jsonl"),
     )
     observability = Observability(
-        ObservabilitySettings.of(settings), EventPipeline(PipelineSettings.of(settings))
+        ObservabilitySettings.of(settings), make_pipeline(PipelineSettings.of(settings))
     )
     try:
         await observability.refresh()
