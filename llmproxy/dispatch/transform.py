@@ -51,7 +51,7 @@ def read_call(event: Event) -> LlmCall:
     req = request or {}
     usage = response.get("usage") if response else None
     if event.usage is not None and (event.response_body_truncated or not isinstance(usage, dict)):
-        usage = msgspec.structs.asdict(event.usage)  # read from the whole response, not the captured part
+        usage = msgspec.to_builtins(event.usage)  # read from the whole response, not the captured part
     return LlmCall(
         kind=kind,
         model=event.model or _str(req.get("model")) or _str((response or {}).get("model")),

@@ -20,13 +20,16 @@ from llmproxy.admin.sessions import SessionStore
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
 from llmproxy.auth.invalidation import Invalidations
+from llmproxy.auth.ledger import Ledger
 from llmproxy.auth.shared_ratelimit import SharedRateLimiter, shares_rate_limit, uses_redis
 from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
 from llmproxy.manage.api import ManageAPI
 from llmproxy.metrics import BadRequests
+from llmproxy.openai.prices import PriceTable
 from llmproxy.proxy.handler import ProxyHandler
+from llmproxy.proxy.metering import ledger_account
 from llmproxy.proxy.pool import UpstreamPool
 from llmproxy.server.access_log import ACCESS_LOG, AccessLog
 from llmproxy.server.health import HealthRoutes, Probe
@@ -37,13 +40,14 @@ from llmproxy.server.routing import add_proxy_route
 from llmproxy.store.base import Store
 from llmproxy.store.factory import make_store
 
-__all__ = ("BAD_REQUESTS", "STORE", "build_app")
+__all__ = ("AUTHORITY", "BAD_REQUESTS", "STORE", "build_app")
 
 log = logging.getLogger(__name__)
 
 SERVER_HEADER = "llmproxy"  # no versions: they only help someone looking for a known hole
 
 STORE: web.AppKey[Store] = web.AppKey("store")
+AUTHORITY: web.AppKey[Authority] = web.AppKey("authority", Authority)  # its flush(), for tests and tools
 PIPELINE: web.AppKey[EventPipeline] = web.AppKey("pipeline", EventPipeline)
 BAD_REQUESTS: web.AppKey[BadRequests] = web.AppKey("bad-requests", BadRequests)  # counted by the runner
 
@@ -85,9 +89,12 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     shared_limiter = SharedRateLimiter(settings.redis, prefix=prefix) if shares_rate_limit(settings) else None
     shared_caches = uses_redis(settings) or shared_limiter is not None  # tell the others what changed
     invalidations = Invalidations(settings.redis, prefix=prefix) if shared_caches else None
-    authority = Authority(store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations)
+    ledger = Ledger(PriceTable(settings.usage.prices), retention_days=settings.usage.retention_days)
+    authority = Authority(
+        store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations, ledger=ledger
+    )
     auditor = Auditor(settings.audit, store)
-    pipeline = EventPipeline(settings)
+    pipeline = EventPipeline(settings, account=ledger_account(ledger.record))
     cache: HttpCache | None = make_cache(settings.cache, settings.redis) if settings.cache.enabled else None
     transport = UpstreamPool(settings.upstream.api)  # connects on demand: nothing opened before startup
     proxy = ProxyHandler(
@@ -98,6 +105,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         transport,
         cache=cache,
         observers=pipeline.observers,
+        meter=pipeline.meter,
     )
     purge = cache.purge if cache is not None else None
     # one count of wrong management tokens, at the sign-in form or the API, on every instance of the store
@@ -147,6 +155,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
 
     app = web.Application(middlewares=[request_middleware], client_max_size=1024 * 1024)
     app[STORE] = store
+    app[AUTHORITY] = authority
     app[PIPELINE] = pipeline
     probes: dict[str, Probe] = {"store": store.ping, **pipeline.probes}
     cluster = []  # what makes instances behave as one: a shared rate limit, invalidations for all
@@ -175,7 +184,9 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     health = HealthRoutes(probes)
     app.add_routes(health.routes())
     if settings.metrics_enabled:
-        Observability(settings, pipeline, cache=cache, bad_requests=bad_requests).install(app)
+        Observability(
+            settings, pipeline, cache=cache, bad_requests=bad_requests, unpriced=ledger.unpriced
+        ).install(app)
     app.add_routes(manage.routes())
     app.add_routes(admin.routes())
     add_proxy_route(app, proxy.handle)

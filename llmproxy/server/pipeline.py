@@ -18,8 +18,9 @@ from llmproxy.dispatch.worker import run_service
 from llmproxy.events.bus import EventBus
 from llmproxy.events.factory import make_bus, make_source
 from llmproxy.events.memory import InMemoryBus
-from llmproxy.proxy.flow import Observer
+from llmproxy.proxy.flow import Account, Observer
 from llmproxy.proxy.instrument import Instrumentation
+from llmproxy.proxy.metering import Metering
 from llmproxy.redis_client import connect_redis
 from llmproxy.server.supervisor import Supervisor
 
@@ -33,15 +34,21 @@ Probe = Callable[[], Awaitable[None]]
 class EventPipeline:
     """Publishes one event per proxied request and runs the dispatchers for DISPATCHER_SERVICES."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, account: Account | None = None) -> None:
         self.settings = settings
         self.services = settings.dispatch.services
         self.bus: EventBus = make_bus(settings)
         self.in_process = isinstance(self.bus, InMemoryBus)
-        self.instrumentation = Instrumentation(self.bus, settings.events)
-        # With an in-memory bus and no dispatcher, events would go nowhere: don't build them at all.
+        # With an in-memory bus and no dispatcher, events would go nowhere: don't build them at all. Usage
+        # is then read only for the metered tokens (budgets, TPM), by the meter; else from every event.
         publishing = not self.in_process or bool(self.services)
+        self.instrumentation = Instrumentation(
+            self.bus, settings.events, account=account if publishing else None
+        )
         self.observers: list[Observer] = [self.instrumentation] if publishing else []
+        self.meter: Metering | None = None
+        if account is not None and not publishing:
+            self.meter = Metering(account, settings.events)
         self.stats: dict[str, DispatchStats] = {s: DispatchStats() for s in self.services}
         self.supervisor: Supervisor | None = None
         self._stop = asyncio.Event()
@@ -99,6 +106,8 @@ class EventPipeline:
         """Publish what waits, flush the bus, let dispatchers deliver it, then stop them."""
         timeout = self.settings.server.shutdown_timeout
         await self.instrumentation.aclose()
+        if self.meter is not None:
+            await self.meter.aclose()
         if self.in_process:
             await self._drain_in_process(deadline=time.monotonic() + timeout)
             self._stop.set()
