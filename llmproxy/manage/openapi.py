@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from llmproxy import __version__
-from llmproxy.manage import schemas
+from llmproxy.manage import schemas, usage
 
 __all__ = ("PATHS", "document")
 
@@ -24,6 +24,7 @@ _COMPONENT_TYPES: tuple[type, ...] = (
     schemas.RevokeResult,
     schemas.CachePurged,
     schemas.AuditPage,
+    usage.UsageReport,
     schemas.ErrorBody,
 )
 # name in components.responses -> (description, error.code values it may carry)
@@ -193,6 +194,19 @@ def _paths() -> dict[str, Any]:
                     "project, `<project_id>:POST:/v1/chat/completions` for an endpoint. Not both (422). "
                     "Neither purges every cached response. 503 when the cache is disabled."
                 ),
+            ),
+        },
+        "/manage/usage": {
+            "get": _op(
+                "Usage and cost, summed by day, model, token or project",
+                ("200", "The groups in key order and their total", _ref("UsageReport")),
+                _READ_ERRORS,
+                params=_query_params(usage.UsageFilter),
+                description="Daily rows (UTC) of every forwarded request whose usage the proxy read: every "
+                "request when events are published, else those of tokens or projects with a budget or "
+                "tokens_per_minute. since/until are UTC days, inclusive. Tokens are the upstream's count, or "
+                "the proxy's when it reported none (estimated_requests); cost_usd is from the price table "
+                "(genai-prices, PRICES_PATH), null when no request of the group had a known price.",
             ),
         },
         "/manage/audit": {

@@ -21,6 +21,8 @@ MANAGEMENT_TOKEN = "test-management-token-0123456789"
 AUTH = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
 UPSTREAM_KEY = "sk-upstream-secret-key-abcdefghijklmnop-WXYZ"
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+SPEND_LIMITS = ("max_tokens", "max_cost_usd", "tokens_per_minute")  # of tokens and projects
+USAGE_TOTALS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
 # upstream URLs the proxy could not dial: out-of-range or unparsable ports, no host, another scheme
 UNDIALLABLE_URLS = [
     "http://127.0.0.1:99999",
