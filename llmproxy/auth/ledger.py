@@ -10,7 +10,7 @@ by increments, so each sees the others' within one flush of theirs and one of it
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 
 from llmproxy.openai.prices import PriceTable
@@ -110,6 +110,8 @@ class Ledger:
         self.tokens: dict[str, Spend] = {}  # token id -> its Spend, for tokens with a budget
         self.projects: dict[str, Spend] = {}  # project id -> its Spend, for projects with a budget
         self.unpriced: dict[str, int] = {}  # model label -> requests with tokens but no known price
+        self.tpm_keys: set[str] = set()  # "token:<id>", "project:<id>" with a tokens-per-minute limit
+        self.charge: Callable[[str, int], None] | None = None  # their windows, charged with each usage
         self.dropped = 0  # requests whose usage was dropped (the store failing for long)
 
     def record(
@@ -151,6 +153,10 @@ class Ledger:
         spend = self.projects.get(project_id)
         if spend is not None:
             spend.add(prompt + completion, cost)
+        if self.tpm_keys and self.charge is not None:
+            for window in (f"token:{token_id}", f"project:{project_id}"):
+                if window in self.tpm_keys:
+                    self.charge(window, prompt + completion)
 
     def _count_unpriced(self, model: str) -> None:
         unpriced = self.unpriced
