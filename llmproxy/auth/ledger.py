@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _MAX_ROWS = 100_000  # pending daily rows kept while the store fails; past this, usage is dropped (logged)
 _MAX_UNPRICED_LABELS = 100  # distinct model labels of llm_proxy_unpriced_requests_total; then "other"
+_MAX_MODEL = 256  # characters of a model name kept (a client names it: rows, labels and keys stay small)
 _OTHER = "other"
 
 
@@ -124,6 +125,8 @@ class Ledger:
         estimated: bool = False,
     ) -> None:
         """One finished request: ``usage`` is (prompt, completion, cached prompt) tokens, None if unknown."""
+        if model is not None and len(model) > _MAX_MODEL:
+            model = model[:_MAX_MODEL]
         key = (day, project_id, token_id, model or "")
         delta = self._rows.get(key)
         if delta is None:

@@ -79,6 +79,8 @@ class PriceTable:
         known = self._known
         if model in known:
             return known[model]
+        if len(model) > _MAX_NAME_LENGTH:  # no model is named so: not worth remembering
+            return None
         now = time.monotonic()
         if now - self._resolved_at > _REFRESH_S:
             known.clear()
@@ -96,7 +98,7 @@ class PriceTable:
 
     def _resolve(self, model: str) -> Rates | None:
         found = self._overrides.get(model) or self._lower.get(model.lower())
-        if found is not None or not self._providers or len(model) > _MAX_NAME_LENGTH:
+        if found is not None or not self._providers:
             return found
         try:
             return self._bundled(model)

@@ -120,3 +120,10 @@ def test_the_verdict_waits_for_as_many_buckets_as_it_takes() -> None:
     assert verdict(buckets, 100, now=130).allowed
     assert verdict(buckets, 60, now=130).retry_after == 40  # 100 and 110 leave: 50 < 60
     assert verdict(buckets, 50, now=130).retry_after == 50  # all three must leave
+
+
+def test_a_model_name_is_kept_to_256_characters() -> None:
+    ledger = Ledger()
+    ledger.record("t", "p", "2026-01-02", "m" * 10_000, (1, 1, 0))
+    [row] = ledger.take()
+    assert row.model == "m" * 256 and set(ledger.unpriced) == {"m" * 256}
