@@ -29,7 +29,7 @@ from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
 
 if TYPE_CHECKING:
     from llmproxy.audit import Auditor
-    from llmproxy.config import Settings
+    from llmproxy.config_sections import AdminSettings
 
 __all__ = ("ACTOR", "COOKIE", "CSRF_HEADER", "AdminUI")
 
@@ -85,16 +85,16 @@ class AdminUI:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: AdminSettings,
         auditor: Auditor,
         *,
         sessions: SessionStore,
         throttle: SharedAuthThrottle,
         failed_login_delay: float = FAILED_LOGIN_DELAY,
     ) -> None:
-        self._management_token = settings.server.management_token.encode()
-        self._settings = settings
-        self._event_log = settings.events.file_event_log
+        self._management_token = settings.management_token.encode()
+        self._bus = settings.bus
+        self._event_log = settings.file_event_log
         self._metrics_enabled = settings.metrics_enabled
         self._auditor = auditor
         self._sessions = sessions
@@ -284,7 +284,7 @@ class AdminUI:
         if not raw.isdigit() or int(raw) > 500:
             raise ProxyError(Refusal.INVALID_FIELD, "limit must be an integer from 0 to 500", param="limit")
         try:
-            page = await read_dead_letters(self._settings, int(raw))
+            page = await read_dead_letters(self._bus, int(raw))
         except (OSError, RedisError) as exc:
             log.warning("admin UI: cannot read the dead letters: %s", exc)
             raise ProxyError(Refusal.SERVICE_UNAVAILABLE, "The dead letters cannot be read") from None
