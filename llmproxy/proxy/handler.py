@@ -119,8 +119,8 @@ class ProxyHandler:
         else:
             body, plain = await self._read(request, grant.limits.allowed_models is not None)
             self._allow_model(request, grant, body, plain)
-            if grant.limits.metered and self._meter is not None:
-                watched = metered = True
+            if grant.limits.metered and not watched and self._meter is not None:
+                watched = metered = True  # no observer reads its usage: the meter does
         if self._cache is not None:
             hit = await self._cached(request, grant, plain)
             if hit is not None:
