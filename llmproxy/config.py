@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from llmproxy import redis_keys
+from llmproxy.config_prices import ModelPrice, load_prices
 from llmproxy.config_values import (
     boolean,
     choice,
@@ -163,6 +164,12 @@ class LogSettings(msgspec.Struct, frozen=True):
     access: str = "-"  # ACCESS_LOG: "-" stderr, "off", or a path
 
 
+class UsageSettings(msgspec.Struct, frozen=True):
+    prices_path: str = ""  # PRICES_PATH: the operator's price file
+    prices: dict[str, ModelPrice] = {}  # read from prices_path by load()
+    retention_days: int = 400  # USAGE_RETENTION_DAYS: daily usage rows kept this long
+
+
 class Settings(msgspec.Struct, frozen=True):
     """Every section, frozen. A new setting: a field with its default on its section Struct and one
     line in ``_VARS`` (env name → section, field, parser); ``load()`` needs no change."""
@@ -178,6 +185,7 @@ class Settings(msgspec.Struct, frozen=True):
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
     audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    usage: UsageSettings = msgspec.field(default_factory=UsageSettings)
     metrics_enabled: bool = True
 
 
@@ -234,6 +242,8 @@ _VARS: dict[str, tuple[str, str, Any]] = {
     "LOG_LEVEL": ("log", "level", choice("debug", "info", "warning", "error", "critical")),
     "LOG_FORMAT": ("log", "format", choice("text", "json")),
     "LOG_FILE": ("log", "file", text),
+    "PRICES_PATH": ("usage", "prices_path", text),
+    "USAGE_RETENTION_DAYS": ("usage", "retention_days", lambda v: integer(v, 1)),
     "ACCESS_LOG": ("log", "access", lambda v: "off" if str(v).strip().lower() == "off" else str(v) or "-"),
 }
 
@@ -260,6 +270,12 @@ def _derive(values: _Values) -> None:
     dispatch = values.setdefault("dispatch", {})
     if upstream.get("api_config_path"):
         upstream["api"] = load_api_config(upstream["api_config_path"])
+    usage = values.setdefault("usage", {})
+    if usage.get("prices_path"):
+        try:
+            usage["prices"] = load_prices(usage["prices_path"])
+        except ValueError as exc:
+            raise ConfigError(f"PRICES_PATH: {exc}") from None
     if not streams.get("consumer_name"):
         streams["consumer_name"] = f"{socket.gethostname()}-{os.getpid()}"
     if not dispatch.get("services") and events.get("file_event_log"):

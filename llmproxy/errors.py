@@ -38,6 +38,10 @@ class Refusal(enum.Enum):
     TOKEN_EXPIRED = (401, "token_expired", "authentication_error", "Token has expired")
     QUOTA_EXCEEDED = (429, "quota_exceeded", "rate_limit_error", "Token request quota exceeded")
     RATE_LIMITED = (429, "rate_limited", "rate_limit_error", "Token rate limit exceeded")
+    # a spent budget is OpenAI's "insufficient_quota" (429, which its SDKs raise as RateLimitError),
+    # answered with x-should-retry: false: it is not a moment's limit but money
+    BUDGET_EXCEEDED = (429, "budget_exceeded", "insufficient_quota", "Budget exceeded")
+    MODEL_NOT_ALLOWED = (403, "model_not_allowed", "permission_error", "Model not allowed for this token")
     PROJECT_INACTIVE = (403, "project_inactive", "permission_error", "Project is inactive")
     SERVICE_UNAVAILABLE = (503, "service_unavailable", "server_error", "Service temporarily unavailable")
     ENDPOINT_NOT_ALLOWED = (404, "endpoint_not_allowed", "invalid_request_error", "Endpoint not allowed")
@@ -118,6 +122,8 @@ class Outcome(enum.Enum):
 FINAL_REFUSALS = frozenset(
     {
         Refusal.QUOTA_EXCEEDED,
+        Refusal.BUDGET_EXCEEDED,
+        Refusal.MODEL_NOT_ALLOWED,
         Refusal.MISSING_TOKEN,
         Refusal.INVALID_TOKEN,
         Refusal.TOKEN_REVOKED,

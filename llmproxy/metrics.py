@@ -236,6 +236,14 @@ def prometheus_families(snapshot: Snapshot) -> Iterable[Metric]:
     for code, n in sorted(s.refusals.items()):
         refusals.add_metric((code,), n)
     yield refusals
+    unpriced = CounterMetricFamily(
+        "llm_proxy_unpriced_requests_total",
+        "Requests with token usage for a model no price is known for (cost null), by model",
+        labels=("model",),
+    )
+    for model, n in sorted(s.unpriced_requests.items()):
+        unpriced.add_metric((model,), n)
+    yield unpriced
     for field, help_text in (
         ("hits", "Requests answered from the response cache"),
         ("misses", "Cacheable lookups that found nothing"),

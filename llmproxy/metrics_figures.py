@@ -97,6 +97,7 @@ class Snapshot(msgspec.Struct, kw_only=True):
     upstream_ttfb_seconds: list[HistogramFigures] = []
     bad_requests: dict[str, int] = {}  # reason -> count (BAD_REQUEST_REASONS)
     refusals: dict[str, int] = {}  # error.code -> proxy requests refused with it
+    unpriced_requests: dict[str, int] = {}  # model -> requests with tokens whose cost is unknown
     cache: CacheFigures = msgspec.field(default_factory=CacheFigures)
     events: EventFigures = msgspec.field(default_factory=EventFigures)
     dispatchers: dict[str, DispatcherFigures] = {}

@@ -19,28 +19,35 @@ from typing import TypeVar
 
 import msgspec
 
-from llmproxy.auth.grant import Grant
+from llmproxy.auth.flusher import UsageFlusher
+from llmproxy.auth.grant import Grant, Limits
 from llmproxy.auth.invalidation import Invalidations
+from llmproxy.auth.ledger import Ledger, Spend
 from llmproxy.auth.ratelimit import RateLimiter
 from llmproxy.auth.shared_ratelimit import SharedRateLimiter
+from llmproxy.auth.spend_limits import SpendLimits
+from llmproxy.auth.token_rate import TokenRate
 from llmproxy.auth.tokens import hash_token, token_hint
 from llmproxy.config import AuthSettings
 from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
-from llmproxy.store.base import Project, Store, Token, TokenUsage
+from llmproxy.redis_keys import tokens_rate_prefix
+from llmproxy.store.base import Project, Store, Token
 
-__all__ = ("Authority", "Grant")
+__all__ = ("Authority", "Grant", "Limits")
 
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 1.0
 NEGATIVE_TTL = 5.0  # unknown tokens are remembered this long (at most key_cache_ttl)
 _PRUNE_EVERY = 60  # flush ticks between sweeps of idle rate-limit windows
+_RETAIN_EVERY = 3600  # flush ticks between deletions of daily usage rows past USAGE_RETENTION_DAYS
 T = TypeVar("T")
 
 
 class _Entry:
     """One cached lookup. ``refusal`` answers unknown/revoked tokens; ``grant`` is None when the
-    project is inactive or missing; ``counted`` is the request_count as far as known here."""
+    project is inactive or missing; ``counted`` is the request_count as far as known here; ``budgets``
+    the token's and its project's ``Spend`` where they have a budget (empty: none)."""
 
     __slots__ = (
         "token_hash",
@@ -52,6 +59,9 @@ class _Entry:
         "stale_at",
         "counted",
         "exhausted",
+        "budgets",
+        "tpm",
+        "limited",
     )
 
     def __init__(
@@ -73,17 +83,9 @@ class _Entry:
         self.counted = token.request_count if token is not None else 0
         limit = token.max_requests if token is not None else None
         self.exhausted = limit is not None and self.counted >= limit
-
-
-class _Pending:
-    """Usage not yet written: counts since the last flush, latest use as a clock reading."""
-
-    __slots__ = ("requests", "cache_hits", "last_used")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.cache_hits = 0
-        self.last_used = 0.0
+        self.budgets: tuple[Spend, ...] = ()
+        self.tpm: tuple[tuple[str, int], ...] = ()  # (window key, tokens per minute) of token and project
+        self.limited = False  # budgets or tpm: checked before each request
 
 
 class Authority:
@@ -97,6 +99,7 @@ class Authority:
         clock: Callable[[], float] = time.time,
         shared_limiter: SharedRateLimiter | None = None,
         invalidations: Invalidations | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -111,12 +114,11 @@ class Authority:
         self._limiter = RateLimiter(max_keys=max(settings.key_cache_max, 1000), clock=clock)
         self._shared_limiter = shared_limiter  # None: per instance; else this one is the fallback
         self._invalidations = invalidations
-        self._pending: dict[str, _Pending] = {}
-        self._max_pending = max(settings.key_cache_max, 1000)
-        self._flushing: asyncio.Task[None] | None = None
-        self._usage_failing = False
+        self.ledger = ledger = ledger if ledger is not None else Ledger()
+        tpm = TokenRate(shared_limiter, prefix=tokens_rate_prefix(settings.redis_prefix), clock=clock)
+        self._spend = SpendLimits(ledger, tpm)
+        self._flusher = UsageFlusher(store, ledger, max_pending=max(settings.key_cache_max, 1000))
         self._store_failing = False
-        self._dropped_usage = 0
 
     # -- the hot path
     async def check(self, raw_token: str) -> Grant:
@@ -135,6 +137,10 @@ class Authority:
             raise _refused(Refusal.PROJECT_INACTIVE, entry, raw_token)
         if entry.exhausted:
             raise _refused(Refusal.QUOTA_EXCEEDED, entry, raw_token)
+        if entry.limited:
+            refusal = await self._spend.refusal(entry.budgets, entry.tpm)
+            if refusal is not None:
+                raise _refused(refusal[0], entry, raw_token, refusal[1], refusal[2])
         limit = grant.rate_limit_per_minute
         if limit is not None:
             shared = self._shared_limiter  # when Redis cannot answer (None), this instance counts alone
@@ -150,7 +156,7 @@ class Authority:
         against their quota; unlimited ones in memory until the next flush."""
         now = self._clock()
         if grant.max_requests is None:
-            self._pending_for(grant.token_id, now).requests += 1
+            self._flusher.request(grant.token_id, now)
             return
         counted = await self._store_call(self._store.consume_request(grant.token_id, _utc(now)))
         token_id = grant.token_id
@@ -171,7 +177,7 @@ class Authority:
 
     def count_cache_hit(self, grant: Grant) -> None:
         """A response served from the HTTP cache: counted in cache_hit_count, not request_count."""
-        self._pending_for(grant.token_id, self._clock()).cache_hits += 1
+        self._flusher.cache_hit(grant.token_id, self._clock())
 
     # -- invalidation
     def invalidate_token(self, token_id: str) -> None:
@@ -214,73 +220,22 @@ class Authority:
         """Flush batched usage every second until cancelled (then call ``flush()``)."""
         ticks = 0
         while True:
+            if ticks % _RETAIN_EVERY == 0:
+                await self._flusher.prune_usage()
             await asyncio.sleep(FLUSH_INTERVAL)
             await self.flush()
             ticks += 1
             if ticks % _PRUNE_EVERY == 0:
                 self._limiter.prune()
+                self._spend.tpm.local.prune()
+                self._spend.forget_idle(self._by_token, self._by_project)
 
     async def flush(self) -> None:
-        """Write batched usage now. Writes run one after another, each to its end even if its caller
-        was cancelled (shutdown), so no count is lost or written twice."""
-        write = self._write_usage(after=self._flushing)
-        self._flushing = asyncio.get_running_loop().create_task(write, name="usage-write")
-        await asyncio.shield(self._flushing)
-
-    async def _write_usage(self, after: asyncio.Task[None] | None) -> None:
-        if after is not None:
-            await asyncio.wait([after])
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, {}
-        usage = [
-            TokenUsage(token_id, p.requests, p.cache_hits, _utc(p.last_used))
-            for token_id, p in pending.items()
-        ]
-        try:
-            await self._store.add_usage(usage)
-        except Exception as exc:  # keep the counts and retry next tick; never kill the loop
-            self._restore(pending)
-            if not self._usage_failing:
-                self._usage_failing = True
-                log.warning(
-                    "cannot write token usage of %d tokens, retrying every second: %s",
-                    len(self._pending),
-                    exc,
-                )
-            return
-        if self._usage_failing:
-            self._usage_failing = False
-            log.info("token usage written again (%d tokens)", len(usage))
-
-    def _restore(self, pending: dict[str, _Pending]) -> None:
-        for token_id, old in pending.items():
-            current = self._pending.get(token_id)
-            if current is None:
-                if len(self._pending) >= self._max_pending:
-                    self._drop_usage()
-                    continue
-                self._pending[token_id] = old
-                continue
-            current.requests += old.requests
-            current.cache_hits += old.cache_hits
-            current.last_used = max(current.last_used, old.last_used)
-
-    def _pending_for(self, token_id: str, now: float) -> _Pending:
-        pending = self._pending.get(token_id)
-        if pending is None:
-            pending = _Pending()
-            if len(self._pending) < self._max_pending:
-                self._pending[token_id] = pending
-            else:  # the store has been failing for long: counting into a throwaway beats growing
-                self._drop_usage()
-        pending.last_used = now
-        return pending
-
-    def _drop_usage(self) -> None:
-        self._dropped_usage += 1
-        if self._dropped_usage == 1:
-            log.warning("token usage buffer full: dropping usage of further tokens until it drains")
+        """Write batched counters and usage now, and read back the shared totals budgets compare against.
+        Writes run one after another, each to its end even if its caller was cancelled (shutdown). Then
+        the tokens-per-minute charges go to the shared windows."""
+        await self._flusher.flush()
+        await self._spend.tpm.send()
 
     # -- the cache
     async def _lookup(self, token_hash: str) -> _Entry:
@@ -306,6 +261,9 @@ class Authority:
             project = await self._store_call(self._store.get_project(token.project_id))
         now = self._clock()
         entry = _new_entry(token_hash, token, project, now + self._ttl, now + self._negative_ttl)
+        if entry.grant is not None and token is not None and project is not None:
+            entry.budgets, entry.tpm = self._spend.limits_of(token, project)
+            entry.limited = bool(entry.budgets or entry.tpm)
         if generation == self._generation:
             self._insert(entry)
         return entry
@@ -372,17 +330,46 @@ def _new_entry(
             max_requests=token.max_requests,
             rate_limit_per_minute=token.rate_limit_per_minute,
             token_hint=token.token_hint,
+            limits=_limits(token, project),
+            name=token.name,
+            metadata=token.metadata,
         )
     return _Entry(token_hash, stale_at, token=token, grant=grant)
 
 
+def _limits(token: Token, project: Project) -> Limits | None:
+    """The grant's Limits, or None for a token (and project) without budgets, TPM or allowed models."""
+    metered = any(
+        limit is not None
+        for limit in (
+            token.max_tokens,
+            token.max_cost_usd,
+            token.tokens_per_minute,
+            project.max_tokens,
+            project.max_cost_usd,
+            project.tokens_per_minute,
+        )
+    )
+    allowed = tuple(token.allowed_models) if token.allowed_models is not None else None
+    return Limits(metered, allowed) if metered or allowed is not None else None
+
+
 def _refused(
-    refusal: Refusal, entry: _Entry, raw_token: str, headers: dict[str, str] | None = None
+    refusal: Refusal,
+    entry: _Entry,
+    raw_token: str,
+    headers: dict[str, str] | None = None,
+    message: str | None = None,
 ) -> ProxyError:
     """A refusal naming whose token it was (audit, access log): its hint, and its ids when known."""
     hint = token_hint(raw_token)
     return ProxyError(
-        refusal, headers=headers, project_id=entry.project_id, token_id=entry.token_id, token_hint=hint
+        refusal,
+        message,
+        headers=headers,
+        project_id=entry.project_id,
+        token_id=entry.token_id,
+        token_hint=hint,
     )
 
 

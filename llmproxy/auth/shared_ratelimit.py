@@ -107,6 +107,15 @@ class SharedRateLimiter:
     async def aclose(self) -> None:
         await self._redis.aclose()
 
+    @property
+    def redis(self) -> Redis:
+        """The connection, shared with the tokens-per-minute windows (token_rate.py)."""
+        return self._redis
+
+    def fail(self, exc: BaseException) -> None:
+        """A call to Redis failed (here or in the TPM windows): limit per instance until it answers."""
+        self._fail(exc)
+
     def _fail(self, exc: BaseException) -> None:
         self._failed.set()
         if not self.degraded:

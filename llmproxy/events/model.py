@@ -6,13 +6,34 @@ from typing import Any
 
 import msgspec
 
-__all__ = ("Event", "EventShape", "Usage", "check_event", "decode_event", "encode_event", "encoder")
+__all__ = (
+    "Event",
+    "EventShape",
+    "PromptTokensDetails",
+    "Usage",
+    "check_event",
+    "decode_event",
+    "encode_event",
+    "encoder",
+)
 
 
-class Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0
+
+
+class Usage(msgspec.Struct, omit_defaults=True):
+    """Token counts as OpenAI reports them; ``prompt_tokens_details`` only when cached tokens were reported."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return 0 if details is None else details.cached_tokens
 
 
 class Event(msgspec.Struct, kw_only=True):
@@ -39,6 +60,7 @@ class Event(msgspec.Struct, kw_only=True):
     response_body_truncated: bool = False
     body_encoding: str = "utf-8"  # "utf-8" | "base64"
     error: str | None = None
+    metadata: dict[str, Any] | None = None  # the token's metadata (issue 17), as set through the API
 
 
 encoder = msgspec.json.Encoder()

@@ -20,6 +20,16 @@ from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.auth.tokens import generate_token, hash_token, token_hint
 from llmproxy.errors import ProxyError, Refusal
 from llmproxy.manage import openapi
+from llmproxy.manage.changes import (
+    SPEND_LIMITS,
+    TOKEN_FIELDS,
+    base_url,
+    name_taken,
+    project_changes,
+    refuse_obfuscated,
+    spend_limits,
+    token_limits,
+)
 from llmproxy.manage.edge import (
     json_response,
     method_not_allowed,
@@ -40,13 +50,11 @@ from llmproxy.manage.schemas import (
     TokenCreated,
     TokenFilter,
     TokenUpdate,
-    audit_page,
     decode_body,
     decode_query,
-    looks_obfuscated,
-    project_out,
-    token_out,
 )
+from llmproxy.manage.usage import UsageAPI
+from llmproxy.manage.views import audit_page, project_out, token_out
 from llmproxy.store.base import AuditQuery, Project, Store, Token
 
 if TYPE_CHECKING:
@@ -63,10 +71,6 @@ PurgeCache = Callable[[str | None], Awaitable[int]]
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _base_url(url: str | None) -> str | None:
-    return None if url is None else url.rstrip("/")
 
 
 class ManageAPI:
@@ -116,6 +120,7 @@ class ManageAPI:
             web.route("*", "/manage/tokens/{id}", g(method_not_allowed("GET, HEAD, PATCH, DELETE"))),
             web.delete("/manage/cache", g(self.purge_cache, "cache.purge")),
             web.route("*", "/manage/cache", g(method_not_allowed("DELETE"))),
+            *UsageAPI(self._store).routes(g),
             web.get("/manage/audit", g(self.list_audit)),
             web.route("*", "/manage/audit", g(method_not_allowed("GET, HEAD"))),
             web.route("*", "/manage/{tail:.*}", g(not_found)),
@@ -143,22 +148,29 @@ class ManageAPI:
 
     async def create_project(self, request: web.Request) -> web.Response:
         body = decode_body(await read_body(request), ProjectCreate)
-        _refuse_obfuscated(body.api_key)
+        refuse_obfuscated(body.api_key)
         now = _now()
         project = Project(
             id=str(uuid.uuid4()),
             name=body.name.strip(),
             api_key=body.api_key,
-            upstream_base_url=_base_url(body.upstream_base_url),
+            upstream_base_url=base_url(body.upstream_base_url),
             created_at=now,
             updated_at=now,
+            max_tokens=body.max_tokens,
+            max_cost_usd=body.max_cost_usd,
+            tokens_per_minute=body.tokens_per_minute,
         )
         try:
             project = await self._store.create_project(project)
         except ValueError as exc:
-            raise _name_taken(exc, project.name) from None
+            raise name_taken(exc, project.name) from None
         self._authority.invalidate_project(project.id)
-        details = {"name": project.name, "upstream_base_url": project.upstream_base_url}
+        details = {
+            "name": project.name,
+            "upstream_base_url": project.upstream_base_url,
+            **spend_limits(project),
+        }
         self._audit("project.create", request, project_id=project.id, details=details)
         return json_response(project_out(project), status=201)
 
@@ -170,16 +182,16 @@ class ManageAPI:
                 Refusal.INVALID_FIELD, "revoke_tokens requires is_active: false", param="revoke_tokens"
             )
         if body.api_key is not UNSET:
-            _refuse_obfuscated(body.api_key)
+            refuse_obfuscated(body.api_key)
         current = await self._project(project_id)
         now = _now()
-        fields = _project_changes(body, current, now)
+        fields = project_changes(body, current, now)
         project: Project | None = current
         if fields:
             try:
                 project = await self._store.update_project(project_id, fields)
             except ValueError as exc:
-                raise _name_taken(exc, fields.get("name", "")) from None
+                raise name_taken(exc, fields.get("name", "")) from None
             if project is None:
                 raise ProxyError(Refusal.NOT_FOUND, "Project not found")
         revoked = await self._revoke_all(project_id, now) if body.revoke_tokens else None
@@ -189,6 +201,7 @@ class ManageAPI:
             details: dict[str, Any] = {"fields": sorted(k for k in fields if k != "deactivated_at")}
             if "name" in fields:
                 details["name"] = fields["name"]
+            details.update({k: v for k, v in fields.items() if k in SPEND_LIMITS})
             self._audit(action, request, project_id=project_id, details=details)
         if revoked is not None:
             self._audit(
@@ -256,6 +269,12 @@ class ManageAPI:
             max_requests=body.max_requests,
             rate_limit_per_minute=body.rate_limit_per_minute,
             created_at=now,
+            name=body.name.strip() if body.name is not None else None,
+            metadata=body.metadata,
+            max_tokens=body.max_tokens,
+            max_cost_usd=body.max_cost_usd,
+            tokens_per_minute=body.tokens_per_minute,
+            allowed_models=body.allowed_models,
         )
         try:
             token = await self._store.create_token(token)
@@ -264,7 +283,7 @@ class ManageAPI:
                 Refusal.NOT_FOUND, "Project not found", param="project_id", project_id=project_id
             ) from None
         self._authority.invalidate_token(token.id)
-        limits = _limits(token)
+        limits = token_limits(token)
         self._audit("token.create", request, project_id=project.id, token_id=token.id, details=limits)
         shown = {name: getattr(token, name) for name in TokenCreated.__struct_fields__ if name != "token"}
         return json_response(TokenCreated(token=raw, **shown), status=201)
@@ -277,10 +296,10 @@ class ManageAPI:
         if body.is_active is not UNSET and body.is_active != current.is_active:
             fields["is_active"] = body.is_active
             fields["deactivated_at"] = None if body.is_active else _now()
-        for name in ("max_requests", "rate_limit_per_minute", "expires_at"):
+        for name in TOKEN_FIELDS:
             value = getattr(body, name)
             if value is not UNSET:
-                fields[name] = value
+                fields[name] = value.strip() if name == "name" and value is not None else value
         if not fields:
             return json_response(token_out(current))
         token = await self._store.update_token(token_id, fields)
@@ -288,7 +307,7 @@ class ManageAPI:
             raise ProxyError(Refusal.NOT_FOUND, "Token not found")
         self._authority.invalidate_token(token_id)
         action = "token.revoke" if fields.get("is_active") is False else "token.update"
-        details = {"fields": sorted(k for k in fields if k != "deactivated_at"), **_limits(token)}
+        details = {"fields": sorted(k for k in fields if k != "deactivated_at"), **token_limits(token)}
         self._audit(action, request, project_id=token.project_id, token_id=token_id, details=details)
         return json_response(token_out(token))
 
@@ -325,41 +344,3 @@ class ManageAPI:
         query = decode_query(request.query, AuditFilter)
         records, total = await self._store.list_audit(AuditQuery(**msgspec.structs.asdict(query)))
         return json_response(audit_page(records, total, query.page, query.page_size))
-
-
-def _limits(token: Token) -> dict[str, Any]:
-    expires_at = None if token.expires_at is None else token.expires_at.isoformat()
-    return {
-        "expires_at": expires_at,
-        "max_requests": token.max_requests,
-        "rate_limit_per_minute": token.rate_limit_per_minute,
-    }
-
-
-def _project_changes(body: ProjectUpdate, current: Project, now: datetime) -> dict[str, Any]:
-    """The columns a PATCH writes: the fields given, and the active flag only when it flips."""
-    fields: dict[str, Any] = {}
-    if body.name is not UNSET:
-        fields["name"] = body.name.strip()
-    if body.api_key is not UNSET:
-        fields["api_key"] = body.api_key
-    if body.upstream_base_url is not UNSET:
-        fields["upstream_base_url"] = _base_url(body.upstream_base_url)
-    if body.is_active is not UNSET and body.is_active != current.is_active:
-        fields["is_active"] = body.is_active
-        fields["deactivated_at"] = None if body.is_active else now
-    return fields
-
-
-def _refuse_obfuscated(api_key: str) -> None:
-    if looks_obfuscated(api_key):
-        raise ProxyError(
-            Refusal.INVALID_FIELD, "api_key looks obfuscated: send the full upstream API key", param="api_key"
-        )
-
-
-def _name_taken(exc: ValueError, name: str) -> Exception:
-    """409 for the store's ValueError('name'); any other ValueError is a bug, left to become a 500."""
-    if str(exc) == "name":
-        return ProxyError(Refusal.CONFLICT, f"A project named {name!r} already exists", param="name")
-    return exc

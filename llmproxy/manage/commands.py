@@ -15,13 +15,14 @@ from urllib.parse import quote
 
 import msgspec
 
-from llmproxy.config import ServerSettings, parse_duration
+from llmproxy.config import ServerSettings
 from llmproxy.manage import tables
+from llmproxy.manage.argtypes import active, expiry, limit, moment
+from llmproxy.manage.spend_commands import add_spend_options, add_usage_command, spend_fields
 
 __all__ = ("DEFAULT_URL", "Answer", "Call", "Usage", "add_arguments", "add_connection_options")
 
 Call = tuple[str, str, Any, dict[str, str] | None]
-CLEAR = ("none", "never", "null")  # a value that removes a limit or the expiry
 DEFAULT_URL = ServerSettings().manage_url
 
 
@@ -46,63 +47,6 @@ def _drop_none(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-# --- argument types ----------------------------------------------------------------------------
-
-
-def _active(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("true", "yes", "1"):
-        return True
-    if lowered in ("false", "no", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def _limit(value: str) -> int | None:
-    """A positive integer, or ``none`` to remove the limit."""
-    if value.strip().lower() in CLEAR:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or none, got {value!r}")
-    return number
-
-
-def _with_offset(moment: datetime) -> str:
-    """RFC 3339 with an offset, which the API requires: a time given without one is UTC."""
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
-
-
-def _moment(value: str) -> str:
-    """RFC 3339 (UTC when it has no offset), or a duration back from now (``30m``, ``2h``)."""
-    try:
-        moment = datetime.now(UTC) - timedelta(seconds=parse_duration(value))
-    except ValueError:
-        try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a time like 2026-12-06T09:00:00Z or a duration ago like 30m, got {value!r}"
-            ) from None
-    return _with_offset(moment)
-
-
-def _expiry(value: str) -> str | None:
-    """An RFC 3339 time (UTC when it has no offset), or ``never``."""
-    if value.strip().lower() in CLEAR:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a time like 2026-12-31T00:00:00Z or never, got {value!r}"
-        ) from None
-    return _with_offset(moment)
-
-
 # --- requests ----------------------------------------------------------------------------------
 
 
@@ -116,6 +60,7 @@ def _project_get(args: argparse.Namespace) -> Call:
 
 def _project_create(args: argparse.Namespace) -> Call:
     body = _drop_none(name=args.name, api_key=args.api_key, upstream_base_url=args.upstream_base_url)
+    body.update(_drop_none(**spend_fields(args, token=False)))
     return "POST", "/manage/projects", body, None
 
 
@@ -125,9 +70,11 @@ def _project_update(args: argparse.Namespace) -> Call:
     )
     if args.revoke_tokens:
         body["revoke_tokens"] = True
+    body.update(spend_fields(args, token=False))
     if not body:
         raise Usage(
-            "nothing to update: give --name, --api-key, --upstream-base-url, --active or --revoke-tokens"
+            "nothing to update: give --name, --api-key, --upstream-base-url, --active, --revoke-tokens,"
+            " --max-tokens, --max-cost-usd or --tokens-per-minute"
         )
     return "PATCH", f"/manage/projects/{_segment(args.id)}", body, None
 
@@ -149,6 +96,7 @@ def _token_generate(args: argparse.Namespace) -> Call:
         duration_minutes=args.duration_minutes,
         max_requests=args.max_requests,
         rate_limit_per_minute=args.rate_limit_per_minute,
+        **spend_fields(args, token=True),
     )
     return "POST", "/manage/tokens", body, None
 
@@ -169,9 +117,11 @@ def _token_update(args: argparse.Namespace) -> Call:
             body[name] = getattr(args, name)
     if args.duration_minutes is not None:
         body["expires_at"] = (datetime.now(UTC) + timedelta(minutes=args.duration_minutes)).isoformat()
+    body.update(spend_fields(args, token=True))
     if not body:
         raise Usage(
-            "nothing to update: give --max-requests, --rate-limit-per-minute, --expires-at or --duration-minutes"
+            "nothing to update: give --max-requests, --rate-limit-per-minute, --expires-at, --duration-minutes,"
+            " --max-tokens, --max-cost-usd, --tokens-per-minute, --allowed-models, --name or --metadata"
         )
     return "PATCH", f"/manage/tokens/{_segment(args.id)}", body, None
 
@@ -285,13 +235,15 @@ def _add_project_commands(nouns: Any) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--api-key", required=True, help="upstream API key; '-' reads it from stdin")
     p.add_argument("--upstream-base-url", metavar="URL", help="override UPSTREAM_BASE_URL for this project")
+    add_spend_options(p, token=False, update=False)
     p = _leaf(verbs, "update", "change a project", _project_update, _show_object, id="project")
     p.add_argument("id", metavar="PROJECT", help=_PROJECT_HELP)
     p.add_argument("--name")
     p.add_argument("--api-key", help="new upstream API key; '-' reads it from stdin")
     p.add_argument("--upstream-base-url", metavar="URL")
-    p.add_argument("--active", type=_active, metavar="true|false", help="activate or deactivate")
+    p.add_argument("--active", type=active, metavar="true|false", help="activate or deactivate")
     p.add_argument("--revoke-tokens", action="store_true", help="with --active false: revoke every token")
+    add_spend_options(p, token=False, update=True)
     p = _leaf(
         verbs,
         "deactivate",
@@ -325,6 +277,7 @@ def _add_token_commands(nouns: Any) -> None:
     p.add_argument("--duration-minutes", type=int, help="lifetime; never expires if absent")
     p.add_argument("--max-requests", type=int, help="request quota; unlimited if absent")
     p.add_argument("--rate-limit-per-minute", type=int, help="unlimited if absent")
+    add_spend_options(p, token=True, update=False)
     p = _leaf(
         verbs, "list", "list tokens", _token_list, _show_rows(tables.TOKEN_COLUMNS), project_id="project"
     )
@@ -338,17 +291,18 @@ def _add_token_commands(nouns: Any) -> None:
     p.add_argument("id", metavar="TOKEN_ID", help=_TOKEN_HELP)
     p = _leaf(verbs, "update", "change a token's limits or expiry", _token_update, _show_object, id="token")
     p.add_argument("id", metavar="TOKEN_ID", help=_TOKEN_HELP)
-    p.add_argument("--max-requests", type=_limit, default=_UNCHANGED, metavar="N|none", help="request quota")
-    p.add_argument("--rate-limit-per-minute", type=_limit, default=_UNCHANGED, metavar="N|none")
-    expiry = p.add_mutually_exclusive_group()
-    expiry.add_argument(
+    p.add_argument("--max-requests", type=limit, default=_UNCHANGED, metavar="N|none", help="request quota")
+    p.add_argument("--rate-limit-per-minute", type=limit, default=_UNCHANGED, metavar="N|none")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument(
         "--expires-at",
-        type=_expiry,
+        type=expiry,
         default=_UNCHANGED,
         metavar="TIME|never",
         help="RFC 3339; UTC without an offset",
     )
-    expiry.add_argument("--duration-minutes", type=int, metavar="N", help="expire N minutes from now")
+    when.add_argument("--duration-minutes", type=int, metavar="N", help="expire N minutes from now")
+    add_spend_options(p, token=True, update=True)
     p = _leaf(verbs, "revoke", "revoke a token", _token_revoke, _show_revoked, id="token")
     p.add_argument("id", metavar="TOKEN_ID", help=_TOKEN_HELP)
 
@@ -371,8 +325,8 @@ def _add_audit_and_cache_commands(nouns: Any) -> None:
     p.add_argument("--token-id", metavar="TOKEN_ID", help=_TOKEN_HELP)
     p.add_argument("--request-id")
     p.add_argument("--actor", help="management_api, admin_ui, system")
-    p.add_argument("--since", type=_moment, metavar="TIME", help="RFC 3339, or a duration ago: 30m, 2h")
-    p.add_argument("--until", type=_moment, metavar="TIME", help="RFC 3339, or a duration ago")
+    p.add_argument("--since", type=moment, metavar="TIME", help="RFC 3339, or a duration ago: 30m, 2h")
+    p.add_argument("--until", type=moment, metavar="TIME", help="RFC 3339, or a duration ago")
     p.add_argument("--page", type=int, help="1 = newest (default 1)")
     p.add_argument("--page-size", type=int, help="1..500 (default 50)")
 
@@ -383,9 +337,12 @@ def _add_audit_and_cache_commands(nouns: Any) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Fill the ``manage`` parser: project, token, audit and cache commands."""
+    """Fill the ``manage`` parser: project, token, usage, audit and cache commands."""
     add_connection_options(parser, leaf=False)
-    nouns = parser.add_subparsers(dest="manage_noun", metavar="{project,token,audit,cache}", required=True)
+    nouns = parser.add_subparsers(
+        dest="manage_noun", metavar="{project,token,usage,audit,cache}", required=True
+    )
     _add_project_commands(nouns)
     _add_token_commands(nouns)
+    add_usage_command(nouns, _leaf, _PROJECT_HELP, _TOKEN_HELP)
     _add_audit_and_cache_commands(nouns)

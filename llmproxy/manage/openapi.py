@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from llmproxy import __version__
-from llmproxy.manage import schemas
+from llmproxy.manage import schemas, usage
 
 __all__ = ("PATHS", "document")
 
@@ -24,6 +24,7 @@ _COMPONENT_TYPES: tuple[type, ...] = (
     schemas.RevokeResult,
     schemas.CachePurged,
     schemas.AuditPage,
+    usage.UsageReport,
     schemas.ErrorBody,
 )
 # name in components.responses -> (description, error.code values it may carry)
@@ -161,7 +162,10 @@ def _paths() -> dict[str, Any]:
                 (*_BODY_ERRORS, "403", "404"),
                 body="TokenCreate",
                 description="duration_minutes absent: never expires; max_requests / rate_limit_per_minute "
-                "absent: unlimited.",
+                "absent: unlimited. max_tokens / max_cost_usd (lifetime budgets: the request crossing one "
+                "completes, the next is refused with 429 budget_exceeded), tokens_per_minute and "
+                "allowed_models (glob patterns; others are refused with 403 model_not_allowed) absent: none. "
+                "metadata is copied into the token's events.",
             ),
         },
         "/manage/tokens/{id}": {
@@ -193,6 +197,19 @@ def _paths() -> dict[str, Any]:
                     "project, `<project_id>:POST:/v1/chat/completions` for an endpoint. Not both (422). "
                     "Neither purges every cached response. 503 when the cache is disabled."
                 ),
+            ),
+        },
+        "/manage/usage": {
+            "get": _op(
+                "Usage and cost, summed by day, model, token or project",
+                ("200", "The groups in key order and their total", _ref("UsageReport")),
+                _READ_ERRORS,
+                params=_query_params(usage.UsageFilter),
+                description="Daily rows (UTC) of every forwarded request whose usage the proxy read: every "
+                "request when events are published, else those of tokens or projects with a budget or "
+                "tokens_per_minute. since/until are UTC days, inclusive. Tokens are the upstream's count, or "
+                "the proxy's when it reported none (estimated_requests); cost_usd is from the price table "
+                "(genai-prices, PRICES_PATH), null when no request of the group had a known price.",
             ),
         },
         "/manage/audit": {

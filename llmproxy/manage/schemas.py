@@ -6,17 +6,13 @@ error names the offending field; response Structs never hold an upstream API key
 
 from __future__ import annotations
 
-import math
-import re
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from llmproxy.errors import ProxyError, Refusal
-from llmproxy.manage.checks import check_values
-from llmproxy.store.base import AuditRecord, Project, Token
+from llmproxy.manage.checks import MAX_METADATA_BYTES
+from llmproxy.manage.decoding import PATTERN_MEANINGS, decode_body, decode_query, field_of
 
 __all__ = (
     "MAX_BODY_BYTES",
@@ -25,6 +21,7 @@ __all__ = (
     "AuditPage",
     "CachePurgeQuery",
     "CachePurged",
+    "MAX_METADATA_BYTES",
     "ErrorBody",
     "ProjectCreate",
     "ProjectOut",
@@ -36,16 +33,9 @@ __all__ = (
     "TokenOut",
     "TokenStatus",
     "TokenUpdate",
-    "audit_event_out",
-    "audit_page",
     "decode_body",
     "decode_query",
     "field_of",
-    "looks_obfuscated",
-    "obfuscate_api_key",
-    "project_out",
-    "token_out",
-    "token_status",
 )
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -72,7 +62,30 @@ Positive = Annotated[int, Meta(ge=1, le=2**62)]
 RateLimit = Annotated[int, Meta(ge=1, le=1_000_000)]
 Minutes = Annotated[int, Meta(ge=1, le=MAX_DURATION_MINUTES)]
 AwareTime = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a UTC offset")]
+PATTERN_MEANINGS.update(
+    {
+        CACHE_KEY_PATTERN: "a whole cache key, as X-PROXY-CACHE-KEY shows it",
+        UUID_PATTERN: "a UUID",
+        NAME_PATTERN: "a string that is not blank",
+        API_KEY_PATTERN: "a string without whitespace",
+        URL_PATTERN: "an http(s) URL",
+    }
+)
 TokenStatus = Literal["active", "expired", "revoked", "exhausted"]
+TokenBudget = Annotated[int, Meta(ge=1, le=2**62, description="prompt + completion tokens, lifetime")]
+CostBudget = Annotated[float, Meta(ge=0, le=1e12, description="USD, lifetime")]
+TokensPerMinute = Annotated[int, Meta(ge=1, le=2**40, description="prompt + completion tokens per minute")]
+ModelPattern = Annotated[str, Meta(min_length=1, max_length=256, pattern=r"^\S+$")]
+AllowedModels = Annotated[
+    list[ModelPattern],
+    Meta(max_length=100, description="glob patterns (gpt-4o*, o3): the models the token may name"),
+]
+Metadata = Annotated[
+    dict[str, Any],
+    Meta(
+        max_length=64, description=f"a JSON object of at most {MAX_METADATA_BYTES} bytes, copied into events"
+    ),
+]
 
 
 # --- requests ----------------------------------------------------------------------------------
@@ -84,6 +97,9 @@ class ProjectCreate(Struct, kw_only=True, forbid_unknown_fields=True):
     name: Name
     api_key: ApiKey
     upstream_base_url: BaseUrl | None = None
+    max_tokens: TokenBudget | None = None
+    max_cost_usd: CostBudget | None = None
+    tokens_per_minute: TokensPerMinute | None = None
 
 
 class ProjectUpdate(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -95,6 +111,9 @@ class ProjectUpdate(Struct, kw_only=True, forbid_unknown_fields=True):
     upstream_base_url: BaseUrl | None | UnsetType = UNSET
     is_active: bool | UnsetType = UNSET
     revoke_tokens: bool = False
+    max_tokens: TokenBudget | None | UnsetType = UNSET
+    max_cost_usd: CostBudget | None | UnsetType = UNSET
+    tokens_per_minute: TokensPerMinute | None | UnsetType = UNSET
 
 
 class TokenCreate(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -104,6 +123,12 @@ class TokenCreate(Struct, kw_only=True, forbid_unknown_fields=True):
     duration_minutes: Minutes | None = None
     max_requests: Positive | None = None
     rate_limit_per_minute: RateLimit | None = None
+    name: Name | None = None
+    metadata: Metadata | None = None
+    max_tokens: TokenBudget | None = None
+    max_cost_usd: CostBudget | None = None
+    tokens_per_minute: TokensPerMinute | None = None
+    allowed_models: AllowedModels | None = None
 
 
 class TokenUpdate(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -113,6 +138,12 @@ class TokenUpdate(Struct, kw_only=True, forbid_unknown_fields=True):
     max_requests: Positive | None | UnsetType = UNSET
     rate_limit_per_minute: RateLimit | None | UnsetType = UNSET
     expires_at: AwareTime | None | UnsetType = UNSET
+    name: Name | None | UnsetType = UNSET
+    metadata: Metadata | None | UnsetType = UNSET
+    max_tokens: TokenBudget | None | UnsetType = UNSET
+    max_cost_usd: CostBudget | None | UnsetType = UNSET
+    tokens_per_minute: TokensPerMinute | None | UnsetType = UNSET
+    allowed_models: AllowedModels | None | UnsetType = UNSET
 
 
 class TokenFilter(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -165,6 +196,13 @@ class ProjectOut(Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     deactivated_at: datetime | None
+    max_tokens: int | None
+    max_cost_usd: float | None
+    tokens_per_minute: int | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
 
 
 class TokenOut(Struct, kw_only=True):
@@ -185,8 +223,21 @@ class TokenOut(Struct, kw_only=True):
     deactivated_at: datetime | None
     status: Annotated[
         TokenStatus,
-        Meta(description="revoked (is_active false), expired, exhausted (max_requests used) or active"),
+        Meta(
+            description="revoked (is_active false), expired, exhausted (max_requests, max_tokens or "
+            "max_cost_usd used up) or active"
+        ),
     ]
+    name: str | None
+    metadata: dict[str, Any] | None
+    max_tokens: int | None
+    max_cost_usd: float | None
+    tokens_per_minute: int | None
+    allowed_models: list[str] | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
 
 
 class TokenCreated(Struct, kw_only=True):
@@ -201,6 +252,12 @@ class TokenCreated(Struct, kw_only=True):
     max_requests: int | None
     rate_limit_per_minute: int | None
     created_at: datetime
+    name: str | None
+    metadata: dict[str, Any] | None
+    max_tokens: int | None
+    max_cost_usd: float | None
+    tokens_per_minute: int | None
+    allowed_models: list[str] | None
 
 
 class RevokeResult(Struct, kw_only=True):
@@ -257,139 +314,3 @@ class ErrorBody(Struct, kw_only=True):
     """Every error: ``{"error": {"message", "type", "code", "param"?}}``."""
 
     error: ErrorDetail
-
-
-# --- conversions -------------------------------------------------------------------------------
-
-
-def obfuscate_api_key(key: str) -> str:
-    """First 3 + "…" + last 4 (``sk-…abcd``); keys too short to spare 7 characters show nothing."""
-    if len(key) < 12:
-        return "…"
-    return f"{key[:3]}…{key[-4:]}"
-
-
-def looks_obfuscated(key: str) -> bool:
-    """An obfuscated key sent back by mistake (from this API or the Go reference's)."""
-    return "…" in key or "..." in key or "****" in key
-
-
-def project_out(project: Project) -> ProjectOut:
-    return ProjectOut(
-        id=project.id,
-        name=project.name,
-        api_key=obfuscate_api_key(project.api_key),
-        upstream_base_url=project.upstream_base_url,
-        is_active=project.is_active,
-        created_at=project.created_at,
-        updated_at=project.updated_at,
-        deactivated_at=project.deactivated_at,
-    )
-
-
-def token_status(token: Token, now: datetime) -> TokenStatus:
-    """What the proxy would do with the token now, in one word; revoked before expired before exhausted."""
-    if not token.is_active:
-        return "revoked"
-    if token.expires_at is not None and token.expires_at <= now:
-        return "expired"
-    if token.max_requests is not None and token.request_count >= token.max_requests:
-        return "exhausted"
-    return "active"
-
-
-def token_out(token: Token, now: datetime | None = None) -> TokenOut:
-    """The token as the API shows it, with its ``status`` at ``now`` (default: this instant)."""
-    return TokenOut(
-        id=token.id,
-        token=token.token_hint,
-        project_id=token.project_id,
-        expires_at=token.expires_at,
-        is_active=token.is_active,
-        request_count=token.request_count,
-        max_requests=token.max_requests,
-        rate_limit_per_minute=token.rate_limit_per_minute,
-        cache_hit_count=token.cache_hit_count,
-        created_at=token.created_at,
-        last_used_at=token.last_used_at,
-        deactivated_at=token.deactivated_at,
-        status=token_status(token, now or datetime.now(UTC)),
-    )
-
-
-def audit_event_out(record: AuditRecord) -> AuditEventOut:
-    return msgspec.convert(msgspec.structs.asdict(record), AuditEventOut)
-
-
-def audit_page(records: list[AuditRecord], total: int, page: int, page_size: int) -> AuditPage:
-    return AuditPage(
-        events=[audit_event_out(r) for r in records],
-        page=page,
-        page_size=page_size,
-        total_count=total,
-        total_pages=math.ceil(total / page_size),
-    )
-
-
-# --- decoding ----------------------------------------------------------------------------------
-
-_FIELD_NAMED = re.compile(r"(?:unknown|required) field `([^`]+)`")
-_AT_PATH = re.compile(r" - at `\$(.*)`$")
-# msgspec quotes the regex a string failed; people would rather read what it stands for
-_PATTERN_MEANINGS = {
-    CACHE_KEY_PATTERN: "a whole cache key, as X-PROXY-CACHE-KEY shows it",
-    UUID_PATTERN: "a UUID",
-    NAME_PATTERN: "a string that is not blank",
-    API_KEY_PATTERN: "a string without whitespace",
-    URL_PATTERN: "an http(s) URL",
-}
-_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
-T = TypeVar("T")
-
-
-def field_of(error: msgspec.ValidationError) -> str | None:
-    """The field a validation error is about, as a dotted path (``max_requests``, ``a.b[0]``)."""
-    message = str(error)
-    at = _AT_PATH.search(message)
-    path = at.group(1).lstrip(".") if at else ""
-    named = _FIELD_NAMED.search(message)
-    if named:
-        path = f"{path}.{named.group(1)}" if path else named.group(1)
-    return path or None
-
-
-def _invalid(error: msgspec.ValidationError) -> ProxyError:
-    message = str(error)
-    for pattern, meaning in _PATTERN_MEANINGS.items():
-        message = message.replace(f"`str` matching regex {pattern!r}", meaning)
-    return ProxyError(Refusal.INVALID_FIELD, message, param=field_of(error))
-
-
-def decode_body(body: bytes, kind: type[T]) -> T:
-    """Decode a request body: 400 ``invalid_json`` if it isn't JSON, 422 ``invalid_field`` naming
-    the field if it doesn't fit ``kind``."""
-    decoder = _decoders.get(kind)
-    if decoder is None:
-        decoder = _decoders[kind] = msgspec.json.Decoder(kind)
-    try:
-        # parse the whole text first: the typed decoder stops at the first field that does not fit,
-        # and would call '{"a": 1}garbage' an unknown field instead of what it is, not JSON
-        msgspec.json.decode(body)
-        value: T = decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise _invalid(exc) from None
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise ProxyError(Refusal.INVALID_JSON, f"Request body is not valid JSON: {exc}") from None
-    check_values(value)
-    return value
-
-
-def decode_query(query: Any, kind: type[T]) -> T:
-    """Convert query parameters (first value of each) into ``kind``, strings coerced; 422 if not."""
-    values = {key: query.get(key) for key in query.keys()}
-    try:
-        value = msgspec.convert(values, kind, strict=False)
-    except msgspec.ValidationError as exc:
-        raise _invalid(exc) from None
-    check_values(value)
-    return value

@@ -44,6 +44,8 @@ def cell(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, dict | list):  # metadata, allowed_models: as JSON, not as Python
+        return msgspec.json.encode(value).decode()
     return str(value)
 
 
@@ -71,6 +73,16 @@ def _field(name: str, show: Callable[[Any], Any] = lambda v: v) -> Callable[[dic
     return lambda row: show(row.get(name))
 
 
+def _spent(row: dict[str, Any]) -> str:
+    """Tokens and USD used, against the budgets: ``1200/5000 tok $0.03/$5``."""
+    used = row.get("prompt_tokens", 0) + row.get("completion_tokens", 0)
+    tokens = f"{used}/{row['max_tokens']}" if row.get("max_tokens") is not None else str(used)
+    cost = f"${row.get('cost_usd', 0):.2f}"
+    if row.get("max_cost_usd") is not None:
+        cost += f"/${row['max_cost_usd']:g}"
+    return f"{tokens} tok {cost}"
+
+
 def _requests(row: dict[str, Any]) -> str:
     limit = row.get("max_requests")
     return f"{row.get('request_count', 0)}/{limit}" if limit is not None else str(row.get("request_count", 0))
@@ -83,13 +95,16 @@ PROJECT_COLUMNS = (
     Column("API_KEY", _field("api_key")),
     Column("UPSTREAM_BASE_URL", _field("upstream_base_url"), flex=True),
     Column("CREATED (UTC)", _field("created_at", _minute), _field("created_at")),
+    Column("USED", _spent, wide_only=True),
 )
 TOKEN_COLUMNS = (
     Column("ID", _field("id", _short_id), _field("id")),
     Column("PROJECT", _field("project_id", _short_id), _field("project_id")),
     Column("TOKEN", _field("token")),
+    Column("NAME", _field("name"), flex=True, wide_only=True),
     Column("STATUS", _field("status")),
     Column("REQUESTS", _requests),
+    Column("USED", _spent, wide_only=True),
     Column("RATE/MIN", _field("rate_limit_per_minute")),
     Column("EXPIRES (UTC)", _field("expires_at", _minute), _field("expires_at")),
     Column("CACHE_HITS", _field("cache_hit_count"), wide_only=True),

@@ -9,7 +9,7 @@ import re
 
 import msgspec
 
-from llmproxy.events.model import Usage
+from llmproxy.events.model import PromptTokensDetails, Usage
 from llmproxy.openai.sse import data_payloads, data_payloads_backwards
 
 __all__ = ("request_model", "response_model", "response_usage", "usage_in")
@@ -25,7 +25,13 @@ _MODEL_JSON = re.compile(rb'"model"\s*:\s*"([^"\\]{1,256})"')
 _MODEL_FORM = re.compile(rb'name="model"\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]{1,256})')
 
 
+class _Details(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
 class _Counts(msgspec.Struct):
+    prompt_tokens_details: _Details | None = None  # chat and completions: cached prompt tokens
+    input_tokens_details: _Details | None = None  # responses API
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
@@ -64,7 +70,14 @@ def _usage(counts: _Counts | None) -> Usage | None:
         return None
     prompt, completion = prompt or 0, completion or 0
     total = counts.total_tokens if counts.total_tokens is not None else prompt + completion
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+    details = counts.prompt_tokens_details or counts.input_tokens_details
+    cached = details.cached_tokens if details is not None else None
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=total,
+        prompt_tokens_details=PromptTokensDetails(cached) if cached else None,
+    )
 
 
 def _decode(data: bytes) -> _Payload | None:

@@ -21,8 +21,9 @@ from llmproxy.proxy.transport import UpstreamAnswer
 
 if TYPE_CHECKING:
     from llmproxy.auth.authority import Grant
+    from llmproxy.events.model import Usage
 
-__all__ = ("Flow", "Observer")
+__all__ = ("Account", "Flow", "Observer")
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 # Outcome.X looked up on its class costs ~60 ns on Python 3.11 (the enum's metaclass): a module constant
@@ -61,6 +62,9 @@ class Flow(msgspec.Struct, kw_only=True):
     forwarded_ms: float = 0.0  # arrival -> the request handed to the upstream transport
     ttfb_ms: float | None = None  # arrival -> upstream response headers
     stream: bool = False  # the answer is text/event-stream
+    # who observes it: events (every flow), or usage metering (a metered token's, when events are off)
+    watched: bool = False
+    metered: bool = False
     # how it ended
     outcome: Outcome = Outcome.OK
     duration_ms: float = 0.0
@@ -119,3 +123,7 @@ class Flow(msgspec.Struct, kw_only=True):
 
 
 Observer = Callable[[Flow], None]
+
+Account = Callable[[str, str, str, "str | None", "Usage | None", bool], None]
+"""Usage accounting, told of each finished request: (token id, project id, UTC day "YYYY-MM-DD", model,
+usage or None when unknown, whether the usage was counted locally)."""

@@ -21,10 +21,13 @@ from llmproxy.auth.tokens import parse_bearer
 from llmproxy.config import EventSettings, UpstreamSettings
 from llmproxy.errors import Outcome, ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
+from llmproxy.openai.kinds import endpoint_kind
+from llmproxy.openai.usage import request_model
 from llmproxy.proxy.bodies import decoded, read_whole, streamed
 from llmproxy.proxy.capture import TAIL_BYTES, BodyCapture, bounded
 from llmproxy.proxy.flow import Flow, Observer
 from llmproxy.proxy.keys import CALLER, CANCEL_ON_DISCONNECT, REQUEST_ID
+from llmproxy.proxy.models import model_allowed
 from llmproxy.proxy.policy import Policy, allow_origin, split_target
 from llmproxy.proxy.ports import ResponseCache
 from llmproxy.proxy.relay import relay
@@ -40,7 +43,12 @@ __all__ = ("ProxyHandler",)
 log = logging.getLogger(__name__)
 
 # Refusals of the token check that SPEC §10 wants in the audit log, with their result.
-_AUDITED = {Refusal.PROJECT_INACTIVE: "denied", Refusal.SERVICE_UNAVAILABLE: "error"}
+_AUDITED = {
+    Refusal.PROJECT_INACTIVE: "denied",
+    Refusal.SERVICE_UNAVAILABLE: "error",
+    Refusal.BUDGET_EXCEEDED: "denied",
+    Refusal.MODEL_NOT_ALLOWED: "denied",
+}
 # A body of known size up to this is read whole and sent in one write; larger ones stream through.
 _READ_WHOLE_BELOW = 1 << 20
 # Outcome.X on its class costs ~60 ns a look-up on Python 3.11 (the enum's metaclass): module constants
@@ -50,7 +58,9 @@ _OK, _TOO_LARGE = Outcome.OK, Outcome.BODY_TOO_LARGE
 class ProxyHandler:
     """The proxy as one aiohttp handler, sending upstream through ``transport`` (owned by its creator).
 
-    ``observers`` is kept by reference: observers added to that sequence later are called too.
+    ``observers`` is kept by reference: observers added to that sequence later are called too. ``meter``
+    observes only the flows of metered tokens (budgets, TPM), for usage accounting when no observer
+    reads every flow.
     """
 
     def __init__(
@@ -63,12 +73,14 @@ class ProxyHandler:
         *,
         cache: ResponseCache | None = None,
         observers: Sequence[Observer] = (),
+        meter: Observer | None = None,
     ) -> None:
         self._policy = Policy(upstream.api)
         self._authority = authority
         self._auditor = auditor
         self._cache = cache
         self._observers = observers
+        self._meter = meter
         self._base_url = upstream.base_url.rstrip("/")
         self._max_request_capture = events.max_request_body_bytes
         self._max_response_capture = events.max_response_body_bytes
@@ -103,7 +115,15 @@ class ProxyHandler:
         policy.body_size(length)
         # Authenticate before reading a body: anonymous callers must not make us buffer anything.
         grant = await self._authorize(request)
-        body, plain = await self._read(request, length)
+        watched = True if self._observers else False
+        metered = False
+        if grant.limits is None:  # a plain token: nothing more to check or to read
+            body, plain = await self._read(request, length)
+        else:
+            body, plain = await self._read(request, length, grant.limits.allowed_models is not None)
+            self._allow_model(request, grant, body, plain)
+            if grant.limits.metered and not watched and self._meter is not None:
+                watched = metered = True  # no observer reads its usage: the meter does
         if self._cache is not None:
             hit = await self._cached(request, grant, plain)
             if hit is not None:
@@ -118,6 +138,8 @@ class ProxyHandler:
             request_headers=headers,
             started_at=started_at,
             arrived=arrived,
+            watched=watched,
+            metered=metered,
         )
         return await self._forward(request, flow, body, plain)
 
@@ -148,14 +170,37 @@ class ProxyHandler:
         record.project_id, record.token_id = whose.project_id, whose.token_id
         self._auditor.record(record)
 
-    async def _read(self, request: web.Request, length: int | None) -> tuple[bytes | None, bytes]:
+    def _allow_model(self, request: web.Request, grant: Grant, body: bytes | None, plain: bytes) -> None:
+        """Refuse (403 model_not_allowed) a model the token's allowed_models does not match."""
+        assert grant.limits is not None
+        patterns = grant.limits.allowed_models
+        if patterns is None:
+            return
+        model = request_model(plain or body or b"")
+        if model is not None and model_allowed(patterns, model):
+            return
+        if model is None and (body is None or endpoint_kind(request.path) is None):
+            return  # no model named where none is needed (GET /v1/models, files)
+        named = f"Model {model!r} is" if model is not None else "A request naming no model is"
+        exc = ProxyError(
+            Refusal.MODEL_NOT_ALLOWED,
+            f"{named} not allowed for this token; allowed models: {', '.join(patterns)}",
+            param="model",
+        )
+        self._audit_refusal(request, exc, grant)
+        raise exc
+
+    async def _read(
+        self, request: web.Request, length: int | None, model: bool = False
+    ) -> tuple[bytes | None, bytes]:
         """(the body as received, read whole when something reads it or it is small — None: it streams
-        through; its Content-Encoding undone for the whitelist and the cache key — b"" when unread)."""
+        through; its Content-Encoding undone for the whitelist, the cache key and the ``model`` check —
+        b"" when unread)."""
         if not request.body_exists:
             return None, b""
         content_type = request.headers.get("Content-Type", "")
         inspect = self._policy.inspects_body(content_type)
-        reads = inspect or self._cache is not None
+        reads = inspect or self._cache is not None or model
         if not reads and (length is None or length > _READ_WHOLE_BELOW):
             return None, b""
         body = await read_whole(request.content, self._policy)
@@ -191,7 +236,7 @@ class ProxyHandler:
             raise
         finally:
             flow.settle()
-            if self._observers and flow.outcome is not _TOO_LARGE:
+            if flow.watched and flow.outcome is not _TOO_LARGE:
                 self._notify(flow)
 
     def _outgoing(
@@ -200,12 +245,12 @@ class ProxyHandler:
         """What goes upstream: the body read whole, or the client's body streamed through (captured for
         the observers either way, up to the bound)."""
         if body is not None:
-            if self._observers:
+            if flow.watched:
                 flow.request_body, flow.request_body_truncated = bounded(body, self._max_request_capture)
             return body
         if not request.body_exists:
             return None
-        if self._observers:
+        if flow.watched:
             flow.request_capture = BodyCapture(self._max_request_capture)
         return streamed(request.content, self._policy, flow)
 
@@ -252,7 +297,7 @@ class ProxyHandler:
     ) -> web.StreamResponse:
         up_headers = up.headers
         flow.stream = up_headers.get("Content-Type", "").startswith("text/event-stream")
-        if self._observers:
+        if flow.watched:
             flow.response_headers = up_headers
             flow.response_capture = BodyCapture(self._max_response_capture, tail=TAIL_BYTES)
         upstream_ms = (flow.ttfb_ms or 0.0) - flow.forwarded_ms
@@ -286,3 +331,8 @@ class ProxyHandler:
                 observer(flow)
             except Exception:
                 log.exception("observer %r failed for request %s", observer, flow.request_id)
+        if flow.metered and self._meter is not None:
+            try:
+                self._meter(flow)
+            except Exception:
+                log.exception("usage meter failed for request %s", flow.request_id)

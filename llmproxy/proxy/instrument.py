@@ -12,25 +12,21 @@ import base64
 import functools
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
-
-import msgspec
 
 from llmproxy.codings import Undecodable, codings, inflate
 from llmproxy.config import EventSettings
 from llmproxy.events.model import Event, Usage
 from llmproxy.ids import uuid4_text
-from llmproxy.openai.estimate import estimate_usage
 from llmproxy.openai.kinds import endpoint_kind
 from llmproxy.openai.tokencount import TokenCounter
 from llmproxy.openai.usage import request_model, response_model, response_usage, usage_in
-from llmproxy.proxy.capture import TAIL_BYTES, inflated_tail
-from llmproxy.proxy.flow import Flow
+from llmproxy.proxy.estimator import Estimate, Estimator
+from llmproxy.proxy.flow import Account, Flow
 from llmproxy.redact import redact_headers, redact_query
 
-__all__ = ("EventPublisher", "Instrumentation", "build_event", "decode_body", "rfc3339")
+__all__ = ("EventPublisher", "Instrumentation", "build_event", "decode_body", "exchange_usage", "rfc3339")
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +91,7 @@ def _utf8(body: bytes, truncated: bool) -> str | None:
         return None
 
 
-class _Estimate(msgspec.Struct, frozen=True):
-    """What token estimation needs, handed to the counting thread."""
-
-    path: str
-    request_body: bytes
-    response_body: bytes
-    stream: bool
-    model: str | None
-    encoded: bytes = b""  # a whole compressed answer that decodes past the bound: its usage is at its end
-    coding: str = ""
-
-
-def build_event(flow: Flow, settings: EventSettings) -> tuple[Event, _Estimate | None]:
+def build_event(flow: Flow, settings: EventSettings) -> tuple[Event, Estimate | None]:
     """The Event for an flow, and what to estimate its usage from when the upstream reported none."""
     request_headers = redact_headers(flow.request_headers)
     response_headers = redact_headers(flow.response_headers)
@@ -125,17 +109,8 @@ def build_event(flow: Flow, settings: EventSettings) -> tuple[Event, _Estimate |
     )
     request_text, response_text = _utf8(request, request_truncated), _utf8(response, response_truncated)
     binary = request_text is None or response_text is None  # one body_encoding covers both bodies
-    model = request_model(request) or response_model(response, flow.stream)
-    ok = flow.error is None and 200 <= flow.status < 300
-    usage, encoded = None, b""
-    if ok:
-        if not response_truncated:
-            usage = response_usage(response, flow.stream)
-        elif flow.response_body_truncated or response is flow.response_body:
-            # past the capture bound: the tail has the usage (a compressed one cannot be read, the head may)
-            usage = usage_in(flow.response_tail) or usage_in(response)
-        else:  # compressed, captured whole, cut once decoded: decoding it all is for the thread
-            encoded = flow.response_body
+    coding = response_headers.get("content-encoding", "")
+    model, usage, estimate = exchange_usage(flow, request, response, response_truncated, coding)
     event = Event(
         id=uuid4_text(),
         request_id=flow.request_id,
@@ -160,12 +135,31 @@ def build_event(flow: Flow, settings: EventSettings) -> tuple[Event, _Estimate |
         response_body_truncated=response_truncated,
         body_encoding="base64" if binary else "utf-8",
         error=flow.error,
+        metadata=flow.grant.metadata,
     )
-    estimate = None
-    if ok and usage is None and flow.method == "POST" and endpoint_kind(flow.path) is not None:
-        coding = response_headers.get("content-encoding", "").strip().lower() if encoded else ""
-        estimate = _Estimate(flow.path, request, response, flow.stream, model, encoded, coding)
     return event, estimate
+
+
+def exchange_usage(
+    flow: Flow, request: bytes, response: bytes, response_truncated: bool, coding: str
+) -> tuple[str | None, Usage | None, Estimate | None]:
+    """(model, usage the upstream reported, what to estimate it from when it reported none) of a flow,
+    from its bodies decoded (``decode_body``); ``coding`` is the response's Content-Encoding."""
+    model = request_model(request) or response_model(response, flow.stream)
+    if flow.error is not None or not 200 <= flow.status < 300:
+        return model, None, None
+    usage, encoded = None, b""
+    if not response_truncated:
+        usage = response_usage(response, flow.stream)
+    elif flow.response_body_truncated or response is flow.response_body:
+        # past the capture bound: the tail has the usage (a compressed one cannot be read, the head may)
+        usage = usage_in(flow.response_tail) or usage_in(response)
+    else:  # compressed, captured whole, cut once decoded: decoding it all is for the thread
+        encoded = flow.response_body
+    if usage is not None or flow.method != "POST" or endpoint_kind(flow.path) is None:
+        return model, usage, None
+    coding = coding.strip().lower() if encoded else ""
+    return model, None, Estimate(flow.path, request, response, flow.stream, model, encoded, coding)
 
 
 def _bare_event(flow: Flow) -> Event:
@@ -184,6 +178,7 @@ def _bare_event(flow: Flow) -> Event:
         ttfb_ms=None if flow.ttfb_ms is None else round(flow.ttfb_ms, 1),
         stream=flow.stream,
         error=flow.error,
+        metadata=flow.grant.metadata,
     )
 
 
@@ -200,13 +195,17 @@ class Instrumentation:
     """
 
     def __init__(
-        self, bus: EventPublisher, settings: EventSettings, *, counter: TokenCounter | None = None
+        self,
+        bus: EventPublisher,
+        settings: EventSettings,
+        *,
+        counter: TokenCounter | None = None,
+        account: Account | None = None,
     ) -> None:
         self._bus = bus
         self._settings = settings
-        self._counter = counter if counter is not None else TokenCounter()
-        self._executor: ThreadPoolExecutor | None = None
-        self._pending: set[asyncio.Future[tuple[Usage | None, bool]]] = set()
+        self._estimator = Estimator(settings.buffer_size, counter)
+        self.account = account  # told the usage of every event published (usage accounting)
         self._held: list[Flow] = []
         self._timer: asyncio.TimerHandle | None = None  # builds what is held, on _timer_loop
         self._timer_loop: asyncio.AbstractEventLoop | None = None
@@ -252,31 +251,15 @@ class Instrumentation:
             self.unestimated += 1  # backlog full, or the loop is shutting down
             self._publish(event)
 
-    def _estimate_later(self, event: Event, estimate: _Estimate) -> bool:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # called outside a loop (a script): count right here
-            self._finish(event, *self._estimate(estimate))
-            return True
-        if self._closed or len(self._pending) >= self._settings.buffer_size:
-            return False
-        try:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmproxy-tokens")
-            future = loop.run_in_executor(self._executor, self._estimate, estimate)
-        except RuntimeError:
-            log.warning("token estimation unavailable (shutting down); event %s has no usage", event.id)
-            return False
-        self._pending.add(future)
-        future.add_done_callback(functools.partial(self._estimated, event))
-        return True
+    def _estimate_later(self, event: Event, estimate: Estimate) -> bool:
+        return self._estimator.submit(estimate, functools.partial(self._finish, event))
 
     def stats(self) -> dict[str, int]:
         return {
             "failures": self.failures,
             "estimated": self.estimated,
             "unestimated": self.unestimated,
-            "estimating": len(self._pending),
+            "estimating": self._estimator.pending,
         }
 
     async def aclose(self) -> None:
@@ -284,37 +267,7 @@ class Instrumentation:
         Flows that come later are built and published at once, without estimation."""
         self._build_held()  # estimated like any other
         self._closed = True
-        while self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
-            await asyncio.sleep(0)  # let the done callbacks publish
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-
-    def _estimate(self, estimate: _Estimate) -> tuple[Usage | None, bool]:
-        """(usage, whether it was counted locally): the upstream's, read from the end of the decoded
-        answer, else the local count. Runs in the counting thread."""
-        try:
-            if estimate.encoded:
-                tail = inflated_tail(estimate.encoded, estimate.coding, TAIL_BYTES)
-                if (reported := usage_in(tail)) is not None:
-                    return reported, False
-            counted = estimate_usage(
-                estimate.path,
-                estimate.request_body,
-                estimate.response_body,
-                estimate.stream,
-                estimate.model,
-                self._counter,
-            )
-        except Exception:
-            log.exception("token estimation failed for %s", estimate.path)
-            return None, True
-        return counted, True
-
-    def _estimated(self, event: Event, future: asyncio.Future[tuple[Usage | None, bool]]) -> None:
-        self._pending.discard(future)
-        self._finish(event, *((None, True) if future.cancelled() else future.result()))
+        await self._estimator.aclose()
 
     def _finish(self, event: Event, usage: Usage | None, counted: bool) -> None:
         if usage is None:
@@ -327,6 +280,20 @@ class Instrumentation:
         self._publish(event)
 
     def _publish(self, event: Event) -> None:
+        account = self.account
+        if account is not None:
+            try:
+                estimated = event.usage_source == "estimated"
+                account(
+                    event.token_id,
+                    event.project_id,
+                    event.started_at[:10],
+                    event.model,
+                    event.usage,
+                    estimated,
+                )
+            except Exception:
+                log.exception("usage of event %s not accounted", event.id)
         try:
             self._bus.publish(event)
         except Exception:

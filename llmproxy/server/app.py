@@ -21,6 +21,7 @@ from llmproxy.admin.sessions import SessionStore
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
 from llmproxy.auth.invalidation import Invalidations
+from llmproxy.auth.ledger import Ledger
 from llmproxy.auth.shared_ratelimit import SharedRateLimiter
 from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.cache.http_cache import HttpCache, make_cache
@@ -36,8 +37,11 @@ from llmproxy.events.factory import make_bus
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.manage.api import ManageAPI
 from llmproxy.metrics import BadRequests
+from llmproxy.openai.prices import PriceTable
+from llmproxy.proxy.flow import Account
 from llmproxy.proxy.handler import ProxyHandler
 from llmproxy.proxy.instrument import Instrumentation
+from llmproxy.proxy.metering import Metering, ledger_account
 from llmproxy.proxy.pool import UpstreamPool
 from llmproxy.server.access_log import ACCESS_LOG, AccessLog
 from llmproxy.server.health import HealthRoutes, Probe
@@ -49,13 +53,14 @@ from llmproxy.server.supervisor import Supervisor
 from llmproxy.store.base import Store
 from llmproxy.store.factory import make_store
 
-__all__ = ("BAD_REQUESTS", "STORE", "build_app")
+__all__ = ("AUTHORITY", "BAD_REQUESTS", "STORE", "build_app")
 
 log = logging.getLogger(__name__)
 
 SERVER_HEADER = "llmproxy"  # no versions: they only help someone looking for a known hole
 
 STORE: web.AppKey[Store] = web.AppKey("store")
+AUTHORITY: web.AppKey[Authority] = web.AppKey("authority", Authority)  # its flush(), for tests and tools
 PIPELINE: web.AppKey[EventPipeline] = web.AppKey("pipeline", EventPipeline)
 BAD_REQUESTS: web.AppKey[BadRequests] = web.AppKey("bad-requests", BadRequests)  # counted by the runner
 
@@ -89,15 +94,19 @@ def name_the_server() -> None:
     web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
 
 
-def make_pipeline(settings: PipelineSettings) -> EventPipeline:
+def make_pipeline(settings: PipelineSettings, *, account: Account | None = None) -> EventPipeline:
     """The bus, the instrumentation publishing to it and, for a Redis bus with services, the supervisor
-    of the dispatcher worker processes."""
+    of the dispatcher worker processes. Usage ``account``ing rides on the events when they are built;
+    with none built (in-memory bus, no service), a meter reads the usage of metered tokens only."""
     bus = make_bus(settings.worker.bus)
     dispatch = settings.worker.dispatch
     supervisor = None
     if not isinstance(bus, InMemoryBus) and dispatch.services:
         supervisor = Supervisor(settings.worker, dispatch.services, dispatch.workers)
-    return EventPipeline(settings, bus, Instrumentation(bus, settings.events), supervisor)
+    publishing = not isinstance(bus, InMemoryBus) or bool(dispatch.services)
+    instrumentation = Instrumentation(bus, settings.events, account=account if publishing else None)
+    meter = Metering(account, settings.events) if account is not None and not publishing else None
+    return EventPipeline(settings, bus, instrumentation, supervisor, meter)
 
 
 def build_app(settings: Settings, *, store: Store | None = None) -> web.Application:
@@ -108,9 +117,12 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     shared_limiter = SharedRateLimiter(settings.redis, prefix=prefix) if shares_rate_limit(settings) else None
     shared_caches = uses_redis(settings) or shared_limiter is not None  # tell the others what changed
     invalidations = Invalidations(settings.redis, prefix=prefix) if shared_caches else None
-    authority = Authority(store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations)
+    ledger = Ledger(PriceTable(settings.usage.prices), retention_days=settings.usage.retention_days)
+    authority = Authority(
+        store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations, ledger=ledger
+    )
     auditor = Auditor(settings.audit, store)
-    pipeline = make_pipeline(PipelineSettings.of(settings))
+    pipeline = make_pipeline(PipelineSettings.of(settings), account=ledger_account(ledger.record))
     cache: HttpCache | None = make_cache(settings.cache, settings.redis) if settings.cache.enabled else None
     transport = UpstreamPool(settings.upstream.api)  # connects on demand: nothing opened before startup
     proxy = ProxyHandler(
@@ -121,6 +133,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         transport,
         cache=cache,
         observers=pipeline.observers,
+        meter=pipeline.meter,
     )
     purge = cache.purge if cache is not None else None
     # one count of wrong management tokens, at the sign-in form or the API, on every instance of the store
@@ -170,6 +183,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
 
     app = web.Application(middlewares=[request_middleware], client_max_size=1024 * 1024)
     app[STORE] = store
+    app[AUTHORITY] = authority
     app[PIPELINE] = pipeline
     probes: dict[str, Probe] = {"store": store.ping, **pipeline.probes}
     cluster = []  # what makes instances behave as one: a shared rate limit, invalidations for all
@@ -199,7 +213,9 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     app.add_routes(health.routes())
     if settings.metrics_enabled:
         observability = ObservabilitySettings.of(settings)
-        Observability(observability, pipeline, cache=cache, bad_requests=bad_requests).install(app)
+        Observability(
+            observability, pipeline, cache=cache, bad_requests=bad_requests, unpriced=ledger.unpriced
+        ).install(app)
     app.add_routes(manage.routes())
     app.add_routes(admin.routes())
     add_proxy_route(app, proxy.handle)

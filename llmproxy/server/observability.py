@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -103,9 +103,11 @@ class Observability:
         *,
         cache: CountingCache | None = None,
         bad_requests: BadRequests | None = None,
+        unpriced: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._bus = settings.bus  # where the workers' reports and the stream's backlog are read
+        self._unpriced = unpriced if unpriced is not None else {}  # the ledger's, by model
         self._bad_requests = bad_requests or BadRequests()  # counted by the runner's protocol (edge.py)
         self._pipeline = pipeline
         self._cache = cache
@@ -185,6 +187,7 @@ class Observability:
             upstream_ttfb_seconds=r.ttfb.figures(),
             bad_requests=dict(self._bad_requests.counts),
             refusals=dict(r.refusals),
+            unpriced_requests=dict(self._unpriced),
             cache=self._cache_figures(),
             events=EventFigures(
                 published=bus.get("published", 0),

@@ -20,6 +20,7 @@ from llmproxy.events.factory import make_source
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.proxy.flow import Observer
 from llmproxy.proxy.instrument import Instrumentation
+from llmproxy.proxy.metering import Metering
 from llmproxy.redis_client import connect_redis
 from llmproxy.server.supervisor import Supervisor
 
@@ -39,9 +40,11 @@ class EventPipeline:
         bus: EventBus,
         instrumentation: Instrumentation,
         supervisor: Supervisor | None = None,
+        meter: Metering | None = None,
     ) -> None:
         """``bus``, the ``instrumentation`` publishing to it and the ``supervisor`` of worker processes
-        (a Redis bus with services) are chosen by the composition root (server/app.py)."""
+        (a Redis bus with services) are chosen by the composition root (server/app.py); so is the ``meter``
+        that reads the usage of metered tokens when no event is built (owned here for its shutdown)."""
         self._worker = settings.worker  # what each dispatcher, task or process, is handed
         self._shutdown_timeout = settings.shutdown_timeout
         self.services = settings.worker.dispatch.services
@@ -51,6 +54,7 @@ class EventPipeline:
         # With an in-memory bus and no dispatcher, events would go nowhere: don't build them at all.
         publishing = not self.in_process or bool(self.services)
         self.observers: list[Observer] = [self.instrumentation] if publishing else []
+        self.meter = meter
         self.stats: dict[str, DispatchStats] = {s: DispatchStats() for s in self.services}
         self.supervisor = supervisor
         self._stop = asyncio.Event()
@@ -107,6 +111,8 @@ class EventPipeline:
         """Publish what waits, flush the bus, let dispatchers deliver it, then stop them."""
         timeout = self._shutdown_timeout
         await self.instrumentation.aclose()
+        if self.meter is not None:
+            await self.meter.aclose()
         if self.in_process:
             await self._drain_in_process(deadline=time.monotonic() + timeout)
             self._stop.set()

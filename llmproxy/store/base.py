@@ -8,8 +8,9 @@ encryption at rest happens inside the implementation.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Protocol
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -19,8 +20,13 @@ __all__ = (
     "AuditRecord",
     "Project",
     "Store",
+    "SpendTotal",
+    "SpendTotals",
     "Token",
     "TokenUsage",
+    "UsageGroup",
+    "UsageQuery",
+    "UsageRow",
 )
 
 
@@ -33,6 +39,14 @@ class Project(msgspec.Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     deactivated_at: datetime | None = None
+    # limits (None: none) and lifetime usage, added to by every instance's flush
+    max_tokens: int | None = None  # prompt + completion tokens
+    max_cost_usd: float | None = None
+    tokens_per_minute: int | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class Token(msgspec.Struct, kw_only=True):
@@ -49,6 +63,16 @@ class Token(msgspec.Struct, kw_only=True):
     created_at: datetime
     last_used_at: datetime | None = None
     deactivated_at: datetime | None = None
+    name: str | None = None
+    metadata: dict[str, Any] | None = None  # small JSON object, copied into events
+    max_tokens: int | None = None  # prompt + completion tokens
+    max_cost_usd: float | None = None
+    tokens_per_minute: int | None = None
+    allowed_models: list[str] | None = None  # glob patterns; None: any model
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class TokenUsage(msgspec.Struct):
@@ -58,6 +82,64 @@ class TokenUsage(msgspec.Struct):
     requests: int = 0
     cache_hits: int = 0
     last_used_at: datetime | None = None
+
+
+class UsageRow(msgspec.Struct, kw_only=True):
+    """Usage to add to one (day, project, token, model): a daily row, and the token's and project's totals."""
+
+    day: date  # UTC
+    project_id: str
+    token_id: str
+    model: str = ""  # "" when the request named none
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_requests: int = 0
+    estimated_requests: int = 0
+
+
+class SpendTotal(msgspec.Struct, frozen=True):
+    """A token's or project's lifetime usage as the database holds it (every instance's flushes)."""
+
+    tokens: int  # prompt + completion
+    cost_usd: float
+
+
+class SpendTotals(msgspec.Struct):
+    """What ``add_usage`` read back, in the same transaction, of the tokens and projects it was asked to watch."""
+
+    tokens: dict[str, SpendTotal] = {}
+    projects: dict[str, SpendTotal] = {}
+
+
+UsageGrouping = Literal["day", "model", "token", "project"]
+
+
+class UsageQuery(msgspec.Struct, kw_only=True):
+    """Filters of GET /manage/usage: exact ids and model, an inclusive range of UTC days, one grouping."""
+
+    project_id: str | None = None
+    token_id: str | None = None
+    model: str | None = None
+    since: date | None = None
+    until: date | None = None
+    group_by: UsageGrouping = "day"
+
+
+class UsageGroup(msgspec.Struct, kw_only=True):
+    """One group's sums; ``key`` is the day (YYYY-MM-DD), model, token id or project id grouped by."""
+
+    key: str
+    project_id: str | None = None  # grouped by token: the token's project
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_requests: int = 0
+    estimated_requests: int = 0
 
 
 class AuditRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -138,7 +220,8 @@ class Store(Protocol):
 
     async def update_token(self, token_id: str, fields: dict[str, Any]) -> Token | None:
         """Set the given columns (is_active, deactivated_at, max_requests, rate_limit_per_minute,
-        expires_at); None if unknown."""
+        expires_at, name, metadata, max_tokens, max_cost_usd, tokens_per_minute, allowed_models);
+        None if unknown."""
 
     async def revoke_project_tokens(self, project_id: str, now: datetime) -> tuple[int, int, int]:
         """Deactivate every active token of the project in one transaction:
@@ -148,8 +231,23 @@ class Store(Protocol):
         """Atomically count one request for a token with ``max_requests``: True if it was under the
         quota (and is now counted), False if the quota is used up."""
 
-    async def add_usage(self, usage: list[TokenUsage]) -> None:
-        """Add batched counters (requests of unlimited tokens, cache hits, last_used_at)."""
+    async def add_usage(
+        self,
+        usage: list[TokenUsage],
+        rows: Sequence[UsageRow] = (),
+        *,
+        watch_tokens: Sequence[str] = (),
+        watch_projects: Sequence[str] = (),
+    ) -> SpendTotals:
+        """In one transaction: add batched counters (requests of unlimited tokens, cache hits,
+        last_used_at) and usage rows (daily rows, token and project totals, by increments), then read
+        back the totals of the watched tokens and projects."""
+
+    async def usage_report(self, query: UsageQuery) -> list[UsageGroup]:
+        """The daily rows matching ``query``, summed per group, ordered by key."""
+
+    async def delete_usage_before(self, day: date) -> int:
+        """Forget the daily rows older than ``day`` (retention); the number of rows deleted."""
 
     # audit
     async def insert_audit(self, records: list[AuditRecord]) -> None: ...

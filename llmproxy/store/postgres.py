@@ -17,10 +17,11 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from llmproxy.errors import StoreUnavailable
-from llmproxy.store.base import AuditQuery, AuditRecord, Project, Token, TokenUsage
+from llmproxy.store.base import AuditQuery, AuditRecord, Project, Token
 from llmproxy.store.crypto import check_key
 from llmproxy.store.migrate import load_migrations, pending_migrations
 from llmproxy.store.postgres_signins import PostgresSignIns
+from llmproxy.store.postgres_usage import PostgresUsage
 from llmproxy.store.rows import (
     AUDIT_COLUMNS,
     PROJECT_COLUMNS,
@@ -32,7 +33,6 @@ from llmproxy.store.rows import (
     Dialect,
     audit_page_sql,
     in_utc,
-    merge_usage,
     page_window,
     project_changes,
     utc,
@@ -81,7 +81,7 @@ def _conflict(exc: asyncpg.IntegrityConstraintViolationError) -> ValueError:
     return ValueError(_CONSTRAINT_FIELD.get(constraint) or column or constraint or "conflict")
 
 
-class PostgresStore(PostgresSignIns):
+class PostgresStore(PostgresSignIns, PostgresUsage):
     """Store on PostgreSQL; ``schema`` (created if missing) isolates one tenant or test run."""
 
     def __init__(
@@ -278,19 +278,6 @@ class PostgresStore(PostgresSignIns):
                 utc(now),
             )
         return status == "UPDATE 1"
-
-    async def add_usage(self, usage: list[TokenUsage]) -> None:
-        merged = merge_usage(usage)
-        if not merged:
-            return
-        # GREATEST ignores NULL, so last_used_at only moves forward and a NULL update keeps the old value.
-        sql = (
-            "UPDATE tokens SET request_count = request_count + $2, cache_hit_count = cache_hit_count + $3,"
-            " last_used_at = GREATEST(last_used_at, $4) WHERE id = $1"
-        )
-        params = [(u.token_id, u.requests, u.cache_hits, u.last_used_at) for u in merged]
-        async with self._connection() as con, con.transaction():
-            await con.executemany(sql, params)
 
     # -- audit
     async def insert_audit(self, records: list[AuditRecord]) -> None:

@@ -47,6 +47,13 @@ PROJECT_COLUMNS = (
     "created_at",
     "updated_at",
     "deactivated_at",
+    "max_tokens",
+    "max_cost_usd",
+    "tokens_per_minute",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cost_usd",
 )
 TOKEN_COLUMNS = (
     "id",
@@ -62,6 +69,16 @@ TOKEN_COLUMNS = (
     "created_at",
     "last_used_at",
     "deactivated_at",
+    "name",
+    "metadata",
+    "max_tokens",
+    "max_cost_usd",
+    "tokens_per_minute",
+    "allowed_models",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cost_usd",
 )
 AUDIT_COLUMNS = (
     "id",
@@ -82,20 +99,33 @@ AUDIT_COLUMNS = (
 SELECT_PROJECTS = f"SELECT {', '.join(PROJECT_COLUMNS)} FROM projects"
 SELECT_TOKENS = f"SELECT {', '.join(TOKEN_COLUMNS)} FROM tokens"
 # The only column names that ever reach an UPDATE's SET clause: keys come from this list, never from input.
+LIMITS = frozenset({"max_tokens", "max_cost_usd", "tokens_per_minute"})  # of tokens and projects
 PROJECT_UPDATABLE = frozenset(
-    {"name", "api_key", "upstream_base_url", "is_active", "deactivated_at", "updated_at"}
+    {"name", "api_key", "upstream_base_url", "is_active", "deactivated_at", "updated_at", *LIMITS}
 )
 TOKEN_UPDATABLE = frozenset(
-    {"is_active", "deactivated_at", "max_requests", "rate_limit_per_minute", "expires_at"}
+    {
+        "is_active",
+        "deactivated_at",
+        "max_requests",
+        "rate_limit_per_minute",
+        "expires_at",
+        "name",
+        "metadata",
+        "allowed_models",
+        *LIMITS,
+    }
 )
 _TIME_COLUMNS = frozenset(
     {"created_at", "updated_at", "deactivated_at", "expires_at", "last_used_at", "timestamp"}
 )
-_JSON_COLUMNS = frozenset({"details"})
+_JSON_COLUMNS = frozenset({"details", "metadata", "allowed_models"})  # written as JSON text
+_ENCODED_HERE = frozenset({"metadata", "allowed_models"})  # (audit_params encodes details itself)
 _MAX_PAGE_SIZE = 1000
 S = TypeVar("S", Project, Token, AuditRecord)
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.Decoder(dict[str, Any]).decode
+_json_any = msgspec.json.Decoder().decode
 
 
 def fixed_width_utc(moment: datetime) -> str:
@@ -134,8 +164,11 @@ class Dialect:
         return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
 
     def bind(self, column: str, value: Any) -> Any:
-        if value is not None and column in _TIME_COLUMNS:
-            return self.time_out(utc(value))
+        if value is not None:
+            if column in _TIME_COLUMNS:
+                return self.time_out(utc(value))
+            if column in _ENCODED_HERE:
+                return _json_encode(value).decode()
         return value
 
     def _time(self, value: Any) -> datetime | None:
@@ -157,6 +190,13 @@ class Dialect:
             created_at=utc(self.time_in(row["created_at"])),  # NOT NULL
             updated_at=utc(self.time_in(row["updated_at"])),  # NOT NULL
             deactivated_at=self._time(row["deactivated_at"]),
+            max_tokens=row["max_tokens"],
+            max_cost_usd=row["max_cost_usd"],
+            tokens_per_minute=row["tokens_per_minute"],
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            cached_tokens=row["cached_tokens"],
+            cost_usd=row["cost_usd"],
         )
 
     # -- tokens
@@ -169,6 +209,9 @@ class Dialect:
         for column in _TIME_COLUMNS.intersection(values):
             values[column] = self._time(values[column])
         values["is_active"] = bool(values["is_active"])
+        for column in _ENCODED_HERE:
+            if values[column] is not None:
+                values[column] = _json_any(values[column])
         return Token(**values)
 
     # -- audit

@@ -19,7 +19,7 @@ import aiosqlite
 
 from llmproxy.errors import StoreUnavailable
 from llmproxy.filemodes import PRIVATE, PRIVATE_DIR, create_file, make_dirs, warn_if_exposed
-from llmproxy.store.base import AuditQuery, AuditRecord, Project, Token, TokenUsage
+from llmproxy.store.base import AuditQuery, AuditRecord, Project, Token
 from llmproxy.store.crypto import check_key
 from llmproxy.store.migrate import load_migrations, pending_migrations, split_statements
 from llmproxy.store.rows import (
@@ -34,12 +34,12 @@ from llmproxy.store.rows import (
     audit_page_sql,
     fixed_width_utc,
     in_utc,
-    merge_usage,
     page_window,
     project_changes,
     utc,
 )
 from llmproxy.store.sqlite_signins import SqliteSignIns
+from llmproxy.store.sqlite_usage import SqliteUsage
 
 __all__ = ("SqliteStore",)
 
@@ -69,7 +69,7 @@ async def _enable_wal(db: aiosqlite.Connection, attempts: int = 50) -> None:
             await asyncio.sleep(0.1)
 
 
-class SqliteStore(SqliteSignIns):
+class SqliteStore(SqliteSignIns, SqliteUsage):
     """Store on a SQLite file; the file and its directory are created on open."""
 
     def __init__(self, path: str, encryption_key: bytes | None) -> None:
@@ -267,22 +267,6 @@ class SqliteStore(SqliteSignIns):
                 (token_id, _DIALECT.time_out(utc(now))),
             ) as cursor:
                 return cursor.rowcount == 1
-
-    async def add_usage(self, usage: list[TokenUsage]) -> None:
-        merged = merge_usage(usage)
-        if not merged:
-            return
-        # last_used_at only moves forward: max() of fixed-width UTC text is the later instant.
-        sql = (
-            "UPDATE tokens SET request_count = request_count + ?2, cache_hit_count = cache_hit_count + ?3,"
-            " last_used_at = COALESCE(max(last_used_at, ?4), ?4, last_used_at) WHERE id = ?1"
-        )
-        params = [
-            (u.token_id, u.requests, u.cache_hits, _DIALECT.bind("last_used_at", u.last_used_at))
-            for u in merged
-        ]
-        async with self._session("IMMEDIATE") as db:
-            await db.executemany(sql, params)
 
     # -- audit
     async def insert_audit(self, records: list[AuditRecord]) -> None:

@@ -19,10 +19,11 @@ from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
 from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.manage.api import ManageAPI
+from llmproxy.server.app import build_app
 from llmproxy.store.base import Store
 from llmproxy.store.postgres import PostgresStore
 from llmproxy.store.sqlite import SqliteStore
-from tests.integration.manage.support import Manage, make_settings, manage_app
+from tests.integration.manage.support import Cli, Manage, make_settings, manage_app
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -77,3 +78,15 @@ async def pg_manage(settings: config.Settings) -> AsyncIterator[Manage]:
     finally:
         await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await admin.close()
+
+
+@pytest.fixture
+async def cli(settings: config.Settings, tmp_path: Path) -> AsyncIterator[Cli]:
+    """``llm-proxy manage`` against a whole server (``build_app``) on a SQLite file."""
+    store = SqliteStore(str(tmp_path / "llm-proxy.db"), None)
+    server = TestServer(build_app(settings, store=store), host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        yield Cli(str(server.make_url("")).rstrip("/"), store)
+    finally:
+        await server.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,15 +14,20 @@ from aiohttp.test_utils import TestClient
 from llmproxy import config
 from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
+from llmproxy.cli import build_parser
 from llmproxy.errors import ProxyError, Refusal
 from llmproxy.manage.api import ManageAPI
+from llmproxy.manage.client import execute
 from llmproxy.server.middleware import request_middleware
 from llmproxy.store.base import AuditQuery, AuditRecord, Store
+from llmproxy.store.sqlite import SqliteStore
 
 MANAGEMENT_TOKEN = "test-management-token-0123456789"
 AUTH = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
 UPSTREAM_KEY = "sk-upstream-secret-key-abcdefghijklmnop-WXYZ"
 UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+SPEND_LIMITS = ("max_tokens", "max_cost_usd", "tokens_per_minute")  # of tokens and projects
+USAGE_TOTALS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd")
 # upstream URLs the proxy could not dial: out-of-range or unparsable ports, no host, another scheme
 UNDIALLABLE_URLS = [
     "http://127.0.0.1:99999",
@@ -87,3 +94,30 @@ def manage_app(api: ManageAPI) -> web.Application:
     app.add_routes(api.routes())
     app.router.add_route("*", "/{path:.*}", proxy_stand_in)
     return app
+
+
+@dataclass
+class Result:
+    """What one ``llm-proxy manage`` command did: its exit code and output."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        return json.loads(self.out)
+
+
+@dataclass
+class Cli:
+    """``llm-proxy manage`` against a running server, in process: ``await cli("project", "list")``."""
+
+    base_url: str
+    store: SqliteStore
+
+    async def __call__(self, *argv: str, token: str = MANAGEMENT_TOKEN, stdin: str = "") -> Result:
+        common = ["--manage-api-base-url", self.base_url, "--management-token", token]
+        args = build_parser().parse_args(["manage", *common, *argv])
+        out, err = io.StringIO(), io.StringIO()
+        code = await execute(args, out=out, err=err, stdin=io.StringIO(stdin))
+        return Result(code, out.getvalue(), err.getvalue())

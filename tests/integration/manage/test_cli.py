@@ -7,8 +7,6 @@ import io
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,45 +16,9 @@ from aiohttp.test_utils import TestServer
 from llmproxy import config
 from llmproxy.cli import build_parser
 from llmproxy.manage.client import execute
-from llmproxy.server.app import build_app
-from llmproxy.store.sqlite import SqliteStore
-from tests.integration.manage.support import MANAGEMENT_TOKEN, UPSTREAM_KEY
+from tests.integration.manage.support import MANAGEMENT_TOKEN, UPSTREAM_KEY, Cli
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> object:
-        return json.loads(self.out)
-
-
-@dataclass
-class Cli:
-    base_url: str
-    store: SqliteStore
-
-    async def __call__(self, *argv: str, token: str = MANAGEMENT_TOKEN, stdin: str = "") -> Result:
-        common = ["--manage-api-base-url", self.base_url, "--management-token", token]
-        args = build_parser().parse_args(["manage", *common, *argv])
-        out, err = io.StringIO(), io.StringIO()
-        code = await execute(args, out=out, err=err, stdin=io.StringIO(stdin))
-        return Result(code, out.getvalue(), err.getvalue())
-
-
-@pytest.fixture
-async def cli(settings: config.Settings, tmp_path: Path) -> AsyncIterator[Cli]:
-    store = SqliteStore(str(tmp_path / "llm-proxy.db"), None)
-    server = TestServer(build_app(settings, store=store), host="127.0.0.1", port=0)
-    await server.start_server()
-    try:
-        yield Cli(str(server.make_url("")).rstrip("/"), store)
-    finally:
-        await server.close()
 
 
 async def test_project_create_then_list_and_get_in_readable_form(cli: Cli) -> None:

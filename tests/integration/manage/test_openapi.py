@@ -16,6 +16,7 @@ ROUTE_METHODS = {
     "/manage/tokens": {"get", "post"},
     "/manage/tokens/{id}": {"get", "patch", "delete"},
     "/manage/cache": {"delete"},
+    "/manage/usage": {"get"},
     "/manage/audit": {"get"},
 }
 
@@ -102,6 +103,22 @@ async def test_request_bodies_and_success_responses_name_their_schemas(manage: M
         "page",
         "page_size",
     }
+
+
+async def test_the_usage_route_documents_its_filters_and_report(manage: Manage) -> None:
+    document = await fetch(manage)
+    get = document["paths"]["/manage/usage"]["get"]
+    params = {p["name"]: p["schema"] for p in get["parameters"]}
+    assert set(params) == {"project_id", "token_id", "model", "since", "until", "group_by"}
+    assert set(params["group_by"]["enum"]) == {"day", "model", "token", "project"}
+    assert {"type": "string", "format": "date", "description": "a UTC day, YYYY-MM-DD (inclusive)"} in params[
+        "since"
+    ]["anyOf"]
+    assert get["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/UsageReport"
+    }
+    line = document["components"]["schemas"]["UsageLine"]["properties"]
+    assert {"requests", "prompt_tokens", "completion_tokens", "cached_tokens", "cost_usd"} <= set(line)
 
 
 async def test_the_schemas_carry_the_bounds_the_api_enforces(manage: Manage) -> None:

@@ -8,7 +8,14 @@ import pytest
 
 from llmproxy.auth.tokens import hash_token
 from llmproxy.errors import ProxyError, Refusal
-from tests.integration.manage.support import AUTH, UNKNOWN_ID, UPSTREAM_KEY, Manage
+from tests.integration.manage.support import (
+    AUTH,
+    SPEND_LIMITS,
+    UNKNOWN_ID,
+    UPSTREAM_KEY,
+    USAGE_TOTALS,
+    Manage,
+)
 
 PROJECT_KEYS = {
     "id",
@@ -19,6 +26,8 @@ PROJECT_KEYS = {
     "created_at",
     "updated_at",
     "deactivated_at",
+    *SPEND_LIMITS,
+    *USAGE_TOTALS,
 }
 OBFUSCATED_KEY = "sk-…WXYZ"
 

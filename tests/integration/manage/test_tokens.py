@@ -8,7 +8,7 @@ import pytest
 
 from llmproxy.auth.tokens import hash_token, token_hint
 from llmproxy.errors import ProxyError, Refusal
-from tests.integration.manage.support import AUTH, UNKNOWN_ID, Manage
+from tests.integration.manage.support import AUTH, SPEND_LIMITS, UNKNOWN_ID, USAGE_TOTALS, Manage
 
 CREATED_KEYS = {
     "id",
@@ -20,6 +20,10 @@ CREATED_KEYS = {
     "max_requests",
     "rate_limit_per_minute",
     "created_at",
+    *SPEND_LIMITS,
+    "name",
+    "metadata",
+    "allowed_models",
 }
 LISTED_KEYS = {
     "id",
@@ -35,6 +39,11 @@ LISTED_KEYS = {
     "last_used_at",
     "deactivated_at",
     "status",
+    *SPEND_LIMITS,
+    *USAGE_TOTALS,
+    "name",
+    "metadata",
+    "allowed_models",
 }
 
 

@@ -122,11 +122,12 @@ async def test_migrations_land_in_the_configured_schema(pg_backend):
         "projects",
         "schema_migrations",
         "tokens",
+        "usage_daily",
     ]
 
 
 async def test_store_creates_its_schema_when_missing(pg_backend):
     await pg_backend.admin.execute(f'DROP SCHEMA "{pg_backend.schema}" CASCADE')
     store = pg_backend.make()
-    assert await store.migrate() == ["0001_initial", "0002_admin_sessions"]
+    assert await store.migrate() == ["0001_initial", "0002_admin_sessions", "0003_spend"]
     await store.ping()

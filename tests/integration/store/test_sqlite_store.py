@@ -56,7 +56,7 @@ async def test_a_file_that_is_not_a_database_raises_store_unavailable(tmp_path):
 async def test_in_memory_database_works_for_one_store(tmp_path):
     store = SqliteStore(":memory:", None)
     try:
-        assert await store.migrate() == ["0001_initial", "0002_admin_sessions"]
+        assert await store.migrate() == ["0001_initial", "0002_admin_sessions", "0003_spend"]
         await store.ping()
     finally:
         await store.close()

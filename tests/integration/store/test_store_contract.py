@@ -19,11 +19,12 @@ LATER = NOW + timedelta(minutes=5)
 
 async def test_migrate_applies_every_migration_once_and_then_nothing(backend):
     store = backend.make()
-    assert await store.migrate() == ["0001_initial", "0002_admin_sessions"]
+    assert await store.migrate() == ["0001_initial", "0002_admin_sessions", "0003_spend"]
     assert await store.migrate() == []
-    assert await backend.fetch_raw("SELECT name FROM schema_migrations") == [
+    assert await backend.fetch_raw("SELECT name FROM schema_migrations ORDER BY name") == [
         ("0001_initial",),
         ("0002_admin_sessions",),
+        ("0003_spend",),
     ]
 
 
@@ -35,7 +36,7 @@ async def test_a_second_instance_on_a_migrated_database_applies_nothing(backend)
 async def test_two_instances_migrating_at_once_apply_the_migrations_exactly_once(backend):
     first, second = backend.make(), backend.make()
     results = await asyncio.gather(first.migrate(), second.migrate())
-    assert sorted(results) == [[], ["0001_initial", "0002_admin_sessions"]]
+    assert sorted(results) == [[], ["0001_initial", "0002_admin_sessions", "0003_spend"]]
 
 
 async def test_ping_answers_on_an_open_store(store):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
 from typing import Any
 
 import msgspec
@@ -12,7 +13,16 @@ import pytest
 from llmproxy.auth.tokens import generate_token, hash_token, token_hint
 from llmproxy.config import AuthSettings
 from llmproxy.errors import StoreUnavailable
-from llmproxy.store.base import AuditQuery, AuditRecord, Project, Token, TokenUsage
+from llmproxy.store.base import (
+    AuditQuery,
+    AuditRecord,
+    Project,
+    SpendTotal,
+    SpendTotals,
+    Token,
+    TokenUsage,
+    UsageRow,
+)
 
 T0 = 1_700_000_000.0  # a fixed "now" for the clock
 
@@ -33,6 +43,10 @@ class Clock:
         return datetime.fromtimestamp(self.now + offset, UTC)
 
 
+def _total(holder: Token | Project) -> SpendTotal:
+    return SpendTotal(holder.prompt_tokens + holder.completion_tokens, holder.cost_usd)
+
+
 class MemoryStore:
     """Just enough of the Store protocol, in dicts; ``down`` makes every call raise StoreUnavailable."""
 
@@ -41,6 +55,7 @@ class MemoryStore:
         self.tokens: dict[str, Token] = {}
         self.audit: list[AuditRecord] = []
         self.usage_batches: list[list[TokenUsage]] = []
+        self.usage_rows: list[UsageRow] = []
         self.down = False
         self.calls: dict[str, int] = {}
 
@@ -120,14 +135,36 @@ class MemoryStore:
         token.last_used_at = now
         return True
 
-    async def add_usage(self, usage: list[TokenUsage]) -> None:
+    async def add_usage(
+        self,
+        usage: list[TokenUsage],
+        rows: Sequence[UsageRow] = (),
+        *,
+        watch_tokens: Sequence[str] = (),
+        watch_projects: Sequence[str] = (),
+    ) -> SpendTotals:
         self._call("add_usage")
         self.usage_batches.append(usage)
+        self.usage_rows.extend(rows)
         for item in usage:
             token = self.tokens[item.token_id]
             token.request_count += item.requests
             token.cache_hit_count += item.cache_hits
             token.last_used_at = item.last_used_at
+        for row in rows:
+            for holder in (self.tokens.get(row.token_id), self.projects.get(row.project_id)):
+                if holder is not None:
+                    holder.prompt_tokens += row.prompt_tokens
+                    holder.completion_tokens += row.completion_tokens
+                    holder.cached_tokens += row.cached_tokens
+                    holder.cost_usd += row.cost_usd
+        return SpendTotals(
+            tokens={t: _total(self.tokens[t]) for t in watch_tokens if t in self.tokens},
+            projects={p: _total(self.projects[p]) for p in watch_projects if p in self.projects},
+        )
+
+    async def delete_usage_before(self, day: date) -> int:
+        return 0
 
     # audit
     async def insert_audit(self, records: list[AuditRecord]) -> None:

@@ -420,10 +420,10 @@ async def test_a_flush_cancelled_mid_write_is_finished_by_the_next_flush(store, 
     writing, gate = asyncio.Event(), asyncio.Event()
     write = store.add_usage
 
-    async def slow_write(usage):
+    async def slow_write(usage, *args, **kwargs):
         writing.set()
         await gate.wait()
-        await write(usage)
+        return await write(usage, *args, **kwargs)
 
     store.add_usage = slow_write
     await authority.count_request(grant)

@@ -17,10 +17,8 @@ from llmproxy.manage.schemas import (
     decode_body,
     decode_query,
     field_of,
-    looks_obfuscated,
-    obfuscate_api_key,
-    project_out,
 )
+from llmproxy.manage.views import looks_obfuscated, obfuscate_api_key, project_out
 from llmproxy.store.base import Project
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llmproxy.events.model import Usage
+from llmproxy.events.model import PromptTokensDetails, Usage
 from llmproxy.openai.usage import request_model, response_model, response_usage, usage_in
 from tests.unit.openai.streams import DEEP, chat_chunk, sse
 
@@ -21,6 +21,32 @@ def test_chat_completion_json_usage_is_read() -> None:
 def test_responses_api_input_and_output_tokens_map_to_prompt_and_completion() -> None:
     body = b'{"object":"response","usage":{"input_tokens":7,"output_tokens":5,"total_tokens":12}}'
     assert response_usage(body, stream=False) == Usage(7, 5, 12)
+
+
+def test_cached_prompt_tokens_of_chat_and_responses_are_read() -> None:
+    chat = (
+        b'{"usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,'
+        b'"prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0},'
+        b'"completion_tokens_details":{"reasoning_tokens":0}}}'
+    )
+    responses = b'{"usage":{"input_tokens":50,"input_tokens_details":{"cached_tokens":32},"output_tokens":5}}'
+    assert response_usage(chat, stream=False) == Usage(2006, 300, 2306, PromptTokensDetails(1920))
+    assert response_usage(chat, stream=False).cached_tokens == 1920
+    assert response_usage(responses, stream=False) == Usage(50, 5, 55, PromptTokensDetails(32))
+    assert usage_in(b"data: " + chat[1:-1] + b"\n\n") == Usage(2006, 300, 2306, PromptTokensDetails(1920))
+
+
+def test_zero_or_absent_cached_tokens_leave_the_usage_as_it_was() -> None:
+    body = b'{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":0}}}'
+    usage = response_usage(body, stream=False)
+    assert usage == Usage(3, 4, 7) and usage.cached_tokens == 0
+    assert b"prompt_tokens_details" not in encode_usage(usage)
+
+
+def encode_usage(usage: Usage) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode(usage)
 
 
 def test_embeddings_usage_without_completion_tokens_is_read() -> None:
