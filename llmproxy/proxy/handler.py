@@ -21,13 +21,11 @@ from llmproxy.auth.tokens import parse_bearer
 from llmproxy.config import EventSettings, UpstreamSettings
 from llmproxy.errors import Outcome, ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
-from llmproxy.openai.kinds import endpoint_kind
-from llmproxy.openai.usage import request_model
 from llmproxy.proxy.bodies import decoded, read_whole, streamed
 from llmproxy.proxy.capture import TAIL_BYTES, BodyCapture, bounded
 from llmproxy.proxy.flow import Flow, Observer
 from llmproxy.proxy.keys import CALLER, CANCEL_ON_DISCONNECT, REQUEST_ID
-from llmproxy.proxy.models import model_allowed
+from llmproxy.proxy.models import model_refusal
 from llmproxy.proxy.policy import Policy, allow_origin, split_target
 from llmproxy.proxy.ports import ResponseCache
 from llmproxy.proxy.relay import relay
@@ -171,24 +169,13 @@ class ProxyHandler:
         self._auditor.record(record)
 
     def _allow_model(self, request: web.Request, grant: Grant, body: bytes | None, plain: bytes) -> None:
-        """Refuse (403 model_not_allowed) a model the token's allowed_models does not match."""
+        """Refuse (403 model_not_allowed, audited) a model the token's allowed_models does not match."""
         assert grant.limits is not None
         patterns = grant.limits.allowed_models
-        if patterns is None:
-            return
-        model = request_model(plain or body or b"")
-        if model is not None and model_allowed(patterns, model):
-            return
-        if model is None and (body is None or endpoint_kind(request.path) is None):
-            return  # no model named where none is needed (GET /v1/models, files)
-        named = f"Model {model!r} is" if model is not None else "A request naming no model is"
-        exc = ProxyError(
-            Refusal.MODEL_NOT_ALLOWED,
-            f"{named} not allowed for this token; allowed models: {', '.join(patterns)}",
-            param="model",
-        )
-        self._audit_refusal(request, exc, grant)
-        raise exc
+        exc = model_refusal(patterns, request.path, body, plain) if patterns is not None else None
+        if exc is not None:
+            self._audit_refusal(request, exc, grant)
+            raise exc
 
     async def _read(
         self, request: web.Request, length: int | None, model: bool = False
@@ -326,13 +313,10 @@ class ProxyHandler:
 
     def _notify(self, flow: Flow) -> None:
         """The settled flow to every observer; an observer failing is logged, never felt by the client."""
-        for observer in self._observers:
+        # a metered flow is watched only when no observer was (handler._handle): the meter reads it
+        observers = (self._meter,) if flow.metered and self._meter is not None else self._observers
+        for observer in observers:
             try:
                 observer(flow)
             except Exception:
                 log.exception("observer %r failed for request %s", observer, flow.request_id)
-        if flow.metered and self._meter is not None:
-            try:
-                self._meter(flow)
-            except Exception:
-                log.exception("usage meter failed for request %s", flow.request_id)
