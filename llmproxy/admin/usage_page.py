@@ -94,7 +94,7 @@ class UsagePage:
         try:
             view = decode_view(request.query, UsageView)
         except ProxyError as exc:
-            message = f"{exc.message} Change the filter, or reset them."
+            message = f"Invalid filter: {exc.message}"
             markup = {"error": alert(message), "filters": '<a href="/admin/usage">Reset the filters</a>'}
             return html_response(self._render(csrf_token, markup), 422)
         data = await self._read(view, list(_GROUPS))
