@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable, Sequence
 from html import escape
 
-__all__ = ("Bars", "Series", "bar_chart", "nice_ceiling")
+__all__ = ("Bars", "Series", "axis", "bar_chart")
 
 # the drawing's own units; the SVG scales to its container's width
 WIDTH = 720
@@ -18,7 +18,7 @@ _LEFT = 64  # room for the y labels
 _RIGHT = 8
 _TOP = 10
 _BOTTOM = 26  # room for the x labels
-_GRID_LINES = 4
+_GRID_LINES = 4  # at most; as many as the step needs to pass the highest bar
 _X_LABELS = 8  # at most this many day labels under the bars
 
 
@@ -35,23 +35,39 @@ class Bars:
     """What a chart shows: the days (labels, ``data-day``), the stacked series, how a value reads."""
 
     def __init__(
-        self, title: str, days: Sequence[str], series: Sequence[Series], fmt: Callable[[float], str]
+        self,
+        title: str,
+        days: Sequence[str],
+        series: Sequence[Series],
+        fmt: Callable[[float], str],
+        *,
+        whole: bool = False,
     ) -> None:
         self.title = title
         self.days = days
         self.series = series
         self.fmt = fmt
+        self.whole = whole  # counts: the axis steps by whole numbers
 
 
-def nice_ceiling(value: float) -> float:
-    """The smallest 1, 2, 2.5 or 5 × 10^k at or above ``value``: a top of the axis that reads well."""
-    if value <= 0:
-        return 1.0
-    power = 10.0 ** math.floor(math.log10(value))
-    for step in (1.0, 2.0, 2.5, 5.0):
-        if value <= step * power * (1 + 1e-9):
-            return step * power
-    return 10.0 * power
+def axis(peak: float, *, whole: bool = False) -> tuple[float, int]:
+    """(top, grid lines) of an axis that reads well: a step of 1, 2, 2.5 or 5 × 10^k (whole numbers for
+    counts), as few lines of it (at most four) as reach ``peak``."""
+    if peak <= 0:
+        return (float(_GRID_LINES) if whole else 1.0), _GRID_LINES
+    raw = peak / _GRID_LINES
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = 10.0 * power
+    for m in (1.0, 2.0, 2.5, 5.0):
+        if whole and m == 2.5 and power < 10:
+            continue  # 2.5 tokens is no count
+        if raw <= m * power * (1 + 1e-9):
+            step = m * power
+            break
+    if whole:
+        step = max(step, 1.0)
+    lines = max(1, math.ceil(peak / step - 1e-9))
+    return step * lines, lines
 
 
 def _num(value: float) -> str:
@@ -61,7 +77,7 @@ def _num(value: float) -> str:
 def bar_chart(bars: Bars) -> str:
     """The chart as an ``<svg>`` element; each day's bars in a ``<g class="day" data-day=…>``."""
     totals = [sum(s.values[i] for s in bars.series) for i in range(len(bars.days))]
-    top = nice_ceiling(max(totals, default=0.0))
+    top, lines = axis(max(totals, default=0.0), whole=bars.whole)
     plot_w, plot_h = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
     slot = plot_w / max(len(bars.days), 1)
     parts = [
@@ -69,12 +85,12 @@ def bar_chart(bars: Bars) -> str:
         f'aria-label="{escape(bars.title)}" preserveAspectRatio="xMidYMid meet">',
         f"<title>{escape(bars.title)}</title>",
     ]
-    for n in range(_GRID_LINES + 1):
-        y = _TOP + plot_h - plot_h * n / _GRID_LINES
+    for n in range(lines + 1):
+        y = _TOP + plot_h - plot_h * n / lines
         parts.append(
             f'<line class="grid" x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{_num(y)}" y2="{_num(y)}"/>'
             f'<text class="axis" x="{_LEFT - 6}" y="{_num(y + 4)}" text-anchor="end">'
-            f"{escape(bars.fmt(top * n / _GRID_LINES))}</text>"
+            f"{escape(bars.fmt(top * n / lines))}</text>"
         )
     label_every = math.ceil(len(bars.days) / _X_LABELS) or 1
     for i, day in enumerate(bars.days):

@@ -148,7 +148,8 @@ def _token_chart(data: UsageData) -> str:
         '<p class="legend"><span class="swatch prompt"></span>prompt tokens '
         '<span class="swatch completion"></span>completion tokens</p>'
     )
-    return bar_chart(Bars("Tokens per UTC day", [d for d, _ in lines], series, count)) + legend
+    chart = Bars("Tokens per UTC day", [d for d, _ in lines], series, count, whole=True)
+    return bar_chart(chart) + legend
 
 
 def _by_cost(lines: Sequence[UsageLine]) -> list[UsageLine]:

@@ -7,27 +7,31 @@ import re
 
 import pytest
 
-from llmproxy.admin.chart import HEIGHT, Bars, Series, bar_chart, nice_ceiling
+from llmproxy.admin.chart import HEIGHT, Bars, Series, axis, bar_chart
 from llmproxy.admin.markup import count, href, money
 
 
 @pytest.mark.parametrize(
-    ("value", "top"),
+    ("peak", "whole", "top", "lines"),
     [
-        (0, 1.0),
-        (-3, 1.0),
-        (1, 1.0),
-        (1.2, 2.0),
-        (2.4, 2.5),
-        (3, 5.0),
-        (7, 10.0),
-        (0.55, 1.0),
-        (12, 20.0),
-        (3.15e-6, 5e-6),
+        (0, False, 1.0, 4),
+        (0, True, 4.0, 4),
+        (1, False, 1.0, 4),  # steps of 0.25
+        (0.55, False, 0.6, 3),  # 0.2
+        (8.4e-5, False, 1e-4, 4),  # 0.000025
+        (24, True, 30.0, 3),  # 10: never 6.25 tokens
+        (7, True, 8.0, 4),  # 2
+        (3, True, 3.0, 3),  # 1
+        (1, True, 1.0, 1),
+        (12_345, True, 15_000.0, 3),  # 5,000
+        (24, False, 30.0, 3),  # 10 again: 6 is no step
     ],
 )
-def test_the_axis_tops_out_at_a_readable_value(value: float, top: float) -> None:
-    assert nice_ceiling(value) == pytest.approx(top)
+def test_the_axis_steps_by_a_readable_value_up_to_the_highest_bar(
+    peak: float, whole: bool, top: float, lines: int
+) -> None:
+    found_top, found_lines = axis(peak, whole=whole)
+    assert (found_top, found_lines) == (pytest.approx(top), lines)
 
 
 def heights(svg: str, css_class: str) -> dict[str, float]:
