@@ -344,3 +344,69 @@ async def test_a_budget_set_in_the_ui_refuses_the_next_request_once_spent_and_th
                 finally:
                     await browser.close()
         assert await server.stop() == 0
+
+
+async def test_the_events_page_pages_back_beyond_the_first_50_and_filters_by_status(
+    make_server: Any, tmp_path: Path
+) -> None:
+    from llmproxy.events.model import Event, encode_event
+
+    def logged(n: int) -> Event:
+        return Event(
+            id=f"00000000-0000-4000-8000-{n:012d}",
+            request_id=f"req-{n}",
+            project_id="11111111-1111-4111-8111-111111111111",
+            token_id="22222222-2222-4222-8222-222222222222",
+            method="POST",
+            path=f"/v1/chat/completions/{n}",
+            status=503 if n % 40 == 7 else 200,
+            started_at=f"2025-01-01T00:{n // 60:02d}:{n % 60:02d}.000000Z",
+            duration_ms=1.0,
+        )
+
+    (tmp_path / "events.jsonl").write_bytes(b"".join(encode_event(logged(n)) + b"\n" for n in range(120)))
+    server = await make_server()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = await browser.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            await page.goto(f"{server.url}/admin/login")
+            await page.fill("#management_token", MANAGEMENT_TOKEN)
+            await page.click("button[type=submit]")
+            await page.wait_for_url("**/admin/projects", timeout=WAIT_MS)
+            await page.goto(f"{server.url}/admin/events")
+            rows = page.locator("#events tbody tr")
+            await expect(rows).to_have_count(50, timeout=WAIT_MS)
+            await page.click("#older-events")
+            await expect(rows).to_have_count(100, timeout=WAIT_MS)
+            await page.click("#older-events")
+            await expect(rows).to_have_count(120, timeout=WAIT_MS)
+            await expect(page.locator("#older-events")).to_be_hidden()
+            paths = await page.locator("#events tbody td.path").all_text_contents()
+            assert paths == [f"/v1/chat/completions/{n}" for n in reversed(range(120))]
+
+            # a bad status is a clear message, a good one filters; the filter survives a reload
+            await page.fill("#events-filter [name=status]", "6xx")
+            await page.click("#events-filter button[type=submit]")
+            await expect(page.locator("#flash")).to_contain_text("status", timeout=WAIT_MS)
+            assert [p for p in problems if "422" in p] == [problems.pop()]  # the refusal, logged by Chromium
+            await page.fill("#events-filter [name=status]", "5xx")
+            await page.click("#events-filter button[type=submit]")
+            await expect(rows).to_have_count(3, timeout=WAIT_MS)
+            await page.reload()
+            await expect(rows).to_have_count(3, timeout=WAIT_MS)
+            assert await page.input_value("#events-filter [name=status]") == "5xx"
+            await rows.first.locator("td.path").click()
+            await page.wait_for_url(
+                "**/admin/events/00000000-0000-4000-8000-000000000087?at=*", timeout=WAIT_MS
+            )
+            await expect(page.locator("#event-title")).to_contain_text("/v1/chat/completions/87")
+            assert problems == []
+        finally:
+            await browser.close()
+    assert await server.stop() == 0
