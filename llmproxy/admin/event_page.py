@@ -27,7 +27,7 @@ __all__ = ("EventDetail", "event_markup")
 log = logging.getLogger(__name__)
 
 _UUID = re.compile(UUID_PATTERN)
-_MAX_OFFSET_DIGITS = 18
+_OFFSET = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit would pass "²", which int() refuses
 
 
 class EventDetail:
@@ -42,7 +42,7 @@ class EventDetail:
     async def page(self, request: web.Request, csrf_token: str) -> web.Response:
         event_id = request.match_info["event_id"]
         at = request.query.get("at", "")
-        if not _UUID.match(event_id) or not at.isdigit() or len(at) > _MAX_OFFSET_DIGITS:
+        if not _UUID.match(event_id) or not _OFFSET.fullmatch(at):
             return self._message(
                 "This link to an event is malformed: it needs the event's id and ?at=<byte offset>.", 422
             )

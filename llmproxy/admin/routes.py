@@ -303,7 +303,7 @@ class AdminUI:
                 Refusal.UNAUTHORIZED, "Sign in to the admin UI first", headers={"Cache-Control": "no-store"}
             )
         raw = request.query.get("limit", "50")
-        if not raw.isdigit() or int(raw) > 500:
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > 500:  # "²" is a digit to isdigit only
             raise ProxyError(Refusal.INVALID_FIELD, "limit must be an integer from 0 to 500", param="limit")
         try:
             page = await read_dead_letters(self._settings, int(raw))

@@ -78,6 +78,8 @@ def _filters(data: UsageData) -> str:
     project_options = [_option("", "All projects", data.project_id)] + [
         _option(p.id, p.name if p.is_active else f"{p.name} (inactive)", data.project_id) for p in projects
     ]
+    if data.project_id and data.project_id not in data.projects:  # still shown as the filter it is
+        project_options.append(_option(data.project_id, data.project_id[:8] + "…", data.project_id))
     tokens = sorted(data.tokens.values(), key=lambda t: t.created_at, reverse=True)[:MAX_TOKEN_OPTIONS]
     if data.token_id and all(t.id != data.token_id for t in tokens):
         tokens.append(data.tokens.get(data.token_id) or _unknown_token(data.token_id))

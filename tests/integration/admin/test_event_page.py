@@ -172,6 +172,7 @@ async def test_the_events_list_links_each_row_to_its_detail(signed_in: Admin, tm
         ("/admin/events/{id}?at=-1", 422, "malformed"),
         ("/admin/events/{id}?at=1e3", 422, "malformed"),
         ("/admin/events/{id}?at=" + "9" * 40, 422, "malformed"),
+        ("/admin/events/{id}?at=%C2%B2", 422, "malformed"),  # "²" is a digit to str.isdigit, not to int
     ],
 )
 async def test_a_link_that_no_longer_points_at_its_event_says_so(

@@ -234,3 +234,12 @@ async def test_without_a_session_the_usage_pages_send_to_sign_in(admin: Admin, p
     response = await admin.client.get(path, allow_redirects=False)
     assert response.status == 303
     assert response.headers["Location"] == "/admin/login"
+
+
+async def test_a_filter_naming_no_known_project_shows_nothing_and_keeps_the_choice(
+    signed_in_on: Admin, spending: Spending
+) -> None:
+    unknown = "99999999-9999-4999-8999-999999999999"
+    page = await usage_page(signed_in_on, f"?project_id={unknown}")
+    assert figure(page, "Cost") == "$0" and figure(page, "Requests") == "0"
+    assert f'<option value="{unknown}" selected>99999999…</option>' in page
