@@ -62,6 +62,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_dispatcher(args: argparse.Namespace) -> int:
+    from llmproxy.config_sections import WorkerSettings
     from llmproxy.dispatch.worker import run_dispatcher_command
 
     settings = _settings(
@@ -72,7 +73,13 @@ def _cmd_dispatcher(args: argparse.Namespace) -> int:
         DISPATCHER_BATCH_SIZE=args.batch_size,
         DISPATCHER_WORKERS=args.workers,
     )
-    return _maybe_detached(args, lambda ready: run_dispatcher_command(settings, args.service, ready))
+    worker = WorkerSettings.of(settings)
+    return _maybe_detached(args, lambda ready: run_dispatcher_command(worker, args.service, ready))
+
+
+def _manage_server(args: argparse.Namespace) -> config.ServerSettings:
+    """What ``llm-proxy manage`` reads of the settings (its URL and token), when a flag leaves one out."""
+    return _settings(args).server
 
 
 def _cmd_manage(args: argparse.Namespace) -> int:
@@ -91,8 +98,9 @@ def _cmd_events_tail(args: argparse.Namespace) -> int:
 
 def _cmd_events_dead(args: argparse.Namespace) -> int:
     from llmproxy import events_dead
+    from llmproxy.config_sections import WorkerSettings
 
-    return events_dead.run(args, _settings(args, DEAD_LETTER_FILE=args.file))
+    return events_dead.run(args, WorkerSettings.of(_settings(args, DEAD_LETTER_FILE=args.file)))
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -144,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("manage", help="manage projects and tokens over the management API")
     _add_manage_arguments(p)
-    p.set_defaults(func=_cmd_manage)
+    p.set_defaults(func=_cmd_manage, load_server=_manage_server)
 
     p = sub.add_parser("events", help="read the JSONL event log")
     events = p.add_subparsers(dest="events_command", parser_class=_Parser, required=True)

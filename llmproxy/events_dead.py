@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import msgspec
 from redis.exceptions import RedisError
 
-from llmproxy.config import Settings
+from llmproxy.config_sections import WorkerSettings
 from llmproxy.dispatch.dispatcher import Dispatcher
 from llmproxy.dispatch.registry import make_backend
 from llmproxy.dispatch.worker import service_endpoint
@@ -62,7 +62,7 @@ class _Failed(Exception):
     """A one-line reason to exit 1."""
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: WorkerSettings) -> int:
     try:
         return run_loop(_run(args, settings))
     except _Failed as exc:
@@ -70,29 +70,29 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
 
-async def _run(args: argparse.Namespace, settings: Settings) -> int:
+async def _run(args: argparse.Namespace, settings: WorkerSettings) -> int:
     command = args.dead_command
     if command in ("replay", "purge") and not (args.ids or args.service or args.all):
         raise ConfigError(f"events dead {command}: name the dead letters: IDs, --service S or --all")
-    bus = settings.events.bus
+    bus = settings.bus.kind
     if bus == "redis":
         raise ConfigError("events dead reads DEAD_LETTER_FILE (in-memory bus) or <stream>:dead (redis-streams); "
                           "the redis list bus keeps them in the list <stream>:list:dead")  # fmt: skip
     if bus == "in-memory":
-        if not settings.events.dead_letter_file:
+        if not settings.bus.dead_letter_file:
             raise ConfigError("DEAD_LETTER_FILE is off: there are no dead letters to read")
-        return await _on(DeadLetterFile(settings.events.dead_letter_file), args, settings)
-    redis = connect_redis(settings.redis, socket_timeout=5.0)
+        return await _on(DeadLetterFile(settings.bus.dead_letter_file), args, settings)
+    redis = connect_redis(settings.bus.redis, socket_timeout=5.0)
     try:
-        stream = DeadLetterStream(redis, settings.streams.key, max_len=settings.streams.max_len)
+        stream = DeadLetterStream(redis, settings.bus.streams.key, max_len=settings.bus.streams.max_len)
         return await _on(stream, args, settings)
     except (RedisError, OSError) as exc:
-        raise _Failed(f"Redis at {settings.redis.addr} unreachable: {exc}") from None
+        raise _Failed(f"Redis at {settings.bus.redis.addr} unreachable: {exc}") from None
     finally:
         await redis.aclose()
 
 
-async def _on(store: DeadLetters, args: argparse.Namespace, settings: Settings) -> int:
+async def _on(store: DeadLetters, args: argparse.Namespace, settings: WorkerSettings) -> int:
     command = args.dead_command
     if command == "list":
         letters = await store.entries(args.limit)
@@ -110,7 +110,7 @@ async def _on(store: DeadLetters, args: argparse.Namespace, settings: Settings) 
         return 0
     if isinstance(store, DeadLetterStream):
         replayed = await store.replay(letters)
-        print(f"replayed {replayed} dead letters to {_per_service(letters)} on {settings.streams.key}")
+        print(f"replayed {replayed} dead letters to {_per_service(letters)} on {settings.bus.streams.key}")
         return 0
     assert isinstance(store, DeadLetterFile)
     return await _replay_from_file(store, letters, settings)
@@ -203,7 +203,7 @@ class _LetterSource:
         return None
 
 
-async def _replay_from_file(file: DeadLetterFile, letters: list[DeadLetter], settings: Settings) -> int:
+async def _replay_from_file(file: DeadLetterFile, letters: list[DeadLetter], settings: WorkerSettings) -> int:
     by_service: dict[str, list[DeadLetter]] = {}
     for letter in letters:
         by_service.setdefault(letter.service, []).append(letter)
@@ -223,7 +223,7 @@ async def _replay_from_file(file: DeadLetterFile, letters: list[DeadLetter], set
 
 
 async def _deliver(
-    service: str, letters: list[DeadLetter], file: DeadLetterFile, settings: Settings
+    service: str, letters: list[DeadLetter], file: DeadLetterFile, settings: WorkerSettings
 ) -> tuple[_LetterSource, str | None]:
     """Run a Dispatcher over ``letters`` until each is delivered, refused or given up (bounded)."""
     try:

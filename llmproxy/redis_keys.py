@@ -19,6 +19,7 @@ __all__ = (
     "list_key",
     "rate_limit_prefix",
     "stats_key",
+    "tokens_rate_prefix",
     "totals_key",
 )
 
@@ -65,6 +66,11 @@ def dead_list_key(stream: str) -> str:
 def rate_limit_prefix(prefix: str) -> str:
     """Each token's sliding window of the shared rate limit is a sorted set at this + the token id."""
     return f"{prefix}ratelimit:"
+
+
+def tokens_rate_prefix(prefix: str) -> str:
+    """Tokens per minute: a hash per token or project (``<prefix>tpm:token:<id>``), second -> tokens."""
+    return f"{prefix}tpm:"
 
 
 def invalidation_channel(prefix: str) -> str:

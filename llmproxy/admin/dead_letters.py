@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from llmproxy.config import Settings
+from llmproxy.config_sections import BusSettings
 from llmproxy.events.dead_letters import DeadLetter, DeadLetterFile, DeadLetterStream, event_id
 from llmproxy.redis_client import connect_redis
 
@@ -58,13 +58,13 @@ def _row(letter: DeadLetter) -> DeadLetterRow:
     )  # fmt: skip
 
 
-async def read_dead_letters(settings: Settings, newest: int) -> DeadLetterPage:
+async def read_dead_letters(settings: BusSettings, newest: int) -> DeadLetterPage:
     """The count and the ``newest`` letters; raises OSError (file) or RedisError (Redis)."""
-    bus = settings.events.bus
+    bus = settings.kind
     if bus == "in-memory":
-        if not settings.events.dead_letter_file:
+        if not settings.dead_letter_file:
             return DeadLetterPage(configured=False, where="", count=0, entries=[])
-        file = DeadLetterFile(settings.events.dead_letter_file)
+        file = DeadLetterFile(settings.dead_letter_file)
         letters = await file.entries()
         rows = [_row(letter) for letter in reversed(letters[-newest:] if newest > 0 else [])]
         return DeadLetterPage(configured=True, where=file.where, count=len(letters), entries=rows)

@@ -35,7 +35,7 @@ from llmproxy.manage.decoding import decode_query
 
 if TYPE_CHECKING:
     from llmproxy.audit import Auditor
-    from llmproxy.config import Settings
+    from llmproxy.config_sections import AdminSettings
     from llmproxy.openai.prices import PriceTable
     from llmproxy.store.base import Store
 
@@ -86,7 +86,7 @@ class AdminUI:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: AdminSettings,
         auditor: Auditor,
         *,
         sessions: SessionStore,
@@ -95,9 +95,9 @@ class AdminUI:
         prices: PriceTable | None = None,
         failed_login_delay: float = FAILED_LOGIN_DELAY,
     ) -> None:
-        self._management_token = settings.server.management_token.encode()
-        self._settings = settings
-        self._event_log = settings.events.file_event_log
+        self._management_token = settings.management_token.encode()
+        self._bus = settings.bus
+        self._event_log = settings.file_event_log
         self._metrics_enabled = settings.metrics_enabled
         self._auditor = auditor
         self._sessions = sessions
@@ -306,7 +306,7 @@ class AdminUI:
         if not (raw.isascii() and raw.isdigit()) or int(raw) > 500:  # "²" is a digit to isdigit only
             raise ProxyError(Refusal.INVALID_FIELD, "limit must be an integer from 0 to 500", param="limit")
         try:
-            page = await read_dead_letters(self._settings, int(raw))
+            page = await read_dead_letters(self._bus, int(raw))
         except (OSError, RedisError) as exc:
             log.warning("admin UI: cannot read the dead letters: %s", exc)
             raise ProxyError(Refusal.SERVICE_UNAVAILABLE, "The dead letters cannot be read") from None

@@ -25,10 +25,13 @@ from llmproxy.auth.invalidation import Invalidations
 from llmproxy.auth.ledger import Ledger, Spend
 from llmproxy.auth.ratelimit import RateLimiter
 from llmproxy.auth.shared_ratelimit import SharedRateLimiter
+from llmproxy.auth.spend_limits import SpendLimits
+from llmproxy.auth.token_rate import TokenRate
 from llmproxy.auth.tokens import hash_token, token_hint
 from llmproxy.config import AuthSettings
 from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
-from llmproxy.store.base import Project, SpendTotal, Store, Token
+from llmproxy.redis_keys import tokens_rate_prefix
+from llmproxy.store.base import Project, Store, Token
 
 __all__ = ("Authority", "Grant", "Limits")
 
@@ -57,6 +60,8 @@ class _Entry:
         "counted",
         "exhausted",
         "budgets",
+        "tpm",
+        "limited",
     )
 
     def __init__(
@@ -79,6 +84,8 @@ class _Entry:
         limit = token.max_requests if token is not None else None
         self.exhausted = limit is not None and self.counted >= limit
         self.budgets: tuple[Spend, ...] = ()
+        self.tpm: tuple[tuple[str, int], ...] = ()  # (window key, tokens per minute) of token and project
+        self.limited = False  # budgets or tpm: checked before each request
 
 
 class Authority:
@@ -108,6 +115,8 @@ class Authority:
         self._shared_limiter = shared_limiter  # None: per instance; else this one is the fallback
         self._invalidations = invalidations
         self.ledger = ledger = ledger if ledger is not None else Ledger()
+        tpm = TokenRate(shared_limiter, prefix=tokens_rate_prefix(settings.redis_prefix), clock=clock)
+        self._spend = SpendLimits(ledger, tpm)
         self._flusher = UsageFlusher(store, ledger, max_pending=max(settings.key_cache_max, 1000))
         self._store_failing = False
 
@@ -128,10 +137,10 @@ class Authority:
             raise _refused(Refusal.PROJECT_INACTIVE, entry, raw_token)
         if entry.exhausted:
             raise _refused(Refusal.QUOTA_EXCEEDED, entry, raw_token)
-        if entry.budgets:
-            for spend in entry.budgets:
-                if spend.spent:
-                    raise _refused(Refusal.BUDGET_EXCEEDED, entry, raw_token)
+        if entry.limited:
+            refusal = await self._spend.refusal(entry.budgets, entry.tpm)
+            if refusal is not None:
+                raise _refused(refusal[0], entry, raw_token, refusal[1], refusal[2])
         limit = grant.rate_limit_per_minute
         if limit is not None:
             shared = self._shared_limiter  # when Redis cannot answer (None), this instance counts alone
@@ -218,20 +227,15 @@ class Authority:
             ticks += 1
             if ticks % _PRUNE_EVERY == 0:
                 self._limiter.prune()
-                self._forget_idle_spends()
+                self._spend.tpm.local.prune()
+                self._spend.forget_idle(self._by_token, self._by_project)
 
     async def flush(self) -> None:
         """Write batched counters and usage now, and read back the shared totals budgets compare against.
-        Writes run one after another, each to its end even if its caller was cancelled (shutdown)."""
+        Writes run one after another, each to its end even if its caller was cancelled (shutdown). Then
+        the tokens-per-minute charges go to the shared windows."""
         await self._flusher.flush()
-
-    def _forget_idle_spends(self) -> None:
-        """Stop watching the budgets of tokens and projects no longer cached, once nothing of theirs waits."""
-        ledger = self.ledger
-        for token_id in [t for t, spend in ledger.tokens.items() if t not in self._by_token and spend.idle]:
-            del ledger.tokens[token_id]
-        for project_id in [p for p, s in ledger.projects.items() if p not in self._by_project and s.idle]:
-            del ledger.projects[project_id]
+        await self._spend.tpm.send()
 
     # -- the cache
     async def _lookup(self, token_hash: str) -> _Entry:
@@ -258,30 +262,11 @@ class Authority:
         now = self._clock()
         entry = _new_entry(token_hash, token, project, now + self._ttl, now + self._negative_ttl)
         if entry.grant is not None and token is not None and project is not None:
-            entry.budgets = self._budgets(token, project)
+            entry.budgets, entry.tpm = self._spend.limits_of(token, project)
+            entry.limited = bool(entry.budgets or entry.tpm)
         if generation == self._generation:
             self._insert(entry)
         return entry
-
-    def _budgets(self, token: Token, project: Project) -> tuple[Spend, ...]:
-        """The Spends to check before each request of this token: its own and its project's, where set.
-        One per id, shared by every cached entry and updated by the ledger as usage is recorded."""
-        found = []
-        for spends, key, row in (
-            (self.ledger.tokens, token.id, token),
-            (self.ledger.projects, project.id, project),
-        ):
-            if row.max_tokens is None and row.max_cost_usd is None:
-                spends.pop(key, None)
-                continue
-            total = SpendTotal(row.prompt_tokens + row.completion_tokens, row.cost_usd)
-            spend = spends.get(key)
-            if spend is None:
-                spend = spends[key] = Spend(row.max_tokens, row.max_cost_usd, total.tokens, total.cost_usd)
-            else:  # a reload (a change, or the TTL): the new limits, and totals no older than the last flush
-                spend.limit(row.max_tokens, row.max_cost_usd, total if total.tokens >= spend.tokens else None)
-            found.append(spend)
-        return tuple(found)
 
     async def _store_call(self, call: Awaitable[T]) -> T:
         """Await a store call; the store being down becomes 503 service_unavailable, logged once."""
@@ -370,12 +355,21 @@ def _limits(token: Token, project: Project) -> Limits | None:
 
 
 def _refused(
-    refusal: Refusal, entry: _Entry, raw_token: str, headers: dict[str, str] | None = None
+    refusal: Refusal,
+    entry: _Entry,
+    raw_token: str,
+    headers: dict[str, str] | None = None,
+    message: str | None = None,
 ) -> ProxyError:
     """A refusal naming whose token it was (audit, access log): its hint, and its ids when known."""
     hint = token_hint(raw_token)
     return ProxyError(
-        refusal, headers=headers, project_id=entry.project_id, token_id=entry.token_id, token_hint=hint
+        refusal,
+        message,
+        headers=headers,
+        project_id=entry.project_id,
+        token_id=entry.token_id,
+        token_hint=hint,
     )
 
 

@@ -10,7 +10,7 @@ by increments, so each sees the others' within one flush of theirs and one of it
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 
 from llmproxy.openai.prices import PriceTable
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _MAX_ROWS = 100_000  # pending daily rows kept while the store fails; past this, usage is dropped (logged)
 _MAX_UNPRICED_LABELS = 100  # distinct model labels of llm_proxy_unpriced_requests_total; then "other"
+_MAX_MODEL = 256  # characters of a model name kept (a client names it: rows, labels and keys stay small)
 _OTHER = "other"
 
 
@@ -110,6 +111,8 @@ class Ledger:
         self.tokens: dict[str, Spend] = {}  # token id -> its Spend, for tokens with a budget
         self.projects: dict[str, Spend] = {}  # project id -> its Spend, for projects with a budget
         self.unpriced: dict[str, int] = {}  # model label -> requests with tokens but no known price
+        self.tpm_keys: set[str] = set()  # "token:<id>", "project:<id>" with a tokens-per-minute limit
+        self.charge: Callable[[str, int], None] | None = None  # their windows, charged with each usage
         self.dropped = 0  # requests whose usage was dropped (the store failing for long)
 
     def record(
@@ -122,6 +125,8 @@ class Ledger:
         estimated: bool = False,
     ) -> None:
         """One finished request: ``usage`` is (prompt, completion, cached prompt) tokens, None if unknown."""
+        if model is not None and len(model) > _MAX_MODEL:
+            model = model[:_MAX_MODEL]
         key = (day, project_id, token_id, model or "")
         delta = self._rows.get(key)
         if delta is None:
@@ -151,6 +156,10 @@ class Ledger:
         spend = self.projects.get(project_id)
         if spend is not None:
             spend.add(prompt + completion, cost)
+        if self.tpm_keys and self.charge is not None:
+            for window in (f"token:{token_id}", f"project:{project_id}"):
+                if window in self.tpm_keys:
+                    self.charge(window, prompt + completion)
 
     def _count_unpriced(self, model: str) -> None:
         unpriced = self.unpriced

@@ -17,11 +17,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from llmproxy.auth.ratelimit import RateVerdict
-from llmproxy.config import RedisSettings, Settings
+from llmproxy.config import RedisSettings
 from llmproxy.redis_client import connect_redis
 from llmproxy.redis_keys import PREFIX, rate_limit_prefix
 
-__all__ = ("DEGRADED", "SharedRateLimiter", "shares_rate_limit", "uses_redis")
+__all__ = ("DEGRADED", "SharedRateLimiter")
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +50,6 @@ local oldest = redis.call('ZRANGE', key, count - limit, count - limit, 'WITHSCOR
 local wait = math.max(1, tonumber(oldest[2]) + window - now)
 return {wait, 0, wait}
 """
-
-
-def uses_redis(settings: Settings) -> bool:
-    """Redis is part of this deployment: REDIS_ADDR was given, or the event bus or the cache uses it.
-
-    The default address alone does not count: a single instance without Redis must not try it.
-    """
-    cache_on_redis = settings.cache.enabled and settings.cache.backend == "redis"
-    return settings.redis.addr_given or settings.events.bus != "in-memory" or cache_on_redis
-
-
-def shares_rate_limit(settings: Settings) -> bool:
-    """RATE_LIMIT_BACKEND: ``redis`` always, ``local`` never, ``auto`` when Redis is in use."""
-    backend = settings.auth.rate_limit_backend
-    return backend == "redis" or (backend == "auto" and uses_redis(settings))
 
 
 class SharedRateLimiter:
@@ -121,6 +106,15 @@ class SharedRateLimiter:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+    @property
+    def redis(self) -> Redis:
+        """The connection, shared with the tokens-per-minute windows (token_rate.py)."""
+        return self._redis
+
+    def fail(self, exc: BaseException) -> None:
+        """A call to Redis failed (here or in the TPM windows): limit per instance until it answers."""
+        self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
         self._failed.set()

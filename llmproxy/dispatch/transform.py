@@ -17,7 +17,16 @@ from llmproxy.events.model import Event
 from llmproxy.openai.kinds import EndpointKind, endpoint_kind
 from llmproxy.openai.sse import decode_json, merge_chunks, sse_data
 
-__all__ = ("LlmCall", "body_bytes", "ended_epoch", "iso_ms", "read_call", "run_uuid", "started_epoch")
+__all__ = (
+    "LlmCall",
+    "body_bytes",
+    "ended_epoch",
+    "flat_metadata",
+    "iso_ms",
+    "read_call",
+    "run_uuid",
+    "started_epoch",
+)
 
 # Request fields that are the call's input or identity, not a model parameter.
 _NOT_PARAMS = frozenset({"messages", "prompt", "input", "model", "user", "stream_options"})
@@ -155,3 +164,15 @@ def _json_object(data: bytes) -> dict[str, Any] | None:
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def flat_metadata(event: Event, prefix: str = "") -> dict[str, str | int | float | bool]:
+    """The token's metadata with scalar values (nested ones as JSON text), keys prefixed: what backends
+    that take only flat metadata (Lunary, Helicone's properties) can carry."""
+    flat: dict[str, str | int | float | bool] = {}
+    for key, value in (event.metadata or {}).items():
+        if isinstance(value, str | int | float | bool):
+            flat[prefix + key] = value
+        elif value is not None:
+            flat[prefix + key] = msgspec.json.encode(value).decode()
+    return flat

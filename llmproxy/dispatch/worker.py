@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from setproctitle import setproctitle
 
 from llmproxy import logs
-from llmproxy.config import Settings
+from llmproxy.config_sections import WorkerSettings
 from llmproxy.dispatch.dispatcher import Dispatcher, DispatchStats
 from llmproxy.dispatch.registry import make_backend
 from llmproxy.errors import ConfigError, StartupError
@@ -72,17 +72,17 @@ def worker_title(service: str, index: int) -> str:
     return f"llm-proxy: dispatcher {service} #{index + 1}"
 
 
-def service_endpoint(settings: Settings, service: str) -> str:
+def service_endpoint(settings: WorkerSettings, service: str) -> str:
     """``LLM_PROXY_ENDPOINT`` (``--endpoint``); for ``file`` only when it is a path, not the URL a server
     running ``file,lunary`` gives its HTTP backend, else ``FILE_EVENT_LOG``."""
     endpoint = settings.dispatch.endpoint
     if service == "file" and (not endpoint or endpoint.startswith(("http://", "https://"))):
-        return settings.events.file_event_log
+        return settings.file_event_log
     return endpoint
 
 
 async def run_service(
-    settings: Settings,
+    settings: WorkerSettings,
     service: str,
     stop: asyncio.Event,
     *,
@@ -97,7 +97,7 @@ async def run_service(
     ``reopeners`` collects the backend's ``reopen`` (file backend) for the owner's SIGHUP handler.
     """
     backend = make_backend(service, service_endpoint(settings, service), settings.dispatch.api_key)
-    source = make_source(settings, service, bus=bus, consumer=consumer)
+    source = make_source(settings.bus, service, bus=bus, consumer=consumer)
     dispatcher = Dispatcher(
         source,
         backend,
@@ -122,15 +122,15 @@ async def run_service(
 
 
 async def _report_stats(
-    settings: Settings, service: str, field: str, stats: DispatchStats, stop: asyncio.Event
+    settings: WorkerSettings, service: str, field: str, stats: DispatchStats, stop: asyncio.Event
 ) -> None:
     """Publish this worker's counters every STATS_INTERVAL; when stopping, fold them into the totals.
     First fold the fields of this host's workers that died without doing so (kill -9): their replacement
     is this worker, so the hash keeps one field per live worker."""
-    redis = connect_redis(settings.redis, socket_timeout=2.0)
-    key = stats_key(settings.streams.key)
+    redis = connect_redis(settings.bus.redis, socket_timeout=2.0)
+    key = stats_key(settings.bus.streams.key)
     fold = redis.register_script(_FOLD)
-    totals = totals_key(settings.streams.key)
+    totals = totals_key(settings.bus.streams.key)
     try:
         with contextlib.suppress(Exception):  # Redis down: the next worker to start folds them
             await _fold_dead_workers(redis, fold, key, totals)
@@ -195,7 +195,7 @@ def _follow_server(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None
 
 
 async def _worker(
-    settings: Settings,
+    settings: WorkerSettings,
     service: str,
     on_started: Callable[[], None] | None = None,
     *,
@@ -228,7 +228,9 @@ async def _worker(
         await reporter
 
 
-def worker_main(settings: Settings, service: str, index: int = 0, *, follow_server: bool = False) -> None:
+def worker_main(
+    settings: WorkerSettings, service: str, index: int = 0, *, follow_server: bool = False
+) -> None:
     """Process entry point (multiprocessing spawn target and the standalone command).
 
     ``follow_server``: the server spawned this worker; it exits when the server is gone (no orphans).
@@ -251,7 +253,7 @@ def worker_main(settings: Settings, service: str, index: int = 0, *, follow_serv
 
 
 def run_dispatcher_command(
-    settings: Settings, service: str, on_ready: Callable[[], None] | None = None
+    settings: WorkerSettings, service: str, on_ready: Callable[[], None] | None = None
 ) -> int:
     """`llm-proxy dispatcher --service S`: one service read from Redis, in 1..N processes.
 
@@ -261,7 +263,7 @@ def run_dispatcher_command(
         make_backend(service, service_endpoint(settings, service), settings.dispatch.api_key)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if settings.events.bus == "in-memory":
+    if settings.bus.kind == "in-memory":
         raise ConfigError(
             "the standalone dispatcher reads Redis: set LLM_PROXY_EVENT_BUS=redis-streams (or redis)"
         )
@@ -280,18 +282,18 @@ def run_dispatcher_command(
     return 0
 
 
-async def _reach_redis(settings: Settings) -> None:
+async def _reach_redis(settings: WorkerSettings) -> None:
     """Raise BusUnavailable naming the address unless Redis answers a PING (before any worker starts)."""
-    redis = connect_redis(settings.redis, socket_timeout=2.0)
+    redis = connect_redis(settings.bus.redis, socket_timeout=2.0)
     try:
         await redis.ping()
     except (RedisError, OSError) as exc:
-        raise BusUnavailable(f"Redis at {settings.redis.addr} unreachable: {exc}") from None
+        raise BusUnavailable(f"Redis at {settings.bus.redis.addr} unreachable: {exc}") from None
     finally:
         await redis.aclose()
 
 
-def _run_children(settings: Settings, service: str, ready: Callable[[], None] | None) -> None:
+def _run_children(settings: WorkerSettings, service: str, ready: Callable[[], None] | None) -> None:
     """--workers N: N worker processes; SIGTERM here is passed on to each. systemd restarts the unit."""
     ctx = multiprocessing.get_context("spawn")
     children = [

@@ -14,16 +14,16 @@ from llmproxy.redis_client import RedisFactory, connect_redis
 from llmproxy.redis_keys import group_name, totals_key
 
 if TYPE_CHECKING:
-    from llmproxy.config import Settings
+    from llmproxy.config_sections import BusSettings
 
 __all__ = ("make_bus", "make_source")
 
 
-def make_bus(settings: Settings, redis_factory: RedisFactory = connect_redis) -> EventBus:
-    """The producer for ``settings.events.bus``; a Redis bus owns (and closes) the client it creates."""
-    kind = settings.events.bus
+def make_bus(settings: BusSettings, redis_factory: RedisFactory = connect_redis) -> EventBus:
+    """The producer for ``settings.kind``; a Redis bus owns (and closes) the client it creates."""
+    kind = settings.kind
     if kind == "in-memory":
-        return InMemoryBus(settings.events.buffer_size, settings.events.dead_letter_file or "")
+        return InMemoryBus(settings.buffer_size, settings.dead_letter_file)
     redis = redis_factory(settings.redis, socket_timeout=5.0)
     if kind == "redis":
         return RedisListBus(redis, settings, owns_redis=True)
@@ -33,7 +33,7 @@ def make_bus(settings: Settings, redis_factory: RedisFactory = connect_redis) ->
 
 
 def make_source(
-    settings: Settings,
+    settings: BusSettings,
     service: str,
     *,
     bus: EventBus | None = None,
@@ -47,7 +47,7 @@ def make_source(
     ``group`` (default ``<REDIS_CONSUMER_GROUP>-<service>``) as ``consumer`` (default REDIS_CONSUMER_NAME;
     a worker process must pass a name unique among the group's live consumers).
     """
-    kind = settings.events.bus
+    kind = settings.kind
     if kind == "in-memory":
         if not isinstance(bus, InMemoryBus):
             raise ValueError("the in-memory bus is read in-process: pass the server's InMemoryBus as bus=")

@@ -60,6 +60,7 @@ class Event(msgspec.Struct, kw_only=True):
     response_body_truncated: bool = False
     body_encoding: str = "utf-8"  # "utf-8" | "base64"
     error: str | None = None
+    metadata: dict[str, Any] | None = None  # the token's metadata (issue 17), as set through the API
 
 
 encoder = msgspec.json.Encoder()

@@ -24,7 +24,7 @@ from llmproxy.redis_keys import dead_list_key, list_key
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from llmproxy.config import Settings
+    from llmproxy.config_sections import BusSettings
 
 __all__ = ("ListSource", "RedisListBus")
 
@@ -40,7 +40,7 @@ class RedisListBus(RedisProducer[bytes]):
     def __init__(
         self,
         redis: Redis,
-        settings: Settings,
+        settings: BusSettings,
         *,
         owns_redis: bool = False,
         spill_max_items: int | None = None,
@@ -49,7 +49,7 @@ class RedisListBus(RedisProducer[bytes]):
     ) -> None:
         self._key = list_key(settings.streams.key)
         self._max_len = settings.streams.max_len
-        max_items = spill_max_items or max(settings.events.buffer_size, SPILL_MIN_ITEMS)
+        max_items = spill_max_items or max(settings.buffer_size, SPILL_MIN_ITEMS)
         address = settings.redis.addr
         drain = Drain(
             SpillBuffer[bytes](max_items, spill_max_bytes, len),
@@ -80,7 +80,7 @@ class ListSource:
     def __init__(
         self,
         redis: Redis,
-        settings: Settings,
+        settings: BusSettings,
         service: str,
         *,
         owns_redis: bool = False,

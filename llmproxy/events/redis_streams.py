@@ -26,7 +26,7 @@ from llmproxy.redis_keys import dead_letter_key
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from llmproxy.config import Settings
+    from llmproxy.config_sections import BusSettings
 
 __all__ = (
     "EVENT_FIELD",
@@ -77,7 +77,7 @@ class RedisStreamBus(RedisProducer[_Pending]):
     def __init__(
         self,
         redis: Redis,
-        settings: Settings,
+        settings: BusSettings,
         *,
         owns_redis: bool = False,
         spill_max_items: int | None = None,
@@ -86,7 +86,7 @@ class RedisStreamBus(RedisProducer[_Pending]):
     ) -> None:
         self._key = settings.streams.key
         self._max_len = settings.streams.max_len or None
-        max_items = spill_max_items or max(settings.events.buffer_size, SPILL_MIN_ITEMS)
+        max_items = spill_max_items or max(settings.buffer_size, SPILL_MIN_ITEMS)
         buffer: SpillBuffer[_Pending] = SpillBuffer(max_items, spill_max_bytes, lambda p: len(p[1]))
         address = settings.redis.addr
         drain = Drain(buffer, self._write, address=address, flush_timeout_s=flush_timeout_s)
@@ -153,7 +153,7 @@ class StreamSource:
     def __init__(
         self,
         redis: Redis,
-        settings: Settings,
+        settings: BusSettings,
         service: str,
         *,
         group: str,

@@ -12,12 +12,15 @@ import asyncio
 import io
 import re
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import aiohttp
 import msgspec
 
 from llmproxy.manage.commands import Answer, Usage
+
+if TYPE_CHECKING:
+    from llmproxy.config import ServerSettings
 
 __all__ = ("ManageClient", "ManageError", "execute", "resolve", "run")
 
@@ -125,15 +128,14 @@ async def _resolve_all(client: ManageClient, args: argparse.Namespace) -> None:
 # --- running -----------------------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    """The settings the CLI passed (``args.settings``), else ``config.load()``: the one reader of the
-    environment (MANAGEMENT_TOKEN, LLM_PROXY_URL)."""
-    settings = getattr(args, "settings", None)
-    if settings is None:
-        from llmproxy import config
-
-        settings = args.settings = config.load(config_file=getattr(args, "config", None))
-    return settings
+def _server(args: argparse.Namespace) -> ServerSettings:
+    """The server section (MANAGEMENT_TOKEN, LLM_PROXY_URL): ``args.server``, else read once, only when a
+    flag leaves one out, by the CLI's ``args.load_server`` (``config.load()``, the one reader of the
+    environment)."""
+    server: ServerSettings | None = getattr(args, "server", None)
+    if server is None:
+        server = args.server = args.load_server(args)
+    return server
 
 
 def _read_secret_from_stdin(args: argparse.Namespace, stdin: TextIO) -> None:
@@ -159,11 +161,11 @@ async def execute(
 ) -> int:
     """Run one manage command; the exit code: 0 done, 1 refused, unknown or unreachable, 2 bad usage."""
     out, err = out or sys.stdout, err or sys.stderr
-    base_url = (args.manage_api_base_url or _settings(args).server.manage_url).rstrip("/")
+    base_url = (args.manage_api_base_url or _server(args).manage_url).rstrip("/")
     if not base_url.startswith(("http://", "https://")):
         err.write(f"llm-proxy manage: --manage-api-base-url must be an http(s) URL, got {base_url!r}\n")
         return EXIT_USAGE
-    token = args.management_token or _settings(args).server.management_token
+    token = args.management_token or _server(args).management_token
     if not token:
         err.write(
             "llm-proxy manage: a management token is required: --management-token or MANAGEMENT_TOKEN\n"

@@ -162,7 +162,10 @@ def _paths() -> dict[str, Any]:
                 (*_BODY_ERRORS, "403", "404"),
                 body="TokenCreate",
                 description="duration_minutes absent: never expires; max_requests / rate_limit_per_minute "
-                "absent: unlimited.",
+                "absent: unlimited. max_tokens / max_cost_usd (lifetime budgets: the request crossing one "
+                "completes, the next is refused with 429 budget_exceeded), tokens_per_minute and "
+                "allowed_models (glob patterns; others are refused with 403 model_not_allowed) absent: none. "
+                "metadata is copied into the token's events.",
             ),
         },
         "/manage/tokens/{id}": {

@@ -25,6 +25,7 @@ _MAX_NAMES = 4096  # model names remembered; past this the oldest are forgotten 
 _MAX_NAME_LENGTH = 256
 _REFRESH_S = 86_400.0  # the bundled table dates some prices: resolve again once a day
 _PER = 1_000_000.0
+_UNKNOWN = object()  # not resolved yet (None is a resolved answer: no price)
 
 Tiered = tuple[tuple[int, float], ...]  # ((0, base), (above, rate), …): the rate of the last tier passed
 
@@ -77,16 +78,19 @@ class PriceTable:
     def rates(self, model: str) -> Rates | None:
         """The model's rates; None when neither PRICES_PATH nor the bundled table knows it."""
         known = self._known
-        if model in known:
-            return known[model]
+        rates = known.get(model, _UNKNOWN)
+        if rates is not _UNKNOWN:
+            return rates  # type: ignore[return-value]  # (a Rates or None: only the sentinel is neither)
+        if len(model) > _MAX_NAME_LENGTH:  # no model is named so: not worth remembering
+            return None
         now = time.monotonic()
         if now - self._resolved_at > _REFRESH_S:
             known.clear()
             self._resolved_at = now
         elif len(known) >= _MAX_NAMES:
             del known[next(iter(known))]
-        rates = known[model] = self._resolve(model)
-        return rates
+        found = known[model] = self._resolve(model)
+        return found
 
     def cost(self, model: str | None, prompt: int, completion: int, cached: int = 0) -> float | None:
         if model is None:
@@ -96,7 +100,7 @@ class PriceTable:
 
     def _resolve(self, model: str) -> Rates | None:
         found = self._overrides.get(model) or self._lower.get(model.lower())
-        if found is not None or not self._providers or len(model) > _MAX_NAME_LENGTH:
+        if found is not None or not self._providers:
             return found
         try:
             return self._bundled(model)

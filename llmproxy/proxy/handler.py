@@ -119,8 +119,8 @@ class ProxyHandler:
         else:
             body, plain = await self._read(request, grant.limits.allowed_models is not None)
             self._allow_model(request, grant, body, plain)
-            if grant.limits.metered and self._meter is not None:
-                watched = metered = True
+            if grant.limits.metered and not watched and self._meter is not None:
+                watched = metered = True  # no observer reads its usage: the meter does
         if self._cache is not None:
             hit = await self._cached(request, grant, plain)
             if hit is not None:
@@ -162,16 +162,10 @@ class ProxyHandler:
         result = _AUDITED.get(exc.refusal)
         if result is None:
             return
-        self._auditor.record(
-            audit_record(
-                "proxy_request",
-                result,
-                reason=exc.refusal.code,
-                request=request,
-                project_id=grant.project_id if grant else exc.project_id,
-                token_id=grant.token_id if grant else exc.token_id,
-            )
-        )
+        record = audit_record("proxy_request", result, reason=exc.refusal.code, request=request)
+        whose = grant or exc  # the grant once the token is known, else whom the refusal names
+        record.project_id, record.token_id = whose.project_id, whose.token_id
+        self._auditor.record(record)
 
     def _allow_model(self, request: web.Request, grant: Grant, body: bytes | None, plain: bytes) -> None:
         """Refuse (403 model_not_allowed) a model the token's allowed_models does not match."""
@@ -303,9 +297,8 @@ class ProxyHandler:
         if flow.watched:
             flow.response_headers = up_headers
             flow.response_capture = BodyCapture(self._max_response_capture, tail=TAIL_BYTES)
-        timing = (
-            f"proxy;dur={flow.forwarded_ms:.3f}, upstream;dur={(flow.ttfb_ms or 0.0) - flow.forwarded_ms:.3f}"
-        )
+        upstream_ms = (flow.ttfb_ms or 0.0) - flow.forwarded_ms
+        timing = f"proxy;dur={flow.forwarded_ms:.3f}, upstream;dur={upstream_ms:.3f}"
         own_headers = [("X-Request-ID", flow.request_id), ("Server-Timing", timing)]
         window = flow.grant.window
         if window is not None:  # a rate-limited token's x-ratelimit-*, never over the upstream's own

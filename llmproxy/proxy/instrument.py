@@ -135,6 +135,7 @@ def build_event(flow: Flow, settings: EventSettings) -> tuple[Event, Estimate | 
         response_body_truncated=response_truncated,
         body_encoding="base64" if binary else "utf-8",
         error=flow.error,
+        metadata=flow.grant.metadata,
     )
     return event, estimate
 
@@ -177,6 +178,7 @@ def _bare_event(flow: Flow) -> Event:
         ttfb_ms=None if flow.ttfb_ms is None else round(flow.ttfb_ms, 1),
         stream=flow.stream,
         error=flow.error,
+        metadata=flow.grant.metadata,
     )
 
 

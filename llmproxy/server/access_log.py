@@ -4,16 +4,22 @@ aiohttp calls ``AccessLine.log`` once a response is finished (its access-log hoo
 and duration are final); a proxy request whose client left mid-exchange is written by the edge as a 499.
 On the loop a request costs one row of the values read from it; a thread formats, encodes and writes
 them in batches, every FLUSH_INTERVAL or as soon as BATCH_LINES wait, so no request waits on a disk or on
-journald; past MAX_PENDING rows (a stuck stderr) lines are dropped and counted, never held unbounded. A path is opened append-only, 0640, and
-reopened by the writer on SIGHUP (logrotate), between two batches.
+journald; past MAX_PENDING rows (a stuck stderr) lines are dropped and counted, never held unbounded. A path
+is opened append-only, 0640, and reopened by the writer on SIGHUP (logrotate), between two batches.
+
+The writer is a daemon thread of its own, not the loop's executor: a write blocked for good (a stderr pipe
+nobody reads) is given up after CLOSE_TIMEOUT at shutdown, and neither the loop's executor shutdown nor
+the interpreter's exit waits for that thread, so SIGTERM still stops the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
+import queue
 import sys
 import threading
 import time
@@ -35,9 +41,11 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 0.25  # seconds a line may wait in memory
 BATCH_LINES = 256  # a batch this large is written at once
 MAX_PENDING = 50_000  # lines; past this (the writer is stuck), new ones are dropped and counted
+CLOSE_TIMEOUT = 5.0  # seconds the last batches may take at shutdown; past it the writer is stuck: give up
 # What ``record`` keeps of a request: arrival, request id, method, raw path, status, error code,
 # seconds, project id, token hint, bytes in, bytes out, Cache-Status.
 _Row = tuple[float, Any, str, str, int, Any, float, Any, Any, int, int, Any]
+_Job = tuple[list[_Row], "concurrent.futures.Future[None]"]  # a batch and what its flush waits on
 
 
 class AccessEntry(msgspec.Struct):
@@ -74,6 +82,9 @@ class AccessLog:
         self._failing = False
         self._due = asyncio.Event()
         self._writing: asyncio.Future[None] | None = None
+        self._writing_lines = 0  # rows in the batch being written
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
 
     # --- the loop side -------------------------------------------------------------------------
 
@@ -130,31 +141,57 @@ class AccessLog:
         if not self._rows and not self._reopen:
             return
         batch, self._rows = self._rows, []
-        self._writing = asyncio.get_running_loop().run_in_executor(None, self._write, batch)
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._jobs.put((batch, done))
+        self._writing, self._writing_lines = asyncio.wrap_future(done), len(batch)
         await asyncio.shield(self._writing)
 
     # --- start and stop ------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open the destination; a path that cannot be opened stops the start with one clear line."""
+        """Open the destination and start the writer; a path that cannot be opened stops the start with one
+        clear line."""
         if self.target == "-":
             self._fd = sys.stderr.fileno() if sys.stderr is not None else 2
-            return
-        try:
-            self._fd = create_file(self.target, GROUP_READABLE)
-        except OSError as exc:
-            raise StartupError(f"cannot open ACCESS_LOG {self.target}: {exc.strerror or exc}") from None
+        else:
+            try:
+                self._fd = create_file(self.target, GROUP_READABLE)
+            except OSError as exc:
+                raise StartupError(f"cannot open ACCESS_LOG {self.target}: {exc.strerror or exc}") from None
+        self._writer = threading.Thread(target=self._work, name="access-log-writer", daemon=True)
+        self._writer.start()
 
     async def aclose(self) -> None:
-        """Write what is left, then close the file (stderr stays open)."""
-        await self.flush()
+        """Write what is left, then stop the writer and close the file (stderr stays open). A writer still
+        blocked after CLOSE_TIMEOUT is left behind with its batch, the lines counted as lost."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.flush()
+        except TimeoutError:
+            lost = len(self._rows) + self._writing_lines + self.dropped
+            log.warning("access log: %s still not writable after %.0fs at shutdown: %d lines lost",
+                        self.target, CLOSE_TIMEOUT, lost)  # fmt: skip
+            self._jobs.put(None)
+            return  # the blocked write keeps the file; the process's exit closes it
         if self.dropped:
             log.warning("access log: %d lines dropped while the writer could not keep up", self.dropped)
+        self._jobs.put(None)  # the writer has written everything: it ends at once
         if self.target != "-" and self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
     # --- the writer thread ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        """The writer thread: each batch handed over, in order, until the None that ``aclose`` sends."""
+        while (job := self._jobs.get()) is not None:
+            batch, done = job
+            try:
+                self._write(batch)
+            except BaseException as exc:  # noqa: BLE001 - the loop's flush raises it, as from an executor
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
 
     def _write(self, batch: list[_Row]) -> None:
         with self._lock:

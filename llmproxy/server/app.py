@@ -1,4 +1,5 @@
-"""build_app(settings): the one place where concrete classes are chosen and wired together.
+"""build_app(settings): the one place where concrete classes are chosen and wired together, each handed
+its own frozen section of the settings (config.py's, or config_sections.py's), never the whole.
 
 Each shared resource is owned by a cleanup context: set up in order, torn down in reverse, and
 torn down only if it was set up.
@@ -21,15 +22,26 @@ from llmproxy.audit import Auditor
 from llmproxy.auth.authority import Authority
 from llmproxy.auth.invalidation import Invalidations
 from llmproxy.auth.ledger import Ledger
-from llmproxy.auth.shared_ratelimit import SharedRateLimiter, shares_rate_limit, uses_redis
+from llmproxy.auth.shared_ratelimit import SharedRateLimiter
 from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.cache.http_cache import HttpCache, make_cache
 from llmproxy.config import Settings
+from llmproxy.config_sections import (
+    AdminSettings,
+    ObservabilitySettings,
+    PipelineSettings,
+    shares_rate_limit,
+    uses_redis,
+)
+from llmproxy.events.factory import make_bus
+from llmproxy.events.memory import InMemoryBus
 from llmproxy.manage.api import ManageAPI
 from llmproxy.metrics import BadRequests
 from llmproxy.openai.prices import PriceTable
+from llmproxy.proxy.flow import Account
 from llmproxy.proxy.handler import ProxyHandler
-from llmproxy.proxy.metering import ledger_account
+from llmproxy.proxy.instrument import Instrumentation
+from llmproxy.proxy.metering import Metering, ledger_account
 from llmproxy.proxy.pool import UpstreamPool
 from llmproxy.server.access_log import ACCESS_LOG, AccessLog
 from llmproxy.server.health import HealthRoutes, Probe
@@ -37,6 +49,7 @@ from llmproxy.server.middleware import request_middleware
 from llmproxy.server.observability import Observability
 from llmproxy.server.pipeline import EventPipeline
 from llmproxy.server.routing import add_proxy_route
+from llmproxy.server.supervisor import Supervisor
 from llmproxy.store.base import Store
 from llmproxy.store.factory import make_store
 
@@ -81,6 +94,21 @@ def name_the_server() -> None:
     web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
 
 
+def make_pipeline(settings: PipelineSettings, *, account: Account | None = None) -> EventPipeline:
+    """The bus, the instrumentation publishing to it and, for a Redis bus with services, the supervisor
+    of the dispatcher worker processes. Usage ``account``ing rides on the events when they are built;
+    with none built (in-memory bus, no service), a meter reads the usage of metered tokens only."""
+    bus = make_bus(settings.worker.bus)
+    dispatch = settings.worker.dispatch
+    supervisor = None
+    if not isinstance(bus, InMemoryBus) and dispatch.services:
+        supervisor = Supervisor(settings.worker, dispatch.services, dispatch.workers)
+    publishing = not isinstance(bus, InMemoryBus) or bool(dispatch.services)
+    instrumentation = Instrumentation(bus, settings.events, account=account if publishing else None)
+    meter = Metering(account, settings.events) if account is not None and not publishing else None
+    return EventPipeline(settings, bus, instrumentation, supervisor, meter)
+
+
 def build_app(settings: Settings, *, store: Store | None = None) -> web.Application:
     """The whole server: proxy, management API, health. ``store`` may be injected by tests."""
     name_the_server()
@@ -95,7 +123,7 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
         store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations, ledger=ledger
     )
     auditor = Auditor(settings.audit, store)
-    pipeline = EventPipeline(settings, account=ledger_account(ledger.record))
+    pipeline = make_pipeline(PipelineSettings.of(settings), account=ledger_account(ledger.record))
     cache: HttpCache | None = make_cache(settings.cache, settings.redis) if settings.cache.enabled else None
     transport = UpstreamPool(settings.upstream.api)  # connects on demand: nothing opened before startup
     proxy = ProxyHandler(
@@ -112,7 +140,12 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     # one count of wrong management tokens, at the sign-in form or the API, on every instance of the store
     throttle = SharedAuthThrottle(store)
     admin = AdminUI(
-        settings, auditor, sessions=SessionStore(store), throttle=throttle, store=store, prices=prices
+        AdminSettings.of(settings),
+        auditor,
+        sessions=SessionStore(store),
+        throttle=throttle,
+        store=store,
+        prices=prices,
     )
     manage = ManageAPI(
         settings.server,
@@ -187,8 +220,9 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     health = HealthRoutes(probes)
     app.add_routes(health.routes())
     if settings.metrics_enabled:
+        observability = ObservabilitySettings.of(settings)
         Observability(
-            settings, pipeline, cache=cache, bad_requests=bad_requests, unpriced=ledger.unpriced
+            observability, pipeline, cache=cache, bad_requests=bad_requests, unpriced=ledger.unpriced
         ).install(app)
     app.add_routes(manage.routes())
     app.add_routes(admin.routes())

@@ -22,7 +22,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from llmproxy.config import Settings
+from llmproxy.config_sections import ObservabilitySettings
 from llmproxy.context import ERROR_CODE
 from llmproxy.events.memory import InMemoryBus
 from llmproxy.metrics import (
@@ -98,7 +98,7 @@ class Observability:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ObservabilitySettings,
         pipeline: EventPipeline,
         *,
         cache: CountingCache | None = None,
@@ -106,14 +106,14 @@ class Observability:
         unpriced: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._settings = settings
+        self._bus = settings.bus  # where the workers' reports and the stream's backlog are read
         self._unpriced = unpriced if unpriced is not None else {}  # the ledger's, by model
         self._bad_requests = bad_requests or BadRequests()  # counted by the runner's protocol (edge.py)
         self._pipeline = pipeline
         self._cache = cache
         self._clock = clock
         self._started = clock()
-        self.requests = RequestMetrics(settings.upstream.api.allowed_endpoints)
+        self.requests = RequestMetrics(settings.allowed_endpoints)
         self.registry = MetricsRegistry(self.snapshot)
         self._redis_bus = not pipeline.in_process
         self._redis: Redis | None = None
@@ -245,9 +245,7 @@ class Observability:
             results = await asyncio.wait_for(self._read_redis(), REDIS_TIMEOUT)
         except (RedisError, OSError, TimeoutError) as exc:
             if self._remote.up is not False:
-                log.warning(
-                    "metrics: Redis unreachable at %s (%s)", self._settings.redis.addr, type(exc).__name__
-                )
+                log.warning("metrics: Redis unreachable at %s (%s)", self._bus.redis.addr, type(exc).__name__)
             self._remote.up = False
             self._remote.backlog = {}
             self._remote.stream_length = None
@@ -257,12 +255,12 @@ class Observability:
 
     async def _read_redis(self) -> list[Any]:
         if self._redis is None:
-            self._redis = connect_redis(self._settings.redis, socket_timeout=REDIS_TIMEOUT)
-        stream = self._settings.streams.key
+            self._redis = connect_redis(self._bus.redis, socket_timeout=REDIS_TIMEOUT)
+        stream = self._bus.streams.key
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(stats_key(self._settings.streams.key))
+        pipe.hgetall(stats_key(stream))
         pipe.hgetall(totals_key(stream))
-        if self._settings.events.bus == "redis-streams":
+        if self._bus.kind == "redis-streams":
             pipe.xlen(stream)
             pipe.xinfo_groups(stream)
         else:  # the list bus: services share one list, nothing is pending
@@ -309,14 +307,14 @@ class Observability:
         self, length: int | None, groups: Any, reported: set[str]
     ) -> dict[str, tuple[int | None, int | None]]:
         services = {*self._pipeline.services, *reported}
-        if self._settings.events.bus != "redis-streams":
+        if self._bus.kind != "redis-streams":
             return {s: (length, 0) for s in services}
         by_group = {}
         for info in groups if isinstance(groups, list) else ():
             name = info.get("name")
             by_group[name.decode() if isinstance(name, bytes) else name] = info
         backlog: dict[str, tuple[int | None, int | None]] = {}
-        group = self._settings.streams.consumer_group
+        group = self._bus.streams.consumer_group
         for service in services:
             info = by_group.get(group_name(group, service))
             if info is None:  # the group does not exist yet: nothing read, nothing known

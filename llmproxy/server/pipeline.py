@@ -12,13 +12,13 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 
-from llmproxy.config import Settings
+from llmproxy.config_sections import PipelineSettings
 from llmproxy.dispatch.dispatcher import DispatchStats
 from llmproxy.dispatch.worker import run_service
 from llmproxy.events.bus import EventBus
-from llmproxy.events.factory import make_bus, make_source
+from llmproxy.events.factory import make_source
 from llmproxy.events.memory import InMemoryBus
-from llmproxy.proxy.flow import Account, Observer
+from llmproxy.proxy.flow import Observer
 from llmproxy.proxy.instrument import Instrumentation
 from llmproxy.proxy.metering import Metering
 from llmproxy.redis_client import connect_redis
@@ -34,30 +34,36 @@ Probe = Callable[[], Awaitable[None]]
 class EventPipeline:
     """Publishes one event per proxied request and runs the dispatchers for DISPATCHER_SERVICES."""
 
-    def __init__(self, settings: Settings, *, account: Account | None = None) -> None:
-        self.settings = settings
-        self.services = settings.dispatch.services
-        self.bus: EventBus = make_bus(settings)
-        self.in_process = isinstance(self.bus, InMemoryBus)
-        # With an in-memory bus and no dispatcher, events would go nowhere: don't build them at all. Usage
-        # is then read only for the metered tokens (budgets, TPM), by the meter; else from every event.
+    def __init__(
+        self,
+        settings: PipelineSettings,
+        bus: EventBus,
+        instrumentation: Instrumentation,
+        supervisor: Supervisor | None = None,
+        meter: Metering | None = None,
+    ) -> None:
+        """``bus``, the ``instrumentation`` publishing to it and the ``supervisor`` of worker processes
+        (a Redis bus with services) are chosen by the composition root (server/app.py); so is the ``meter``
+        that reads the usage of metered tokens when no event is built (owned here for its shutdown)."""
+        self._worker = settings.worker  # what each dispatcher, task or process, is handed
+        self._shutdown_timeout = settings.shutdown_timeout
+        self.services = settings.worker.dispatch.services
+        self.bus = bus
+        self.in_process = isinstance(bus, InMemoryBus)
+        self.instrumentation = instrumentation
+        # With an in-memory bus and no dispatcher, events would go nowhere: don't build them at all.
         publishing = not self.in_process or bool(self.services)
-        self.instrumentation = Instrumentation(
-            self.bus, settings.events, account=account if publishing else None
-        )
         self.observers: list[Observer] = [self.instrumentation] if publishing else []
-        self.meter: Metering | None = None
-        if account is not None and not publishing:
-            self.meter = Metering(account, settings.events)
+        self.meter = meter
         self.stats: dict[str, DispatchStats] = {s: DispatchStats() for s in self.services}
-        self.supervisor: Supervisor | None = None
+        self.supervisor = supervisor
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._reopeners: list[Callable[[], None]] = []
         self.probes: dict[str, Probe] = {} if self.in_process else {"event_bus": self._ping_redis}
 
     async def _ping_redis(self) -> None:
-        redis = connect_redis(self.settings.redis, socket_timeout=1.0)
+        redis = connect_redis(self._worker.bus.redis, socket_timeout=1.0)
         try:
             await redis.ping()
         finally:
@@ -69,7 +75,7 @@ class EventPipeline:
         if self.in_process:
             for service in self.services:
                 run = run_service(
-                    self.settings,
+                    self._worker,
                     service,
                     self._stop,
                     bus=self.bus,
@@ -77,9 +83,8 @@ class EventPipeline:
                     reopeners=self._reopeners,
                 )
                 self._tasks.append(loop.create_task(run, name=f"dispatcher-{service}"))
-        elif self.services:
+        elif self.supervisor is not None:
             await self._create_groups()
-            self.supervisor = Supervisor(self.settings, self.services, self.settings.dispatch.workers)
             self._tasks.append(loop.create_task(self.supervisor.run(), name="dispatcher-supervisor"))
 
     async def _create_groups(self) -> None:
@@ -89,7 +94,7 @@ class EventPipeline:
         they start would be behind the group's position and never delivered to that service.
         """
         for service in self.services:
-            source = make_source(self.settings, service, consumer=f"{service}-setup")
+            source = make_source(self._worker.bus, service, consumer=f"{service}-setup")
             try:
                 await source.start()
             finally:
@@ -104,7 +109,7 @@ class EventPipeline:
 
     async def aclose(self) -> None:
         """Publish what waits, flush the bus, let dispatchers deliver it, then stop them."""
-        timeout = self.settings.server.shutdown_timeout
+        timeout = self._shutdown_timeout
         await self.instrumentation.aclose()
         if self.meter is not None:
             await self.meter.aclose()

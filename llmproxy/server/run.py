@@ -13,7 +13,7 @@ from aiohttp import web
 from setproctitle import setproctitle
 
 from llmproxy import logs
-from llmproxy.config import Settings
+from llmproxy.config import ServerSettings, Settings
 from llmproxy.errors import StartupError, StoreUnavailable
 from llmproxy.events.bus import BusUnavailable
 from llmproxy.loop import run_loop
@@ -33,7 +33,7 @@ LISTEN_BACKLOG = 1024
 SPARE_FDS = 64  # what the server holds besides its streams: listener, store, logs, Redis, workers' pipes
 
 
-def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+def make_runner(app: web.Application, server: ServerSettings) -> web.AppRunner:
     """The runner serving ``build_app``'s ``app`` (the tests start theirs with it too).
 
     Request bodies reach the handlers as received: aiohttp would decode a ``Content-Encoding: gzip``
@@ -43,19 +43,19 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     access_log = app.get(ACCESS_LOG)  # None: ACCESS_LOG=off, and aiohttp skips its hook altogether
     return EdgeRunner(
         app,
-        settings.server,
+        server,
         app[BAD_REQUESTS],
         handle_signals=False,
         access_log=access_log,  # AccessLine's "logger": our AccessLog
         access_log_class=AccessLine,
-        shutdown_timeout=settings.server.shutdown_timeout,
+        shutdown_timeout=server.shutdown_timeout,
         auto_decompress=False,
     )
 
 
 async def _serve(settings: Settings, on_ready: Callable[[], None] | None) -> None:
     app = build_app(settings)
-    runner = make_runner(app, settings)
+    runner = make_runner(app, settings.server)
     try:
         await runner.setup()
     except (StoreUnavailable, BusUnavailable) as exc:

@@ -1,7 +1,8 @@
 """Dispatcher worker processes: spawn, watch, restart with backoff, stop on shutdown.
 
 Workers are started with the ``spawn`` context, so they inherit no event loop, socket or lock from
-the server; each gets a plain Settings object and opens its own Redis connection.
+the server; each gets its ``WorkerSettings`` (nothing else of the server's settings) and opens its own
+Redis connection.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import signal
 import time
 from multiprocessing.process import BaseProcess
 
-from llmproxy.config import Settings
+from llmproxy.config_sections import WorkerSettings
 from llmproxy.dispatch.worker import worker_main
 
 __all__ = ("Supervisor",)
@@ -46,7 +47,7 @@ class _Slot:
 class Supervisor:
     """Keeps ``workers`` processes per service alive for the server's lifetime."""
 
-    def __init__(self, settings: Settings, services: tuple[str, ...], workers: int) -> None:
+    def __init__(self, settings: WorkerSettings, services: tuple[str, ...], workers: int) -> None:
         self._settings = settings
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = [_Slot(s, i) for s in services for i in range(workers)]

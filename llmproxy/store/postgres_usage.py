@@ -94,9 +94,9 @@ class PostgresUsage:
             )
 
     async def usage_report(self, query: UsageQuery) -> list[UsageGroup]:
-        sql, params = usage_report_sql(query, _DIALECT, day=lambda d: d)
-        if query.group_by == "day":
-            sql = sql.replace("SELECT day AS key", "SELECT to_char(day, 'YYYY-MM-DD') AS key", 1)
+        sql, params = usage_report_sql(
+            query, _DIALECT, day=lambda d: d, day_text="to_char(day, 'YYYY-MM-DD')"
+        )
         async with self._connection() as con:
             return [usage_group(row) for row in await con.fetch(sql, *params)]
 

@@ -106,9 +106,11 @@ def project_increments(rows: Sequence[UsageRow]) -> list[tuple[str, Totals]]:
     return sorted(totals.items())
 
 
-def usage_report_sql(query: UsageQuery, dialect: Dialect, day: Any = str) -> tuple[str, list[Any]]:
+def usage_report_sql(
+    query: UsageQuery, dialect: Dialect, day: Any = str, day_text: str = "day"
+) -> tuple[str, list[Any]]:
     """``SELECT key, [project_id,] sums… FROM usage_daily WHERE … GROUP BY … ORDER BY key`` and its
-    parameters; ``day`` binds a date as the database stores it."""
+    parameters; ``day`` binds a date as the database stores it, ``day_text`` reads one as YYYY-MM-DD."""
     clauses: list[str] = []
     params: list[Any] = []
     for column in ("project_id", "token_id", "model"):
@@ -121,7 +123,7 @@ def usage_report_sql(query: UsageQuery, dialect: Dialect, day: Any = str) -> tup
             params.append(day(bound))
             clauses.append(f"day {op} {dialect.placeholder(len(params))}")
     key = _KEYS[query.group_by]
-    columns = [f"{key} AS key"]
+    columns = [f"{day_text if key == 'day' else key} AS key"]
     group = [key]
     if query.group_by == "token":
         columns.append("min(project_id) AS project_id")

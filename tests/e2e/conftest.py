@@ -28,15 +28,24 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """One `llm-proxy server` subprocess with its own data directory and port."""
+    """One `llm-proxy server` subprocess with its own data directory and port.
 
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+    Its stdout and stderr go to files, never to pipes: nothing reads a pipe while a test runs, and the
+    default ACCESS_LOG (``-``) writes a line per request to stderr; a full pipe (~190 KiB with asyncio's
+    buffer, ~800 requests) would block the server's writes, and on Python 3.11 ``Process.wait()`` also
+    waits for the pipes' end. ``stderr`` (a file descriptor) replaces the file where a test wants a pipe.
+    """
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], stderr: int | None = None) -> None:
         self.dir = tmp_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.events_file = tmp_path / "events.jsonl"
         self.audit_file = tmp_path / "audit.log"
         self.log_file = tmp_path / "server.log"
+        self.stdout_file = tmp_path / f"stdout-{self.port}.txt"  # per port: a test's servers may share a dir
+        self.stderr_file = tmp_path / f"stderr-{self.port}.txt"
+        self._stderr = stderr
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(tmp_path),
@@ -51,15 +60,16 @@ class ServerProcess:
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            LLM_PROXY, "server", env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
+        with self.stdout_file.open("ab") as stdout, self.stderr_file.open("ab") as stderr:
+            self.process = await asyncio.create_subprocess_exec(
+                LLM_PROXY, "server", env=self.env, stdout=stdout,
+                stderr=stderr if self._stderr is None else self._stderr,
+            )  # fmt: skip
         deadline = time.monotonic() + 30
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             while time.monotonic() < deadline:
                 if self.process.returncode is not None:
-                    _, err = await self.process.communicate()
-                    raise AssertionError(f"server exited {self.process.returncode}: {err.decode()}")
+                    raise AssertionError(f"server exited {self.process.returncode}: {self.stderr()}")
                 try:
                     async with session.get(f"{self.url}/health") as r:
                         if r.status == 200:
@@ -72,6 +82,10 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
 
+    def stderr(self) -> str:
+        """What the server wrote to stderr so far (the access log's lines with the default ACCESS_LOG)."""
+        return self.stderr_file.read_text(errors="replace") if self.stderr_file.exists() else ""
+
     async def stop(self, timeout: float = 40) -> int:
         assert self.process is not None
         if self.process.returncode is None:
@@ -80,7 +94,7 @@ class ServerProcess:
             return await asyncio.wait_for(self.process.wait(), timeout)
         except TimeoutError:
             self.process.kill()
-            await self.process.wait()
+            await asyncio.wait_for(self.process.wait(), 10)
             raise AssertionError("server did not stop on SIGTERM:\n" + self.log()) from None
 
     async def manage(self, *args: str) -> Any:
@@ -113,8 +127,8 @@ async def make_server(tmp_path: Path) -> AsyncIterator[Any]:
     for server in servers:
         if server.process is not None and server.process.returncode is None:
             server.process.send_signal(signal.SIGKILL)
-        # Workers outliving a killed server hold its stdout/stderr pipes, and on Python 3.11
-        # Process.wait() waits for those pipes too: kill them before waiting, or a failed test hangs.
+        # Workers outliving a killed server would hold a pipe given as its stderr, and on Python 3.11
+        # Process.wait() waits for an asyncio pipe too; they are orphans besides: kill them before waiting.
         for pid in _children_left(server):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -2,12 +2,16 @@
 
 The installed `llm-proxy server` runs as a subprocess; refusals (unknown, expired token, used-up quota,
 rate limit) are sent over HTTP on loopback and read back from the file, from stderr, after logrotate's
-rename + SIGHUP, and not at all with ``off``. Each refusal is also counted by code in /metrics.
+rename + SIGHUP, and not at all with ``off``. Each refusal is also counted by code in /metrics. A stderr
+nobody reads never keeps the server from answering or from stopping.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
+import os
 import re
 import signal
 from pathlib import Path
@@ -15,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.conftest import MANAGEMENT_TOKEN, poll
+from tests.e2e.conftest import MANAGEMENT_TOKEN, ServerProcess, poll
 from tests.fakes.upstream import FakeUpstream
 
 UPSTREAM_KEY = "sk-upstream-project-key-0123456789abcdef"
@@ -139,8 +143,7 @@ async def test_the_default_access_log_is_stderr(make_server) -> None:
         async with aiohttp.ClientSession() as client:
             assert await get(client, server.url, UNKNOWN, "req-stderr") == 401
         assert await server.stop() == 0
-    assert server.process is not None and server.process.stderr is not None
-    stderr = (await server.process.stderr.read()).decode()
+    stderr = server.stderr()
     entries = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     [entry] = by_id(entries, "req-stderr")
     assert (entry["status"], entry["error"], entry["token"]) == (401, "invalid_token", hint(UNKNOWN))
@@ -177,7 +180,46 @@ async def test_access_log_off_writes_nothing(make_server, tmp_path) -> None:
             async with client.get(server.url + "/metrics") as r:
                 assert (await r.json())["refusals"]["invalid_token"] == 1  # still counted
         assert await server.stop() == 0
-    assert server.process is not None and server.process.stderr is not None
-    stderr = (await server.process.stderr.read()).decode()
+    stderr = server.stderr()
     assert "req-off" not in stderr and "req-off" not in server.log()
     assert not list(tmp_path.glob("*access*"))
+
+
+def blocked_on_a_pipe(pid: int) -> bool:
+    """A thread of ``pid`` sleeps in the kernel's pipe write (wchan ``pipe_write``, ``anon_pipe_write``)."""
+    return any("pipe_write" in (task / "wchan").read_text() for task in Path(f"/proc/{pid}/task").iterdir())
+
+
+async def test_sigterm_stops_a_server_whose_stderr_nobody_reads(tmp_path) -> None:
+    """ACCESS_LOG=- into a pipe never read: once the pipe is full the writer blocks for good; requests are
+    still answered, and SIGTERM still stops the server, the lines it could not write counted in its log."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # a page: ~20 lines fill it
+    async with FakeUpstream() as upstream:
+        server = ServerProcess(tmp_path, {"UPSTREAM_BASE_URL": upstream.url}, stderr=write_end)
+        try:
+            await server.start()
+            os.close(write_end)
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
+
+                async def answered() -> list[int]:
+                    statuses = []
+                    for _ in range(10):
+                        async with client.get(server.url + "/health") as r:
+                            statuses.append(r.status)
+                    return statuses
+
+                pid = server.process.pid if server.process is not None else 0
+                for _ in range(100):  # each round's lines are written within 0.25 s
+                    assert await answered() == [200] * 10
+                    if await poll(lambda: blocked_on_a_pipe(pid), timeout=0.5):
+                        break
+                assert blocked_on_a_pipe(pid)  # the pipe is full: the access log's writer is stuck for good
+                assert await answered() == [200] * 10  # the loop does not wait for the writer
+            assert await server.stop() == 0
+        finally:
+            os.close(read_end)  # a writer still blocked gets EPIPE
+            if server.process is not None and server.process.returncode is None:
+                server.process.kill()
+                await asyncio.wait_for(server.process.wait(), 10)
+    assert "access log: - still not writable after 5s at shutdown" in server.log()

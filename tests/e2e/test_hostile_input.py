@@ -2,8 +2,9 @@
 
 One server passes bodies through; the other inspects them (a param whitelist, a 256 KiB
 ``max_body_bytes``, the response cache). Both log events to a file through the in-memory bus and
-answer 1 s client timeouts, in front of a loopback upstream that answers every request with a 200. Replay
-a failure with ``HOSTILE_INPUT_SEED=<seed>`` (and ``HOSTILE_INPUT_CASES=<n>`` for more or fewer cases).
+answer 1 s client timeouts, in front of a loopback upstream that answers every request with a 200; their
+access log is the default, stderr (a file here, see ``ServerProcess``). Every wait is bounded: a server that
+stops answering fails the test, never hangs it. Replay a failure with ``HOSTILE_INPUT_SEED=<seed>`` (and ``HOSTILE_INPUT_CASES=<n>`` for more or fewer cases).
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ import pytest
 
 from tests.e2e.conftest import ServerProcess, poll
 from tests.e2e.hostile_cases import QUERY_SECRET, Case, make_cases
-from tests.e2e.hostile_wire import Outcome, fuzz_reply, run_case
+from tests.e2e.hostile_wire import READ_TIMEOUT, Outcome, fuzz_reply, run_case
 from tests.fakes.upstream import FakeUpstream, Recorded
 
 SEED = int(os.environ.get("HOSTILE_INPUT_SEED", "1313"))
-# 2,400 (the issue asks for >= 2,000) hung on the final merged code (found in the last minutes of the
-# session, not yet understood): 300 keeps the suite from hanging until it is. HOSTILE_INPUT_CASES=2400 reproduces.
-CASES = int(os.environ.get("HOSTILE_INPUT_CASES", "300"))
+CASES = int(os.environ.get("HOSTILE_INPUT_CASES", "2400"))  # the issue asks for >= 2,000 requests
 CONNECTIONS = 24
+CASE_TIMEOUT = READ_TIMEOUT + 10  # a case's pauses are < 2 s; its read is bounded by READ_TIMEOUT
 PROJECT_KEYS = ("sk-upstream-key-hostile-a-0123456789", "sk-upstream-key-hostile-b-9876543210")
 TIMEOUTS = {"CLIENT_HEADER_TIMEOUT": "1s", "CLIENT_BODY_TIMEOUT": "1s", "CLIENT_KEEPALIVE_TIMEOUT": "1s"}
 INSPECTING_API_CONFIG = """\
@@ -62,7 +62,7 @@ async def hostile_servers(tmp_path: Path) -> AsyncIterator[list[tuple[ServerProc
             for server in servers:
                 if server.process is not None and server.process.returncode is None:
                     server.process.kill()
-                    await server.process.wait()
+                    await asyncio.wait_for(server.process.wait(), 10)
 
 
 async def two_tokens(server: ServerProcess) -> list[str]:
@@ -82,7 +82,11 @@ async def run_all(cases: list[Case], ports: list[int]) -> list[Outcome]:
 
     async def client() -> None:
         for case in todo:
-            outcomes[case.index] = await run_case(ports[case.server], case)
+            try:
+                async with asyncio.timeout(CASE_TIMEOUT):
+                    outcomes[case.index] = await run_case(ports[case.server], case)
+            except TimeoutError:  # connecting or writing never ended: a failure, not a hang
+                outcomes[case.index] = Outcome(hung=True)
 
     await asyncio.gather(*(client() for _ in range(CONNECTIONS)))
     return outcomes
@@ -96,15 +100,20 @@ def failed_answers(cases: list[Case], outcomes: list[Outcome]) -> list[str]:
             if status >= 500 or status < 0:
                 failures.append(f"{status} {body[:300]!r} for {case.describe()}")
         if outcome.hung:
-            failures.append(f"no close within the read timeout for {case.describe()}")
+            failures.append(
+                f"hung (no close within {READ_TIMEOUT:.0f} s, or sending never ended) for {case.describe()}"
+            )
     return failures
 
 
 async def answers_health(server: ServerProcess) -> bool:
     try:
-        async with aiohttp.ClientSession() as session, session.get(f"{server.url}/health") as r:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(f"{server.url}/health") as r,
+        ):
             return r.status == 200
-    except aiohttp.ClientError:
+    except (aiohttp.ClientError, TimeoutError):
         return False
 
 
@@ -147,8 +156,9 @@ def log_problems(log: str) -> list[str]:
 
 
 def leaked(server: ServerProcess, secrets: list[str]) -> list[str]:
-    """Secrets (tokens, upstream keys, a key in a query string) found in the event, server or audit log."""
-    files = (server.events_file, server.log_file, server.audit_file)
+    """Secrets (tokens, upstream keys, a key in a query string) found in the event, server, audit or access
+    log (stderr: ACCESS_LOG is left at its default, ``-``)."""
+    files = (server.events_file, server.log_file, server.audit_file, server.stderr_file)
     texts = {f.name: f.read_text(errors="replace") if f.exists() else "" for f in files}
     return [
         f"{secret[:12]}… in {name}" for secret in secrets for name, text in texts.items() if secret in text

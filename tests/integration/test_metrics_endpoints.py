@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from llmproxy.config import Settings
-from llmproxy.server.app import build_app
+from llmproxy.config_sections import ObservabilitySettings, PipelineSettings
+from llmproxy.server.app import build_app, make_pipeline
 from llmproxy.server.observability import Observability
-from llmproxy.server.pipeline import EventPipeline
 from llmproxy.server.routing import route_proxy_first
 from tests.fakes.upstream import FakeUpstream, error_reply
 from tests.integration.manage.support import AUTH, MANAGEMENT_TOKEN, UPSTREAM_KEY, make_settings
@@ -318,7 +318,9 @@ async def test_redis_down_reports_redis_up_zero_and_no_lag(tmp_path):
         DISPATCHER_SERVICES="file",
         FILE_EVENT_LOG=str(tmp_path / "events.jsonl"),
     )
-    observability = Observability(settings, EventPipeline(settings))
+    observability = Observability(
+        ObservabilitySettings.of(settings), make_pipeline(PipelineSettings.of(settings))
+    )
     try:
         await observability.refresh()
         snapshot = observability.snapshot()

@@ -23,7 +23,15 @@ from llmproxy.dispatch.backends.base import (
     error_for_status,
     post_json,
 )
-from llmproxy.dispatch.transform import LlmCall, body_bytes, ended_epoch, read_call, run_uuid, started_epoch
+from llmproxy.dispatch.transform import (
+    LlmCall,
+    body_bytes,
+    ended_epoch,
+    flat_metadata,
+    read_call,
+    run_uuid,
+    started_epoch,
+)
 from llmproxy.events.model import Event
 
 __all__ = ("DEFAULT_ENDPOINT", "HeliconeBackend", "helicone_log")
@@ -102,6 +110,7 @@ def helicone_log(event: Event) -> dict[str, Any]:
         "Helicone-Property-Request-Id": event.request_id,
         "Helicone-Property-Project-Id": event.project_id,
         "Helicone-Property-Token-Id": event.token_id,
+        **{k: str(v) for k, v in flat_metadata(event, "Helicone-Property-Token-").items()},
     }
     user = (call.request or {}).get("user")
     if isinstance(user, str) and user:

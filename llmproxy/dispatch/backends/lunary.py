@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 
 from llmproxy.dispatch.backends.base import DeliveryError, error_for_status, post_json
-from llmproxy.dispatch.transform import ended_epoch, iso_ms, read_call, run_uuid, started_epoch
+from llmproxy.dispatch.transform import ended_epoch, flat_metadata, iso_ms, read_call, run_uuid, started_epoch
 from llmproxy.events.model import Event
 from llmproxy.openai.kinds import EndpointKind
 
@@ -96,6 +96,7 @@ def lunary_events(event: Event) -> list[dict[str, Any]]:
             "status": event.status,
             "duration_ms": event.duration_ms,
             "stream": event.stream,
+            **flat_metadata(event, "token."),
         },
     }
     if isinstance(request.get("user"), str) and request["user"]:

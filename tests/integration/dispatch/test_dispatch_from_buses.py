@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llmproxy.config import Settings
+from llmproxy.config_sections import BusSettings
 from llmproxy.dispatch.backends.base import DeliveryError
 from llmproxy.dispatch.backends.file import FileBackend
 from llmproxy.dispatch.backends.lunary import LunaryBackend
@@ -64,12 +65,18 @@ async def test_events_published_on_the_in_memory_bus_reach_the_file(tmp_path: Pa
 
 
 @pytest.fixture
-async def settings() -> AsyncIterator[Settings]:
-    s = with_changes(
-        Settings(),
-        events={"bus": "redis-streams"},
-        redis={"addr": "127.0.0.1:6379"},
-        streams={"key": f"test:{uuid4().hex}:events", "consumer_name": "dispatch-test", "claim_time": 0.2},
+async def settings() -> AsyncIterator[BusSettings]:
+    s = BusSettings.of(
+        with_changes(
+            Settings(),
+            events={"bus": "redis-streams"},
+            redis={"addr": "127.0.0.1:6379"},
+            streams={
+                "key": f"test:{uuid4().hex}:events",
+                "consumer_name": "dispatch-test",
+                "claim_time": 0.2,
+            },
+        )
     )
     yield s
     redis = Redis(host="127.0.0.1", port=6379)
@@ -84,7 +91,7 @@ async def redis() -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def publish(settings: Settings, events: list[Event]) -> None:
+async def publish(settings: BusSettings, events: list[Event]) -> None:
     bus = make_bus(settings)
     await bus.start()
     for event in events:
@@ -92,14 +99,14 @@ async def publish(settings: Settings, events: list[Event]) -> None:
     await bus.aclose()  # flushes into the stream
 
 
-async def started_source(settings: Settings, service: str) -> EventSource:
+async def started_source(settings: BusSettings, service: str) -> EventSource:
     source = make_source(settings, service)
     await source.start()
     return source
 
 
 async def test_a_500_then_200_from_lunary_delivers_once_and_acks_every_entry(
-    settings: Settings, redis: Redis, fake_lunary: FakeLunary
+    settings: BusSettings, redis: Redis, fake_lunary: FakeLunary
 ) -> None:
     source = await started_source(settings, "lunary")
     events = [chat_event() for _ in range(5)]
@@ -119,7 +126,7 @@ async def test_a_500_then_200_from_lunary_delivers_once_and_acks_every_entry(
 
 
 async def test_a_refused_event_lands_in_the_dead_letter_stream_with_the_error(
-    settings: Settings, redis: Redis, fake_lunary: FakeLunary
+    settings: BusSettings, redis: Redis, fake_lunary: FakeLunary
 ) -> None:
     source = await started_source(settings, "lunary")
     await publish(settings, [chat_event()])
@@ -142,7 +149,7 @@ async def test_a_refused_event_lands_in_the_dead_letter_stream_with_the_error(
 
 
 async def test_a_batch_left_unacked_is_reclaimed_and_written_exactly_once(
-    settings: Settings, redis: Redis, tmp_path: Path
+    settings: BusSettings, redis: Redis, tmp_path: Path
 ) -> None:
     source = await started_source(settings, "file")
     events = [make_event() for _ in range(3)]
@@ -172,10 +179,10 @@ async def test_a_batch_left_unacked_is_reclaimed_and_written_exactly_once(
 
 
 async def test_a_transient_failure_on_the_list_bus_loses_nothing_the_read_ahead_popped(
-    settings: Settings, redis: Redis
+    settings: BusSettings, redis: Redis
 ) -> None:
     """The list bus never redelivers: a batch read ahead (popped) while a send fails must still be sent."""
-    settings = with_changes(settings, events={"bus": "redis"})
+    settings = with_changes(settings, kind="redis")
     source = await started_source(settings, "lunary")
     events = [make_event() for _ in range(20)]
     await publish(settings, events)
@@ -198,7 +205,7 @@ async def test_a_transient_failure_on_the_list_bus_loses_nothing_the_read_ahead_
 
 
 async def test_the_file_worker_writes_stored_bytes_and_dead_letters_what_is_not_an_event(
-    settings: Settings, redis: Redis, tmp_path: Path
+    settings: BusSettings, redis: Redis, tmp_path: Path
 ) -> None:
     """The path a `file` worker takes: entries checked (EventShape), never decoded and encoded again."""
     source = await started_source(settings, "file")
@@ -226,7 +233,7 @@ async def test_the_file_worker_writes_stored_bytes_and_dead_letters_what_is_not_
 
 
 async def test_a_send_that_outlasts_the_claim_time_is_sent_and_counted_once(
-    settings: Settings, redis: Redis
+    settings: BusSettings, redis: Redis
 ) -> None:
     """Reads claim the entries of a slow send back (idle past claim_time) before its XACK lands: they are
     this dispatcher's own, not redeliveries, and must not be sent again."""

@@ -144,7 +144,7 @@ async def start_edge(tmp_path: Path, upstream: FakeUpstream) -> AsyncIterator[St
             SHUTDOWN_TIMEOUT="1s",
             **env,
         )
-        runner = make_runner(build_app(settings), settings)
+        runner = make_runner(build_app(settings), settings.server)
         runners.append(runner)
         port = await serve(runner)
         base = f"http://127.0.0.1:{port}"

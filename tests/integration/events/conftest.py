@@ -16,6 +16,7 @@ import pytest
 from redis.asyncio import Redis
 
 from llmproxy.config import Settings
+from llmproxy.config_sections import BusSettings
 from llmproxy.events.bus import Delivery, EventSource
 from llmproxy.events.model import Event, Usage
 from tests.settings import with_changes
@@ -42,9 +43,10 @@ def _event(n: int) -> Event:
     )
 
 
-def stream_settings(addr: str = SHARED_REDIS, **streams: Any) -> Settings:
+def stream_settings(addr: str = SHARED_REDIS, **streams: Any) -> BusSettings:
+    """The events package's section for a stream key of its own on Redis at ``addr``."""
     stream = {"key": f"test:{uuid4().hex}:events", "consumer_name": "consumer-a", **streams}
-    return with_changes(Settings(), redis={"addr": addr}, streams=stream)
+    return BusSettings.of(with_changes(Settings(), redis={"addr": addr}, streams=stream))
 
 
 async def _poll(
@@ -86,7 +88,7 @@ def poll() -> Callable[..., Awaitable[None]]:
 
 
 @pytest.fixture
-def new_settings() -> Callable[..., Settings]:
+def new_settings() -> Callable[..., BusSettings]:
     """Settings for a stream key of its own (caller deletes it; see ``settings`` for the shared Redis)."""
     return stream_settings
 
@@ -99,8 +101,8 @@ async def redis() -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def settings(redis: Redis) -> AsyncIterator[Settings]:
-    """Settings with a stream key of its own; every key derived from it is deleted afterwards."""
+async def settings(redis: Redis) -> AsyncIterator[BusSettings]:
+    """The bus's settings with a stream key of its own; every key derived from it is deleted afterwards."""
     s = stream_settings()
     yield s
     key = s.streams.key

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from llmproxy.config import Settings
+from llmproxy.config_sections import BusSettings
 from llmproxy.events.bus import Delivery, EventBus, EventSource
 from llmproxy.events.factory import make_bus, make_source
 from llmproxy.events.memory import InMemoryBus
@@ -34,9 +34,9 @@ class Pair:
     source: EventSource
 
 
-def _build(kind: str, settings: Settings, buffer: int) -> Pair:
+def _build(kind: str, settings: BusSettings, buffer: int) -> Pair:
     """A producer that is not started yet, and a source reading what it publishes."""
-    settings = with_changes(settings, events={"bus": kind, "buffer_size": buffer})
+    settings = with_changes(settings, kind=kind, buffer_size=buffer)
     if kind == "in-memory":
         bus = InMemoryBus(buffer)
         return Pair(bus, bus.subscribe("file"))
@@ -56,7 +56,7 @@ def _build(kind: str, settings: Settings, buffer: int) -> Pair:
 
 @pytest.fixture(params=BUSES)
 async def make_pair(
-    request: pytest.FixtureRequest, settings: Settings
+    request: pytest.FixtureRequest, settings: BusSettings
 ) -> AsyncIterator[Callable[[int], Pair]]:
     built: list[Pair] = []
 
@@ -132,13 +132,13 @@ async def test_closing_the_bus_flushes_what_it_holds(
     assert handed(deliveries) == events
 
 
-async def test_the_factories_choose_the_bus_named_in_settings(settings: Settings) -> None:
+async def test_the_factories_choose_the_bus_named_in_settings(settings: BusSettings) -> None:
     for kind, bus_type, source_type in (
         ("in-memory", InMemoryBus, None),
         ("redis", RedisListBus, ListSource),
         ("redis-streams", RedisStreamBus, StreamSource),
     ):
-        chosen = with_changes(settings, events={"bus": kind})
+        chosen = with_changes(settings, kind=kind)
         bus = make_bus(chosen)
         source = make_source(chosen, "file", bus=bus)
         try:

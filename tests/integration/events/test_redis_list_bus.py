@@ -7,7 +7,7 @@ from collections.abc import Callable
 import msgspec
 from redis.asyncio import Redis
 
-from llmproxy.config import Settings
+from llmproxy.config_sections import BusSettings
 from llmproxy.events.model import Event, encode_event
 from llmproxy.events.redis_list import ListSource, RedisListBus
 from llmproxy.redis_client import connect_redis
@@ -18,7 +18,7 @@ MakeEvent = Callable[[int], Event]
 
 
 async def test_a_read_event_is_gone_from_redis(
-    settings: Settings, redis: Redis, make_event: MakeEvent
+    settings: BusSettings, redis: Redis, make_event: MakeEvent
 ) -> None:
     source = ListSource(connect_redis(settings.redis), settings, "file", owns_redis=True)
     stored = encode_event(make_event(1))
@@ -32,7 +32,7 @@ async def test_a_read_event_is_gone_from_redis(
 
 
 async def test_payloads_that_are_no_event_are_handed_out_as_stored_and_dead_lettered_with_the_error(
-    settings: Settings, redis: Redis
+    settings: BusSettings, redis: Redis
 ) -> None:
     source = ListSource(connect_redis(settings.redis), settings, "lunary", owns_redis=True)
     await redis.lpush(list_key(settings.streams.key), b"not json")
@@ -53,7 +53,7 @@ async def test_payloads_that_are_no_event_are_handed_out_as_stored_and_dead_lett
 
 
 async def test_the_list_keeps_only_the_newest_max_len_events(
-    settings: Settings, redis: Redis, make_event: MakeEvent
+    settings: BusSettings, redis: Redis, make_event: MakeEvent
 ) -> None:
     settings = with_changes(settings, streams={"max_len": 10})
     bus = RedisListBus(connect_redis(settings.redis), settings, owns_redis=True)

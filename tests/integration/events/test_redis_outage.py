@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from llmproxy.config import Settings
+from llmproxy.config_sections import BusSettings
 from llmproxy.dispatch.backends.file import FileBackend
 from llmproxy.dispatch.dispatcher import Dispatcher
 from llmproxy.events.bus import BusUnavailable, Delivery
@@ -27,8 +27,8 @@ RedisBus = RedisListBus | RedisStreamBus
 
 @pytest.fixture
 async def private(
-    redis_server: Any, new_settings: Callable[..., Settings]
-) -> AsyncIterator[tuple[Any, Settings, Redis]]:
+    redis_server: Any, new_settings: Callable[..., BusSettings]
+) -> AsyncIterator[tuple[Any, BusSettings, Redis]]:
     """The private redis-server, settings pointing at it, and a client to look inside it."""
     settings = new_settings(redis_server.addr)
     client = connect_redis(settings.redis)
@@ -36,20 +36,20 @@ async def private(
     await client.aclose()
 
 
-async def stored_payloads(client: Redis, kind: str, settings: Settings) -> list[bytes]:
+async def stored_payloads(client: Redis, kind: str, settings: BusSettings) -> list[bytes]:
     if kind == "redis":
         return list(reversed(await client.lrange(list_key(settings.streams.key), 0, -1)))
     return [fields[b"event"] for _, fields in await client.xrange(settings.streams.key)]
 
 
-def open_bus(kind: str, settings: Settings, **options: Any) -> RedisBus:
+def open_bus(kind: str, settings: BusSettings, **options: Any) -> RedisBus:
     bus_type = RedisListBus if kind == "redis" else RedisStreamBus
     return bus_type(connect_redis(settings.redis), settings, owns_redis=True, **options)
 
 
 @pytest.mark.parametrize("kind", ["redis", "redis-streams"])
 async def test_events_published_while_redis_is_down_arrive_once_it_is_back(
-    kind: str, private: tuple[Any, Settings, Redis], make_event: MakeEvent, poll: Poll
+    kind: str, private: tuple[Any, BusSettings, Redis], make_event: MakeEvent, poll: Poll
 ) -> None:
     server, settings, client = private
     bus = open_bus(kind, settings)
@@ -82,7 +82,7 @@ async def test_events_published_while_redis_is_down_arrive_once_it_is_back(
 
 @pytest.mark.parametrize("kind", ["redis", "redis-streams"])
 async def test_a_full_spill_buffer_drops_the_oldest_events_and_counts_them(
-    kind: str, private: tuple[Any, Settings, Redis], make_event: MakeEvent, poll: Poll
+    kind: str, private: tuple[Any, BusSettings, Redis], make_event: MakeEvent, poll: Poll
 ) -> None:
     server, settings, client = private
     bus = open_bus(kind, settings, spill_max_items=10)
@@ -108,7 +108,7 @@ async def test_a_full_spill_buffer_drops_the_oldest_events_and_counts_them(
 
 
 async def test_a_stream_reader_survives_a_redis_restart_and_reads_what_was_held(
-    private: tuple[Any, Settings, Redis], make_event: MakeEvent, poll: Poll
+    private: tuple[Any, BusSettings, Redis], make_event: MakeEvent, poll: Poll
 ) -> None:
     server, settings, _ = private
     bus = open_bus("redis-streams", settings)
@@ -146,7 +146,7 @@ async def test_a_stream_reader_survives_a_redis_restart_and_reads_what_was_held(
 
 
 async def test_entries_a_dispatcher_collected_before_redis_crashed_are_still_written(
-    private: tuple[Any, Settings, Redis], make_event: MakeEvent, poll: Poll, tmp_path: Path
+    private: tuple[Any, BusSettings, Redis], make_event: MakeEvent, poll: Poll, tmp_path: Path
 ) -> None:
     """Redis dies (no persistence: its stream and pending list go with it) while a dispatcher is filling a
     batch: the entries it already read exist only in its hands, and must reach the backend."""

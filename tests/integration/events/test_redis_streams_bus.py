@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
-from llmproxy.config import Settings
+from llmproxy.config_sections import BusSettings
 from llmproxy.events.bus import BusUnavailable, Delivery
 from llmproxy.events.model import Event, decode_event, encode_event
 from llmproxy.events.redis_streams import RedisStreamBus, StreamSource
@@ -21,11 +21,11 @@ Poll = Callable[..., Awaitable[None]]
 
 
 @pytest.fixture
-async def open_source(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[StreamSource]]]:
+async def open_source(settings: BusSettings) -> AsyncIterator[Callable[..., Awaitable[StreamSource]]]:
     opened: list[StreamSource] = []
 
     async def factory(
-        group: str = "g-file", consumer: str = "c1", service: str = "file", using: Settings | None = None
+        group: str = "g-file", consumer: str = "c1", service: str = "file", using: BusSettings | None = None
     ) -> StreamSource:
         """``using``: changed settings (``with_changes``) for this source; the fixture's by default."""
         chosen = using or settings
@@ -41,7 +41,7 @@ async def open_source(settings: Settings) -> AsyncIterator[Callable[..., Awaitab
 
 
 @pytest.fixture
-async def bus(settings: Settings) -> AsyncIterator[RedisStreamBus]:
+async def bus(settings: BusSettings) -> AsyncIterator[RedisStreamBus]:
     producer = RedisStreamBus(connect_redis(settings.redis), settings, owns_redis=True)
     await producer.start()
     yield producer
@@ -55,7 +55,7 @@ async def publish_all(bus: RedisStreamBus, events: list[Event]) -> None:
 
 
 async def test_entries_carry_the_encoded_event_and_its_id(
-    bus: RedisStreamBus, settings: Settings, redis: Redis, make_event: MakeEvent
+    bus: RedisStreamBus, settings: BusSettings, redis: Redis, make_event: MakeEvent
 ) -> None:
     event = make_event(1)
     await publish_all(bus, [event])
@@ -94,7 +94,7 @@ async def test_each_group_gets_every_entry(
 
 async def test_unacked_entries_are_claimed_by_another_consumer_after_the_claim_time(
     bus: RedisStreamBus,
-    settings: Settings,
+    settings: BusSettings,
     open_source: Callable[..., Awaitable[StreamSource]],
     make_event: MakeEvent,
     read_until: ReadUntil,
@@ -130,7 +130,7 @@ async def test_acked_entries_are_no_longer_pending(
 
 async def test_dead_letters_move_to_the_dead_stream_with_the_error_and_leave_the_pending_list(
     bus: RedisStreamBus,
-    settings: Settings,
+    settings: BusSettings,
     redis: Redis,
     open_source: Callable[..., Awaitable[StreamSource]],
     make_event: MakeEvent,
@@ -158,7 +158,7 @@ async def test_dead_letters_move_to_the_dead_stream_with_the_error_and_leave_the
 
 
 async def test_entries_are_handed_out_as_stored_and_one_without_an_event_field_as_its_fields(
-    settings: Settings, redis: Redis, open_source: Callable[..., Awaitable[StreamSource]]
+    settings: BusSettings, redis: Redis, open_source: Callable[..., Awaitable[StreamSource]]
 ) -> None:
     source = await open_source()
     await redis.xadd(settings.streams.key, {"event": b'{"id": 1}'})
@@ -171,7 +171,7 @@ async def test_entries_are_handed_out_as_stored_and_one_without_an_event_field_a
 
 
 async def test_maxlen_trims_the_stream_approximately(
-    settings: Settings, redis: Redis, make_event: MakeEvent
+    settings: BusSettings, redis: Redis, make_event: MakeEvent
 ) -> None:
     settings = with_changes(settings, streams={"max_len": 100})
     bus = RedisStreamBus(connect_redis(settings.redis), settings, owns_redis=True)
@@ -213,7 +213,7 @@ async def test_an_existing_group_keeps_its_position(
 
 
 async def test_a_vanished_group_is_recreated_and_reading_continues(
-    settings: Settings,
+    settings: BusSettings,
     redis: Redis,
     open_source: Callable[..., Awaitable[StreamSource]],
     make_event: MakeEvent,
@@ -237,7 +237,7 @@ async def test_a_vanished_group_is_recreated_and_reading_continues(
     assert [decode_event(d.raw) for d in await source.read(10, 0.1)] == [after]
 
 
-async def test_an_unreachable_redis_raises_bus_unavailable_naming_the_address(settings: Settings) -> None:
+async def test_an_unreachable_redis_raises_bus_unavailable_naming_the_address(settings: BusSettings) -> None:
     settings = with_changes(settings, redis={"addr": "127.0.0.1:1"})
     source = StreamSource(
         connect_redis(settings.redis), settings, "file", group="g", consumer="c", owns_redis=True
@@ -254,7 +254,7 @@ async def test_an_unreachable_redis_raises_bus_unavailable_naming_the_address(se
 
 async def test_a_closing_consumer_leaves_the_group_only_when_nothing_is_pending_for_it(
     bus: RedisStreamBus,
-    settings: Settings,
+    settings: BusSettings,
     redis: Redis,
     open_source: Callable[..., Awaitable[StreamSource]],
     make_event: MakeEvent,
@@ -273,7 +273,7 @@ async def test_a_closing_consumer_leaves_the_group_only_when_nothing_is_pending_
 
 
 async def test_pending_entries_trimmed_away_by_maxlen_are_counted_when_claimed(
-    settings: Settings,
+    settings: BusSettings,
     redis: Redis,
     open_source: Callable[..., Awaitable[StreamSource]],
     make_event: MakeEvent,
@@ -299,7 +299,7 @@ async def test_pending_entries_trimmed_away_by_maxlen_are_counted_when_claimed(
 
 
 async def test_consumers_of_gone_workers_are_removed_once_their_entries_were_claimed(
-    settings: Settings,
+    settings: BusSettings,
     redis: Redis,
     open_source: Callable[..., Awaitable[StreamSource]],
     make_event: MakeEvent,

@@ -127,7 +127,7 @@ async def test_an_unreachable_api_is_a_clear_message_and_exit_1() -> None:
 
 async def test_a_missing_management_token_is_exit_2(cli: Cli) -> None:
     args = build_parser().parse_args(["manage", "--manage-api-base-url", cli.base_url, "project", "list"])
-    args.settings = config.load(env={})
+    args.server = config.load(env={}).server
     err = io.StringIO()
     assert await execute(args, out=io.StringIO(), err=err) == 2
     assert "management token is required" in err.getvalue()

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from llmproxy.auth.authority import Grant
+from llmproxy.auth.authority import Grant, Limits
 from llmproxy.auth.tokens import generate_token
 from llmproxy.config import ApiConfig, Settings, Timeouts
 from llmproxy.errors import ProxyError, Refusal
@@ -76,6 +76,7 @@ class Proxy:
         self.authority = authority
         self.auditor = auditor
         self.flows: list[Flow] = []
+        self.metered: list[Flow] = []  # what the usage meter saw (metered tokens' flows only)
         self.observers: list[Callable[[Flow], None]] = []  # the very list the handler holds
         self.project_key = PROJECT_KEY
 
@@ -119,6 +120,7 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         max_response_body_bytes: int = 262144,
         upstream_base_url: str | None = None,
         cache: Any = None,
+        limits: Limits | None = None,
         **api_changes: Any,
     ) -> Proxy:
         """A started proxy; ``api_changes`` are ApiConfig fields (``timeouts`` as a dict)."""
@@ -137,10 +139,12 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
             upstream_base_url=upstream_base_url,
             max_requests=None,
             rate_limit_per_minute=None,
+            limits=limits,
         )
         authority = AuthorityDouble(generate_token(), grant)
         auditor = AuditorDouble()
         observers: list[Callable[[Flow], None]] = []
+        metered: list[Flow] = []
         transport = UpstreamPool(settings.upstream.api)
         handler = ProxyHandler(
             settings.upstream,
@@ -150,6 +154,7 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
             transport,
             cache=cache,
             observers=observers,
+            meter=metered.append,
         )
 
         async def transport_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -166,6 +171,7 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         clients.append(client)
         proxy = Proxy(client, upstream, authority, auditor)
         proxy.observers = observers
+        proxy.metered = metered
         if observe:
             observers.append(proxy.flows.append)
         return proxy

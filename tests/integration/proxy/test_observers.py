@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from llmproxy.auth.grant import Limits
 from tests.fakes.upstream import json_reply
 
 JSON = {"Content-Type": "application/json"}
@@ -86,3 +87,27 @@ async def test_a_failing_observer_neither_affects_the_client_nor_the_other_obser
     resp = await proxy.request("GET", "/v1/models")
     assert resp.status == 200
     assert len(proxy.flows) == 1
+
+
+async def test_with_no_observer_a_plain_tokens_flow_is_neither_captured_nor_metered(make_proxy):
+    proxy = await make_proxy()  # events off: no observer
+    resp = await proxy.request("POST", "/v1/chat/completions", data=b'{"model": "m"}')
+    await resp.read()
+    assert resp.status == 200
+    assert proxy.metered == []
+
+
+async def test_with_no_observer_a_metered_tokens_flow_goes_to_the_meter_with_its_bodies(make_proxy):
+    proxy = await make_proxy(limits=Limits(metered=True))
+    resp = await proxy.request("POST", "/v1/chat/completions", data=b'{"model": "m"}')
+    body = await resp.read()
+    [flow] = proxy.metered
+    assert (flow.watched, flow.metered) == (True, True)
+    assert (flow.request_body, flow.response_body) == (b'{"model": "m"}', body)
+
+
+async def test_with_an_observer_the_meter_sees_nothing(make_proxy):
+    proxy = await make_proxy(observe=True, limits=Limits(metered=True))
+    resp = await proxy.request("POST", "/v1/chat/completions", data=b'{"model": "m"}')
+    await resp.read()
+    assert len(proxy.flows) == 1 and proxy.metered == []

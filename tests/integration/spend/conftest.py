@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
 from llmproxy import config
 from llmproxy.server.app import AUTHORITY, build_app
@@ -27,6 +28,7 @@ from llmproxy.store.base import Store
 from llmproxy.store.postgres import PostgresStore
 from llmproxy.store.sqlite import SqliteStore
 from tests.fakes.upstream import FakeUpstream
+from tests.settings import with_changes
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 MANAGEMENT_TOKEN = "test-management-token-spend-0123456789"
@@ -188,6 +190,20 @@ class postgres_schema:  # noqa: N801 (an async context manager used like a funct
 
 
 @pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    yield prefix
+    redis = Redis(host="127.0.0.1", port=6379)
+    try:
+        keys = [key async for key in redis.scan_iter(match=prefix + "*", count=1000)]
+        if keys:
+            await redis.delete(*keys)
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture
 def prices_file(tmp_path: Path) -> str:
     path = tmp_path / "prices.yaml"
     path.write_text(PRICES)
@@ -201,7 +217,9 @@ async def start_server(
     """``await start_server(store_factory, **env)``: one more server on that database."""
     clients: list[TestClient] = []
 
-    async def start(make_store: Callable[[], Store], **env: str) -> Server:
+    async def start(
+        make_store: Callable[[], Store], *, redis_prefix: str | None = None, **env: str
+    ) -> Server:
         n = len(clients)
         values = {
             "MANAGEMENT_TOKEN": MANAGEMENT_TOKEN,
@@ -213,7 +231,10 @@ async def start_server(
             **env,
         }
         store = make_store()
-        app = build_app(config.load(env=values), store=store)
+        settings = config.load(env=values)
+        if redis_prefix is not None:  # Redis keys and channel of this test's own
+            settings = with_changes(settings, auth={"redis_prefix": redis_prefix})
+        app = build_app(settings, store=store)
         client = TestClient(TestServer(app, host="127.0.0.1", auto_decompress=False))  # as server/run.py
         await client.start_server()
         clients.append(client)

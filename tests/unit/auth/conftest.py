@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import msgspec
@@ -162,6 +162,9 @@ class MemoryStore:
             tokens={t: _total(self.tokens[t]) for t in watch_tokens if t in self.tokens},
             projects={p: _total(self.projects[p]) for p in watch_projects if p in self.projects},
         )
+
+    async def delete_usage_before(self, day: date) -> int:
+        return 0
 
     # audit
     async def insert_audit(self, records: list[AuditRecord]) -> None:

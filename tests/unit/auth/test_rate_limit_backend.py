@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmproxy import config
-from llmproxy.auth.shared_ratelimit import shares_rate_limit, uses_redis
+from llmproxy.config_sections import shares_rate_limit, uses_redis
 from llmproxy.errors import ConfigError
 
 

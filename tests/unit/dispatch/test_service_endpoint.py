@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmproxy import config
+from llmproxy.config_sections import WorkerSettings
 from llmproxy.dispatch.worker import service_endpoint
 
 
@@ -31,4 +32,4 @@ from llmproxy.dispatch.worker import service_endpoint
     ],
 )
 def test_the_file_service_takes_a_path_endpoint_and_never_a_backend_url(env, service, expected) -> None:
-    assert service_endpoint(config.load(env), service) == expected
+    assert service_endpoint(WorkerSettings.of(config.load(env)), service) == expected

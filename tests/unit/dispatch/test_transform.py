@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from llmproxy.dispatch.backends.helicone import helicone_log
+from llmproxy.dispatch.backends.lunary import lunary_events
 from llmproxy.dispatch.transform import ended_epoch, iso_ms, read_call, run_uuid, started_epoch
 from llmproxy.openai.kinds import endpoint_kind
 from tests.unit.dispatch.doubles import (
@@ -193,3 +195,18 @@ def test_the_usage_of_a_response_cut_by_the_capture_bound_is_the_events() -> Non
     assert read_call(event).usage == {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27}
     event = make_event(response_body=json.dumps(CHAT_RESPONSE)[:100], response_body_truncated=True)
     assert read_call(event).usage == {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+
+
+def test_a_tokens_metadata_reaches_lunary_and_helicone_flat() -> None:
+    event = chat_event(metadata={"team": "search", "tier": 2, "tags": ["a", "b"], "none": None})
+    start = lunary_events(event)[0]
+    assert {k: v for k, v in start["metadata"].items() if k.startswith("token.")} == {
+        "token.team": "search",
+        "token.tier": 2,
+        "token.tags": '["a","b"]',
+    }
+    meta = helicone_log(event)["providerRequest"]["meta"]
+    assert meta["Helicone-Property-Token-team"] == "search"
+    assert meta["Helicone-Property-Token-tier"] == "2"
+    assert meta["Helicone-Property-Token-tags"] == '["a","b"]'
+    assert not any(k.startswith("token.") for k in lunary_events(chat_event())[0]["metadata"])

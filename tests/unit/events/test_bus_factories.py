@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmproxy.config import RedisSettings, Settings
+from llmproxy.config_sections import BusSettings
 from llmproxy.events.factory import make_bus, make_source
 from llmproxy.events.memory import InMemoryBus, MemorySource
 from llmproxy.events.redis_streams import StreamSource
@@ -13,8 +14,8 @@ from llmproxy.redis_keys import dead_letter_key, group_name
 from tests.settings import with_changes
 
 
-def settings_for(bus: str) -> Settings:
-    return with_changes(Settings(), events={"bus": bus}, streams={"consumer_name": "host-1"})
+def settings_for(bus: str) -> BusSettings:
+    return BusSettings.of(with_changes(Settings(), events={"bus": bus}, streams={"consumer_name": "host-1"}))
 
 
 async def test_the_in_memory_source_is_a_subscription_to_the_servers_bus() -> None:

@@ -11,6 +11,7 @@ import zlib
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 from llmproxy.auth.authority import Grant
@@ -131,9 +132,16 @@ def test_encoded_event_is_exactly_the_spec_shape_and_holds_no_secret() -> None:
             '"request_headers":{"authorization":"[REDACTED]","content-type":"application/json"},'
             '"response_headers":{"content-type":"application/json","set-cookie":"[REDACTED]","x-request-id":"req_up"},'
             f'"request_body":{chat},"request_body_truncated":false,'
-            f'"response_body":{answer},"response_body_truncated":false,"body_encoding":"utf-8","error":null}}'
+            f'"response_body":{answer},"response_body_truncated":false,"body_encoding":"utf-8","error":null,'
+            '"metadata":null}'
         ).encode()
     )
+
+
+def test_the_tokens_metadata_is_copied_into_its_events() -> None:
+    flow = make_flow()
+    flow.grant = msgspec.structs.replace(flow.grant, metadata={"team": "search", "tier": 2})
+    assert event_of(flow).metadata == {"team": "search", "tier": 2}
 
 
 def test_every_event_gets_its_own_id() -> None:
