@@ -9,6 +9,7 @@ import logging
 import re
 from html import escape
 
+import msgspec
 from aiohttp import web
 
 from llmproxy.admin.event_log import read_event
@@ -147,6 +148,10 @@ def _facts(event: Event, project: Project | None, token: Token | None, cost: flo
         ("Request id", f"<code>{escape(event.request_id)}</code>"),
         ("Event id", f"<code>{escape(event.id)}</code>"),
     ]
+    if event.metadata:
+        facts.append(
+            ("Token metadata", f"<code>{escape(msgspec.json.encode(event.metadata).decode())}</code>")
+        )
     if event.error:
         facts.append(("Error", escape(event.error)))
     rows = "".join(f"<div><dt>{escape(label)}</dt><dd>{value}</dd></div>" for label, value in facts)

@@ -114,6 +114,17 @@ async def test_an_event_in_full_shows_timings_usage_cost_and_names(
     assert ">Acme &lt;b&gt;</a>" in fact(page, "Project")
     assert f">web &lt;i&gt;app&lt;/i&gt; ({token['token_hint']})</a>" in fact(page, "Token")
     assert fact(page, "Request id") == "<code>req-detail-1</code>"
+    assert "Error" not in page
+
+
+async def test_the_token_s_metadata_and_an_error_are_shown_as_text(signed_in: Admin, tmp_path: Path) -> None:
+    event = captured(
+        str(uuid.uuid4()), str(uuid.uuid4()), metadata={"team": "<b>ml</b>"}, error="<i>reset</i>"
+    )
+    [at] = write(tmp_path / "events.jsonl", event)
+    page = await detail(signed_in, event, at)
+    assert fact(page, "Token metadata") == "<code>{&quot;team&quot;:&quot;&lt;b&gt;ml&lt;/b&gt;&quot;}</code>"
+    assert fact(page, "Error") == "&lt;i&gt;reset&lt;/i&gt;"
 
 
 async def test_headers_and_query_are_redacted_again_whatever_wrote_the_log(
