@@ -1,20 +1,25 @@
 """The admin UI's HTML shells and static files, loaded once from the package and rendered by substitution.
 
-Pages carry no data: the browser fetches it from /manage/* and inserts it as text. The few values
-put in a page here (CSRF tokens, an error message) are HTML-escaped. Every response of the UI gets
-the same strict headers: no inline script or style, no framing, no referrer, no caching.
+Most pages carry no data: the browser fetches it from /manage/* and inserts it as text. The Usage
+page and an event's detail are drawn on the server instead (a chart without a script library; bodies
+a client wrote, escaped in one place): their markup comes from ``usage_html``/``event_page``, which
+escape every value. Every response of the UI gets the same strict headers: no inline script or
+style, no framing, no referrer, no caching.
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
+from collections.abc import Mapping
 from importlib import resources
 from string import Template
 
+from aiohttp import web
+
 from llmproxy import __version__
 
-__all__ = ("LINKED", "NAV", "SECURITY_HEADERS", "Pages")
+__all__ = ("DRAWN", "LINKED", "NAV", "SECURITY_HEADERS", "Pages", "html_response")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -31,15 +36,30 @@ SECURITY_HEADERS = {
 NAV = (
     ("projects", "/admin/projects", "Projects"),
     ("tokens", "/admin/tokens", "Tokens"),
+    ("usage", "/admin/usage", "Usage"),
     ("audit", "/admin/audit", "Audit log"),
     ("events", "/admin/events", "Events"),
     ("dispatchers", "/admin/dispatchers", "Dispatchers"),
 )
 
 # pages reached by a link, not from the navigation bar: (page name → title)
-LINKED = {"dead-letters": "Dead letters"}
+LINKED = {"dead-letters": "Dead letters", "event": "Event"}
+
+# pages drawn on the server by a handler of their own (usage_page, event_page), not plain shells
+DRAWN = frozenset({"usage", "event"})
 
 _CONTENT_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+def html_response(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A page of the UI, with the UI's headers."""
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers={**SECURITY_HEADERS, **(headers or {})},
+    )
 
 
 def _package_files(folder: str) -> dict[str, bytes]:
@@ -72,9 +92,18 @@ class Pages:
             form_token=html.escape(form_token), error=error_html, version=html.escape(__version__)
         )
 
-    def page(self, name: str, *, csrf_token: str, **values: str) -> str:
-        """A signed-in page: the layout around the page's own template (``values`` are escaped)."""
-        content = self._templates[name].substitute({k: html.escape(v) for k, v in values.items()})
+    def page(
+        self, name: str, *, csrf_token: str, markup: Mapping[str, str] | None = None, **values: str
+    ) -> str:
+        """A signed-in page: the layout around the page's own template. ``values`` are escaped here;
+        ``markup`` is HTML already built by a renderer of this package (which escaped what it holds)."""
+        content = self._templates[name].substitute(
+            {**{k: html.escape(v) for k, v in values.items()}, **(markup or {})}
+        )
+        script = f"{name}.js"
+        page_script = (
+            f'<script src="/admin/static/{script}" defer></script>' if script in self._static else ""
+        )
         title = LINKED.get(name) or next(label for page, _, label in NAV if page == name)
         nav = "\n".join(
             f'<a href="{path}"{" aria-current=page" if page == name else ""}>{label}</a>'
@@ -83,6 +112,7 @@ class Pages:
         return self._templates["layout"].substitute(
             title=title,
             page=name,
+            page_script=page_script,
             nav=nav,
             content=content,
             csrf_token=html.escape(csrf_token),

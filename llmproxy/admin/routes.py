@@ -1,4 +1,5 @@
-"""The admin UI at /admin/: sign-in and sign-out, the page shells, the live event tail, static files.
+"""The admin UI at /admin/: sign-in and sign-out, the page shells, the server-drawn Usage and event
+pages, the Events page's reads of the event log, static files.
 
 The pages do their work through the management API itself (validation and audit live there once):
 ``AdminUI.authenticate`` is handed to ``ManageAPI`` so a signed-in browser may call /manage/* with its
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -19,17 +21,23 @@ from multidict import MultiDictProxy
 from redis.exceptions import RedisError
 
 from llmproxy.admin.dead_letters import read_dead_letters
-from llmproxy.admin.event_tail import EventTail, tail_events
+from llmproxy.admin.event_log import EventFilter, EventMatcher, EventPage, is_text, read_page
+from llmproxy.admin.event_page import EventDetail
 from llmproxy.admin.login import LoginFormGuard
-from llmproxy.admin.pages import LINKED, NAV, SECURITY_HEADERS, Pages
+from llmproxy.admin.markup import filled
+from llmproxy.admin.pages import DRAWN, LINKED, NAV, SECURITY_HEADERS, Pages, html_response
 from llmproxy.admin.sessions import AdminSession, SessionStore
+from llmproxy.admin.usage_page import UsagePage
 from llmproxy.audit import audit_record
 from llmproxy.auth.throttle import SharedAuthThrottle
 from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
+from llmproxy.manage.decoding import decode_query
 
 if TYPE_CHECKING:
     from llmproxy.audit import Auditor
     from llmproxy.config_sections import AdminSettings
+    from llmproxy.openai.prices import PriceTable
+    from llmproxy.store.base import Store
 
 __all__ = ("ACTOR", "COOKIE", "CSRF_HEADER", "AdminUI")
 
@@ -66,14 +74,7 @@ def _https(request: web.Request) -> bool:
     return request.secure or forwarded == "https"
 
 
-def _html(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        text=text,
-        status=status,
-        content_type="text/html",
-        charset="utf-8",
-        headers={**SECURITY_HEADERS, **(headers or {})},
-    )
+SignedInHandler = Callable[[web.Request, str], Awaitable[web.Response]]  # (request, CSRF token)
 
 
 def _redirect(location: str) -> web.Response:
@@ -90,6 +91,8 @@ class AdminUI:
         *,
         sessions: SessionStore,
         throttle: SharedAuthThrottle,
+        store: Store,
+        prices: PriceTable | None = None,
         failed_login_delay: float = FAILED_LOGIN_DELAY,
     ) -> None:
         self._management_token = settings.management_token.encode()
@@ -102,6 +105,8 @@ class AdminUI:
         self._failed_login_delay = failed_login_delay
         self._form = LoginFormGuard.for_deployment(self._management_token)
         self._pages = Pages()
+        self._usage = UsagePage(store, self._pages)
+        self._event = EventDetail(self._event_log, store, prices, self._pages)
 
     def routes(self) -> list[web.RouteDef]:
         """Every /admin route, ending with a catch-all 404: add them before the proxy's catch-all."""
@@ -111,8 +116,11 @@ class AdminUI:
             web.get(_LOGIN, self.login_page),
             web.post(_LOGIN, self.login),
             web.post("/admin/logout", self.logout),
-            *(web.get(path, self._page(name)) for name, path, _ in NAV),
-            *(web.get(f"/admin/{name}", self._page(name)) for name in LINKED),
+            *(web.get(path, self._page(name)) for name, path, _ in NAV if name not in DRAWN),
+            *(web.get(f"/admin/{name}", self._page(name)) for name in LINKED if name not in DRAWN),
+            web.get("/admin/usage", self._signed_in(self._usage.page)),
+            web.get("/admin/usage.csv", self._signed_in(self._usage.csv_file)),
+            web.get("/admin/events/{event_id}", self._signed_in(self._event.page)),
             web.get("/admin/api/events", self.events),
             web.get("/admin/api/dead-letters", self.dead_letters),
             web.get("/admin/static/{name}", self.static),
@@ -199,7 +207,7 @@ class AdminUI:
             form = await _form(request)
             given = _secret(form.get("csrf_token") or request.headers.get(CSRF_HEADER))
             if not hmac.compare_digest(given, session.csrf_token.encode()):
-                return _html(
+                return html_response(
                     self._pages.message("Sign-out refused", "Reload the page and sign out again."), 403
                 )
             try:
@@ -224,7 +232,7 @@ class AdminUI:
         if not nonce or len(nonce) > 64:
             nonce = self._form.new_nonce()
         page = self._pages.login(form_token=self._form.form_token(nonce), error=error)
-        response = _html(page, status, headers)
+        response = html_response(page, status, headers)
         response.set_cookie(
             LOGIN_COOKIE,
             nonce,
@@ -247,31 +255,45 @@ class AdminUI:
             if session is None:
                 return _redirect(_LOGIN)
             metrics = "enabled" if self._metrics_enabled else "disabled"
-            return _html(self._pages.page(name, csrf_token=session.csrf_token, metrics=metrics))
+            return html_response(self._pages.page(name, csrf_token=session.csrf_token, metrics=metrics))
+
+        return page
+
+    def _signed_in(self, handler: SignedInHandler) -> Handler:
+        """``handler`` for a signed-in browser (given the session's CSRF token); others go to sign in."""
+
+        async def page(request: web.Request) -> web.Response:
+            session = await self._session(request)
+            if session is None:
+                return _redirect(_LOGIN)
+            return await handler(request, session.csrf_token)
 
         return page
 
     async def events(self, request: web.Request) -> web.Response:
-        """The newest event summaries appended after byte ``?after=`` of the event log."""
+        """Up to 50 event summaries matching the filters: the newest, those appended after byte
+        ``?after=`` (the live tail) or those older than byte ``?before=`` (the next page)."""
         if await self._session(request) is None:
             raise ProxyError(
                 Refusal.UNAUTHORIZED, "Sign in to the admin UI first", headers={"Cache-Control": "no-store"}
             )
-        raw = request.query.get("after", "0")
-        if not raw.isdigit() or len(raw) > 18:
-            raise ProxyError(
-                Refusal.INVALID_FIELD, "after must be a byte offset: an integer >= 0", param="after"
-            )
+        query = decode_query(filled(request.query), EventFilter)
+        if query.q is not None and not is_text(query.q):
+            raise ProxyError(Refusal.INVALID_FIELD, "q must be text", param="q")
+        if query.after is not None and query.before is not None:
+            raise ProxyError(Refusal.INVALID_FIELD, "Give after or before, not both", param="before")
         if not self._event_log:
-            tail = EventTail(configured=False, events=[], cursor=0)
+            page = EventPage(configured=False, events=[], cursor=0)
         else:
             try:
-                tail = await tail_events(self._event_log, int(raw))
+                page = await read_page(
+                    self._event_log, EventMatcher(query), after=query.after, before=query.before
+                )
             except OSError as exc:
                 log.warning("admin UI: cannot read the event log %s: %s", self._event_log, exc)
                 raise ProxyError(Refusal.SERVICE_UNAVAILABLE, "The event log cannot be read") from None
         return web.Response(
-            body=msgspec.json.encode(tail), content_type="application/json", headers=SECURITY_HEADERS
+            body=msgspec.json.encode(page), content_type="application/json", headers=SECURITY_HEADERS
         )
 
     async def dead_letters(self, request: web.Request) -> web.Response:
@@ -281,7 +303,7 @@ class AdminUI:
                 Refusal.UNAUTHORIZED, "Sign in to the admin UI first", headers={"Cache-Control": "no-store"}
             )
         raw = request.query.get("limit", "50")
-        if not raw.isdigit() or int(raw) > 500:
+        if not (raw.isascii() and raw.isdigit()) or int(raw) > 500:  # "²" is a digit to isdigit only
             raise ProxyError(Refusal.INVALID_FIELD, "limit must be an integer from 0 to 500", param="limit")
         try:
             page = await read_dead_letters(self._bus, int(raw))
@@ -295,7 +317,7 @@ class AdminUI:
     async def static(self, request: web.Request) -> web.Response:
         found = self._pages.static(request.match_info["name"])
         if found is None:
-            return _html(self._pages.message("Not found", "There is no such file."), 404)
+            return html_response(self._pages.message("Not found", "There is no such file."), 404)
         body, content_type, etag = found
         headers = {**SECURITY_HEADERS, "Cache-Control": "no-cache", "ETag": etag}
         if request.headers.get("If-None-Match") == etag:
@@ -303,7 +325,7 @@ class AdminUI:
         return web.Response(body=body, headers={**headers, "Content-Type": content_type})
 
     async def not_found(self, request: web.Request) -> web.Response:
-        return _html(self._pages.message("Not found", "There is no such page in the admin UI."), 404)
+        return html_response(self._pages.message("Not found", "There is no such page in the admin UI."), 404)
 
 
 def _text(value: object) -> str | None:

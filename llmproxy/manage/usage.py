@@ -15,7 +15,7 @@ from llmproxy.manage.guard import Guard
 from llmproxy.manage.schemas import Uuid
 from llmproxy.store.base import Store, UsageGroup, UsageGrouping, UsageQuery
 
-__all__ = ("UsageAPI", "UsageFilter", "UsageLine", "UsageReport", "usage_report")
+__all__ = ("UsageAPI", "UsageFilter", "UsageLine", "UsageReport", "read_usage", "usage_report")
 
 Day = Annotated[date, Meta(description="a UTC day, YYYY-MM-DD (inclusive)")]
 _COST_DIGITS = 8  # sums of floats: 0.30000000000000004 would be a lie of precision
@@ -101,6 +101,21 @@ def usage_report(query: UsageFilter, groups: list[UsageGroup]) -> UsageReport:
     )
 
 
+async def read_usage(store: Store, query: UsageFilter) -> UsageReport:
+    """The report ``GET /manage/usage`` answers for ``query`` (the admin UI's Usage page reads it too)."""
+    groups = await store.usage_report(
+        UsageQuery(
+            project_id=query.project_id.lower() if query.project_id else None,
+            token_id=query.token_id.lower() if query.token_id else None,
+            model=query.model,
+            since=query.since,
+            until=query.until,
+            group_by=query.group_by,
+        )
+    )
+    return usage_report(query, groups)
+
+
 class UsageAPI:
     """The usage route, behind the management API's guard."""
 
@@ -114,15 +129,4 @@ class UsageAPI:
         ]
 
     async def usage(self, request: web.Request) -> web.Response:
-        query = decode_query(request.query, UsageFilter)
-        groups = await self._store.usage_report(
-            UsageQuery(
-                project_id=query.project_id.lower() if query.project_id else None,
-                token_id=query.token_id.lower() if query.token_id else None,
-                model=query.model,
-                since=query.since,
-                until=query.until,
-                group_by=query.group_by,
-            )
-        )
-        return json_response(usage_report(query, groups))
+        return json_response(await read_usage(self._store, decode_query(request.query, UsageFilter)))

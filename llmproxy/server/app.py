@@ -117,7 +117,8 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     shared_limiter = SharedRateLimiter(settings.redis, prefix=prefix) if shares_rate_limit(settings) else None
     shared_caches = uses_redis(settings) or shared_limiter is not None  # tell the others what changed
     invalidations = Invalidations(settings.redis, prefix=prefix) if shared_caches else None
-    ledger = Ledger(PriceTable(settings.usage.prices), retention_days=settings.usage.retention_days)
+    prices = PriceTable(settings.usage.prices)
+    ledger = Ledger(prices, retention_days=settings.usage.retention_days)
     authority = Authority(
         store, settings.auth, shared_limiter=shared_limiter, invalidations=invalidations, ledger=ledger
     )
@@ -138,7 +139,14 @@ def build_app(settings: Settings, *, store: Store | None = None) -> web.Applicat
     purge = cache.purge if cache is not None else None
     # one count of wrong management tokens, at the sign-in form or the API, on every instance of the store
     throttle = SharedAuthThrottle(store)
-    admin = AdminUI(AdminSettings.of(settings), auditor, sessions=SessionStore(store), throttle=throttle)
+    admin = AdminUI(
+        AdminSettings.of(settings),
+        auditor,
+        sessions=SessionStore(store),
+        throttle=throttle,
+        store=store,
+        prices=prices,
+    )
     manage = ManageAPI(
         settings.server,
         store,

@@ -8,6 +8,7 @@ installs both; Playwright's own browser download is never used). Screenshots of 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -227,3 +228,185 @@ async def test_the_tokens_page_shows_the_api_s_status_and_active_only_hides_unus
             finally:
                 await browser.close()
         assert await server.stop() == 0
+
+
+async def settled_tokens(api: aiohttp.ClientSession, token_id: str, tokens: int) -> None:
+    """Until the server has written the token's usage (its 1 s flush): ``tokens`` in all."""
+    deadline = time.monotonic() + 30
+    while True:
+        async with api.get(f"/manage/tokens/{token_id}") as r:
+            shown = await r.json()
+        if shown["prompt_tokens"] + shown["completion_tokens"] == tokens:
+            return
+        assert time.monotonic() < deadline, f"usage not written: {shown}"
+        await asyncio.sleep(0.1)
+
+
+async def chat_saying(url: str, token: str, content: str) -> tuple[int, Any]:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+    async with aiohttp.ClientSession() as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        async with client.post(f"{url}/v1/chat/completions", json=body, headers=headers) as response:
+            return response.status, await response.json()
+
+
+async def test_a_budget_set_in_the_ui_refuses_the_next_request_once_spent_and_the_chart_shows_the_day(
+    make_server: Any, tmp_path: Path
+) -> None:
+    screenshots = Path(os.environ.get("LLMPROXY_SCREENSHOTS") or tmp_path)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    prices = tmp_path / "prices.yaml"  # the fake upstream reports 9 prompt + 3 completion tokens
+    prices.write_text("gpt-4o-mini:\n  input: 2.0\n  output: 8.0\n")  # so $0.000042 a request
+    async with FakeUpstream() as upstream:
+        server = await make_server(UPSTREAM_BASE_URL=upstream.url, PRICES_PATH=str(prices))
+        auth = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
+        async with aiohttp.ClientSession(base_url=server.url, headers=auth) as api:
+            async with api.post("/manage/projects", json={"name": "acme", "api_key": UPSTREAM_KEY}) as r:
+                project_id = (await r.json())["id"]
+            async with api.post("/manage/tokens", json={"project_id": project_id}) as r:
+                token = await r.json()
+            async with async_playwright() as playwright:
+                browser = await playwright.chromium.launch(
+                    executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+                )
+                try:
+                    page = await (
+                        await browser.new_context(viewport={"width": 1280, "height": 900})
+                    ).new_page()
+                    problems: list[str] = []
+                    page.on("pageerror", lambda error: problems.append(str(error)))
+                    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+                    await page.goto(f"{server.url}/admin/login")
+                    await page.fill("#management_token", MANAGEMENT_TOKEN)
+                    await page.click("button[type=submit]")
+                    await page.wait_for_url("**/admin/projects", timeout=WAIT_MS)
+
+                    # a budget of 20 tokens and a name, set in the limits form
+                    await page.goto(f"{server.url}/admin/tokens")
+                    row = page.locator("#tokens tbody tr", has_text=token["token_hint"])
+                    await row.locator("text=Limits").click()
+                    await page.fill("#limits-form [name=name]", "browser <b>budget</b>")
+                    await page.fill("#limits-form [name=max_tokens]", "20")
+                    await page.click("#limits-form button[type=submit]")
+                    await expect(page.locator("#flash")).to_contain_text("saved", timeout=WAIT_MS)
+                    await expect(row.locator(".spend")).to_contain_text("0 / 20 tokens", timeout=WAIT_MS)
+                    await expect(row.locator("strong")).to_have_text("browser <b>budget</b>")
+
+                    # 12 tokens, then 24 (the request crossing 20 completes), then refused
+                    status, _ = await chat_saying(
+                        server.url, token["token"], "<script>window.pwned = 1</script>"
+                    )
+                    assert status == 200
+                    await settled_tokens(api, token["id"], 12)
+                    assert (await chat(server.url, token["token"]))[0] == 200
+                    await settled_tokens(api, token["id"], 24)
+                    status, body = await chat(server.url, token["token"])
+                    assert status == 429, body
+                    assert body["error"]["code"] == "budget_exceeded"
+                    assert len(upstream.requests) == 2
+
+                    await page.reload()
+                    await expect(row.locator(".badge")).to_have_text("exhausted", timeout=WAIT_MS)
+                    await expect(row.locator(".spend")).to_contain_text("24 / 20 tokens")
+                    assert await row.locator("meter").last.get_attribute("max") == "20"
+                    await shot(page, screenshots, "tokens-budget")
+
+                    # the Usage page's chart shows the day's spend: two requests at $0.000042
+                    async with api.get("/manage/usage?group_by=day") as r:
+                        [day] = (await r.json())["groups"]
+                    await page.click("nav >> text=Usage")
+                    await page.wait_for_url("**/admin/usage", timeout=WAIT_MS)
+                    today = page.locator(f'#cost-chart g.day[data-day="{day["key"]}"]')
+                    assert await today.locator("title").text_content() == f"{day['key']}: cost $0.000084"
+                    bar = await today.locator("rect.bar").bounding_box()
+                    assert bar is not None and bar["height"] > 10
+                    cost_today = page.locator(".figures div", has_text="Cost today")
+                    await expect(cost_today.locator("dd")).to_have_text("$0.000084")
+                    await shot(page, screenshots, "usage")
+
+                    # the Events page: the budget's requests; the first one in full, its prompt as text
+                    await page.click("nav >> text=Events")
+                    await expect(page.locator("#events tbody tr")).to_have_count(2, timeout=WAIT_MS)
+                    await page.fill("#events-filter [name=q]", "window.pwned")
+                    await page.click("#events-filter button[type=submit]")
+                    await expect(page.locator("#events tbody tr")).to_have_count(1, timeout=WAIT_MS)
+                    await shot(page, screenshots, "events-filtered")
+                    await page.locator("#events tbody tr td.path").click()
+                    await page.wait_for_url("**/admin/events/*", timeout=WAIT_MS)
+                    await expect(page.locator("#request-body")).to_contain_text(
+                        "<script>window.pwned = 1</script>"
+                    )
+                    assert await page.evaluate("typeof window.pwned") == "undefined"
+                    await expect(page.locator("#event-facts")).to_contain_text("$0.000042")
+                    await expect(page.locator("#event-facts")).to_contain_text("browser <b>budget</b>")
+                    await shot(page, screenshots, "event")
+                    assert problems == []
+                finally:
+                    await browser.close()
+        assert await server.stop() == 0
+
+
+async def test_the_events_page_pages_back_beyond_the_first_50_and_filters_by_status(
+    make_server: Any, tmp_path: Path
+) -> None:
+    from llmproxy.events.model import Event, encode_event
+
+    def logged(n: int) -> Event:
+        return Event(
+            id=f"00000000-0000-4000-8000-{n:012d}",
+            request_id=f"req-{n}",
+            project_id="11111111-1111-4111-8111-111111111111",
+            token_id="22222222-2222-4222-8222-222222222222",
+            method="POST",
+            path=f"/v1/chat/completions/{n}",
+            status=503 if n % 40 == 7 else 200,
+            started_at=f"2025-01-01T00:{n // 60:02d}:{n % 60:02d}.000000Z",
+            duration_ms=1.0,
+        )
+
+    (tmp_path / "events.jsonl").write_bytes(b"".join(encode_event(logged(n)) + b"\n" for n in range(120)))
+    server = await make_server()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = await browser.new_page()
+            problems: list[str] = []
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            await page.goto(f"{server.url}/admin/login")
+            await page.fill("#management_token", MANAGEMENT_TOKEN)
+            await page.click("button[type=submit]")
+            await page.wait_for_url("**/admin/projects", timeout=WAIT_MS)
+            await page.goto(f"{server.url}/admin/events")
+            rows = page.locator("#events tbody tr")
+            await expect(rows).to_have_count(50, timeout=WAIT_MS)
+            await page.click("#older-events")
+            await expect(rows).to_have_count(100, timeout=WAIT_MS)
+            await page.click("#older-events")
+            await expect(rows).to_have_count(120, timeout=WAIT_MS)
+            await expect(page.locator("#older-events")).to_be_hidden()
+            paths = await page.locator("#events tbody td.path").all_text_contents()
+            assert paths == [f"/v1/chat/completions/{n}" for n in reversed(range(120))]
+
+            # a bad status is a clear message, a good one filters; the filter survives a reload
+            await page.fill("#events-filter [name=status]", "6xx")
+            await page.click("#events-filter button[type=submit]")
+            await expect(page.locator("#flash")).to_contain_text("status", timeout=WAIT_MS)
+            assert [p for p in problems if "422" in p] == [problems.pop()]  # the refusal, logged by Chromium
+            await page.fill("#events-filter [name=status]", "5xx")
+            await page.click("#events-filter button[type=submit]")
+            await expect(rows).to_have_count(3, timeout=WAIT_MS)
+            await page.reload()
+            await expect(rows).to_have_count(3, timeout=WAIT_MS)
+            assert await page.input_value("#events-filter [name=status]") == "5xx"
+            await rows.first.locator("td.path").click()
+            await page.wait_for_url(
+                "**/admin/events/00000000-0000-4000-8000-000000000087?at=*", timeout=WAIT_MS
+            )
+            await expect(page.locator("#event-title")).to_contain_text("/v1/chat/completions/87")
+            assert problems == []
+        finally:
+            await browser.close()
+    assert await server.stop() == 0

@@ -127,5 +127,59 @@ const Admin = (() => {
     return values;
   }
 
-  return { api, el, button, badge, flash, showError, time, dash, fill, projects, projectOptions, formValues, ApiError };
+  // USD as the Usage page writes it: cents from $1 on, four significant digits below.
+  function money(value) {
+    if (value === null || value === undefined) return "—";
+    if (value === 0) return "$0";
+    if (Math.abs(value) >= 1) return `$${value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
+    const digits = Math.min(Math.max(2, 3 - Math.floor(Math.log10(Math.abs(value)))), 12);
+    const [whole, fraction] = value.toFixed(digits).split(".");
+    return `$${whole}.${fraction.replace(/0+$/, "").padEnd(2, "0")}`;
+  }
+
+  function meter(value, max, label) {
+    // optimum at 0: the bar turns amber past 75 % of the budget and red past 90 %
+    const bar = el("meter", { min: 0, max, value: Math.min(value, max), low: max * 0.75, high: max * 0.9, optimum: 0, title: label });
+    return el("div", { className: "spend-line" }, bar, el("span", {}, label));
+  }
+
+  // A token's or project's spend: a bar against each budget it has, plain figures where it has none.
+  function spend(holder) {
+    const tokens = holder.prompt_tokens + holder.completion_tokens;
+    const cost = holder.max_cost_usd === null
+      ? el("div", { className: "spend-line" }, money(holder.cost_usd))
+      : meter(holder.cost_usd, holder.max_cost_usd, `${money(holder.cost_usd)} / ${money(holder.max_cost_usd)}`);
+    const count = holder.max_tokens === null
+      ? el("div", { className: "spend-line muted" }, `${tokens.toLocaleString("en-US")} tokens`)
+      : meter(tokens, holder.max_tokens, `${tokens.toLocaleString("en-US")} / ${holder.max_tokens.toLocaleString("en-US")} tokens`);
+    return el("div", { className: "spend" }, cost, count);
+  }
+
+  // The PATCH body that changes ``current`` into what the form says: only fields that differ; an
+  // empty field is null (no limit). kinds: "number", "text", "list" (comma- or space-separated).
+  function changes(form, current, kinds) {
+    const body = {};
+    for (const [name, kind] of Object.entries(kinds)) {
+      const raw = form.elements[name].value.trim();
+      let value = raw === "" ? null : raw;
+      if (value !== null && kind === "number") value = Number.isNaN(Number(raw)) ? raw : Number(raw);
+      if (value !== null && kind === "list") value = raw.split(/[\s,]+/).filter(Boolean);
+      const before = current[name] === undefined ? null : current[name];
+      if (JSON.stringify(value) !== JSON.stringify(before)) body[name] = value;
+    }
+    return body;
+  }
+
+  // Fills the form's fields from ``current`` (a list shows comma-separated, null as empty).
+  function fillForm(form, current, kinds) {
+    for (const [name, kind] of Object.entries(kinds)) {
+      const value = current[name];
+      form.elements[name].value = value === null || value === undefined ? "" : kind === "list" ? value.join(", ") : String(value);
+    }
+  }
+
+  return {
+    api, el, button, badge, flash, showError, time, dash, fill, projects, projectOptions, formValues, ApiError,
+    money, spend, changes, fillForm,
+  };
 })();

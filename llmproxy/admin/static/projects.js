@@ -1,8 +1,10 @@
-// Projects page: list, create, edit (name, upstream key, upstream URL), activate and deactivate.
+// Projects page: list with spend against budgets, create, edit (name, upstream key, upstream URL,
+// limits), activate and deactivate.
 "use strict";
 
 (() => {
-  const { api, el, button, badge, flash, showError, time, dash, fill, formValues } = Admin;
+  const { api, el, button, badge, flash, showError, time, dash, fill, formValues, spend, changes, fillForm } = Admin;
+  const LIMITS = { max_cost_usd: "number", max_tokens: "number", tokens_per_minute: "number" };
   const form = document.getElementById("project-form");
   const table = document.getElementById("projects");
   let editing = null; // the project being edited, null when creating
@@ -13,6 +15,7 @@
     document.getElementById("project-form-title").textContent = project ? `Edit ${project.name}` : "New project";
     form.elements.name.value = project ? project.name : "";
     form.elements.upstream_base_url.value = project && project.upstream_base_url ? project.upstream_base_url : "";
+    fillForm(form, project || {}, LIMITS);
     form.elements.api_key.required = !project;
     form.elements.api_key.placeholder = project ? `unchanged (${project.api_key})` : "sk-…";
     document.getElementById("api-key-help").textContent = project
@@ -37,10 +40,12 @@
     try {
       if (editing) {
         if (url !== editing.upstream_base_url) body.upstream_base_url = url;
+        Object.assign(body, changes(form, editing, LIMITS));
         await api("PATCH", `/manage/projects/${editing.id}`, body);
         flash(`Project ${body.name} saved.`, "ok");
       } else {
         if (url) body.upstream_base_url = url;
+        Object.assign(body, changes(form, {}, LIMITS));
         await api("POST", "/manage/projects", body);
         flash(`Project ${body.name} created.`, "ok");
       }
@@ -92,6 +97,7 @@
       el("td", {}, project.upstream_base_url ? el("code", {}, project.upstream_base_url) : el("span", { className: "muted" }, "default")),
       el("td", {}, el("code", {}, dash(project.api_key))),
       el("td", {}, status),
+      el("td", { className: "spend-cell" }, spend(project)),
       el("td", {}, time(project.created_at)),
       actions,
     );

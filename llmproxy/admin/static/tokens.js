@@ -1,15 +1,28 @@
-// Tokens page: list with filters, generate (the raw token shown once), revoke, revoke a project's all.
+// Tokens page: list with filters and spend against budgets, generate (the raw token shown once), edit
+// limits (PATCH /manage/tokens/{id}: validated and audited by the API), revoke, revoke a project's all.
 "use strict";
 
 (() => {
-  const { api, el, button, badge, flash, showError, time, dash, fill, formValues } = Admin;
+  const { api, el, button, badge, flash, showError, time, dash, fill, formValues, spend, changes, fillForm } = Admin;
   const createForm = document.getElementById("token-form");
   const filter = document.getElementById("token-filter");
   const table = document.getElementById("tokens");
   const revokeAll = document.getElementById("revoke-all");
   const created = document.getElementById("created-token");
   const createdValue = document.getElementById("created-token-value");
+  const limitsForm = document.getElementById("limits-form");
+  // what the limits form edits, and how each field reads
+  const LIMITS = {
+    name: "text",
+    max_cost_usd: "number",
+    max_tokens: "number",
+    tokens_per_minute: "number",
+    max_requests: "number",
+    rate_limit_per_minute: "number",
+    allowed_models: "list",
+  };
   let names = new Map();
+  let editing = null; // the token whose limits the form shows
 
   // the API's one computed status, so the UI, the CLI and active_only agree
   const STATUS_KINDS = { active: "ok", expired: "warn", exhausted: "warn", revoked: "bad" };
@@ -29,21 +42,66 @@
     }
   }
 
+  function openLimits(token) {
+    editing = token;
+    fillForm(limitsForm, token, LIMITS);
+    document.getElementById("limits-form-title").textContent = `Limits of ${token.name || token.token}`;
+    limitsForm.hidden = false;
+    limitsForm.scrollIntoView({ block: "nearest" });
+    limitsForm.elements.name.focus();
+  }
+
+  function closeLimits() {
+    limitsForm.hidden = true;
+    limitsForm.reset();
+    editing = null;
+  }
+
+  async function saveLimits(event) {
+    event.preventDefault();
+    if (!editing) return;
+    const body = changes(limitsForm, editing, LIMITS);
+    if (Object.keys(body).length === 0) {
+      flash("Nothing changed.", "ok");
+      closeLimits();
+      return;
+    }
+    try {
+      const token = await api("PATCH", `/manage/tokens/${editing.id}`, body);
+      flash(`Limits of ${token.name || token.token} saved.`, "ok");
+      closeLimits();
+      await loadTokens();
+    } catch (error) {
+      showError(error);
+    }
+  }
+
+  function label(token) {
+    const hint = el("code", {}, token.token);
+    return token.name ? el("td", {}, el("strong", {}, token.name), el("div", {}, hint)) : el("td", {}, hint);
+  }
+
   function row(token) {
     const requests = token.max_requests ? `${token.request_count} / ${token.max_requests}` : String(token.request_count);
     const rate = token.rate_limit_per_minute ? `${token.rate_limit_per_minute}/min` : "—";
     return el(
       "tr",
       { dataset: { id: token.id } },
-      el("td", {}, el("code", {}, token.token)),
+      label(token),
       el("td", {}, dash(names.get(token.project_id))),
       el("td", {}, status(token)),
+      el("td", { className: "spend-cell" }, spend(token)),
       el("td", { className: "num", title: `${token.cache_hit_count} cache hit(s)` }, requests),
       el("td", { className: "num" }, rate),
       el("td", {}, time(token.expires_at)),
       el("td", {}, time(token.last_used_at)),
       el("td", {}, time(token.created_at)),
-      el("td", { className: "actions-cell" }, token.is_active ? button("Revoke", () => revoke(token), "small danger") : ""),
+      el(
+        "td",
+        { className: "actions-cell" },
+        button("Limits", () => openLimits(token)),
+        token.is_active ? button("Revoke", () => revoke(token), "small danger") : "",
+      ),
     );
   }
 
@@ -105,15 +163,18 @@
     event.preventDefault();
     const values = formValues(createForm);
     const body = { project_id: values.project_id };
-    for (const key of ["duration_minutes", "max_requests", "rate_limit_per_minute"]) {
+    for (const key of ["duration_minutes", "max_requests", "rate_limit_per_minute", "max_cost_usd"]) {
       if (values[key]) body[key] = Number(values[key]);
     }
+    if (values.name) body.name = values.name;
     try {
       const token = await api("POST", "/manage/tokens", body);
       showCreated(token);
       createForm.elements.duration_minutes.value = "";
       createForm.elements.max_requests.value = "";
       createForm.elements.rate_limit_per_minute.value = "";
+      createForm.elements.name.value = "";
+      createForm.elements.max_cost_usd.value = "";
       await loadTokens();
     } catch (error) {
       showError(error);
@@ -133,6 +194,8 @@
   }
 
   createForm.addEventListener("submit", generate);
+  limitsForm.addEventListener("submit", saveLimits);
+  document.getElementById("cancel-limits").addEventListener("click", closeLimits);
   filter.addEventListener("change", loadTokens);
   filter.addEventListener("submit", (event) => { event.preventDefault(); loadTokens(); });
   revokeAll.addEventListener("click", revokeProject);

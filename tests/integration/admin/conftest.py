@@ -6,19 +6,24 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from llmproxy import config
 from llmproxy.server.app import STORE, build_app
-from llmproxy.store.base import AuditQuery, AuditRecord
+from llmproxy.store.base import AuditQuery, AuditRecord, Store
+from llmproxy.store.postgres import PostgresStore
+from llmproxy.store.sqlite import SqliteStore
 
 MANAGEMENT_TOKEN = "test-management-token-admin-0123456789"
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 _FORM_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 _META_TOKEN = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
@@ -90,7 +95,7 @@ MakeAdmin = Callable[..., Awaitable[Admin]]
 async def make_admin(tmp_path: Path) -> AsyncIterator[MakeAdmin]:
     clients: list[TestClient] = []
 
-    async def make(**env: str) -> Admin:
+    async def make(store: Store | None = None, **env: str) -> Admin:
         values = {
             "MANAGEMENT_TOKEN": MANAGEMENT_TOKEN,
             "DATABASE_URL": f"sqlite:///{tmp_path}/llm-proxy.db",
@@ -100,7 +105,7 @@ async def make_admin(tmp_path: Path) -> AsyncIterator[MakeAdmin]:
         }
         values = {k: v for k, v in values.items() if v}
         settings = config.load(env=values)
-        client = TestClient(TestServer(build_app(settings), host="127.0.0.1"))
+        client = TestClient(TestServer(build_app(settings, store=store), host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
         return Admin(client, settings)
@@ -117,5 +122,28 @@ async def admin(make_admin: MakeAdmin) -> Admin:
 
 @pytest.fixture
 async def signed_in(admin: Admin) -> Admin:
+    await admin.sign_in()
+    return admin
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A store the server opens: a SQLite file, or a PostgreSQL schema of this test's own."""
+    if request.param == "sqlite":
+        yield SqliteStore(str(tmp_path / "llm-proxy.db"), None)
+        return
+    schema = f"test_admin_{uuid.uuid4().hex}"
+    yield PostgresStore(PG_DSN, None, schema=schema, pool_size=4)
+    connection = await asyncpg.connect(PG_DSN)
+    try:
+        await connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def signed_in_on(any_store: Store, make_admin: MakeAdmin) -> Admin:
+    """Signed in to a server on SQLite, then on PostgreSQL (the store set up first, so torn down last)."""
+    admin = await make_admin(store=any_store)
     await admin.sign_in()
     return admin

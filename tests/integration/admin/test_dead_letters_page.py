@@ -81,3 +81,4 @@ async def test_the_dead_letters_api_needs_a_session_and_a_sane_limit(make_admin:
     assert (await dead_letters(admin))[0] == 401
     await admin.sign_in()
     assert (await dead_letters(admin, "lots"))[0] == 422
+    assert (await dead_letters(admin, "²"))[0] == 422  # a digit to str.isdigit, not to int: never a 500

@@ -1,22 +1,35 @@
 """The live tail behind the Events page: the newest lines of the JSONL event log as summaries, never
-headers or bodies, and only what was appended since the last poll."""
+headers or bodies, and only what was appended since the last poll. (Filters, pages and the detail
+page: test_event_search.py.)"""
 
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
 
-from llmproxy.admin.event_tail import tail_events
+from llmproxy.admin.event_log import EventFilter, EventMatcher, EventPage, read_page
 from llmproxy.events.model import Event, Usage, encode_event
 from tests.integration.admin.conftest import Admin, MakeAdmin
 
 SECRET_BODY = "a prompt nobody else should read"
-SUMMARY_KEYS = {"time", "status", "method", "path", "model", "duration_ms", "tokens", "project_id"}
+SUMMARY_KEYS = {
+    "at",
+    "id",
+    "time",
+    "status",
+    "method",
+    "path",
+    "model",
+    "duration_ms",
+    "tokens",
+    "project_id",
+    "token_id",
+}
 
 
-def event(n: int, *, body: str = SECRET_BODY) -> Event:
+def event(n: int, *, body: str = SECRET_BODY, event_id: str | None = None) -> Event:
     return Event(
-        id=str(uuid.uuid4()),
+        id=event_id or str(uuid.uuid4()),
         request_id=f"req-{n}",
         project_id="11111111-1111-4111-8111-111111111111",
         token_id="22222222-2222-4222-8222-222222222222",
@@ -34,6 +47,10 @@ def event(n: int, *, body: str = SECRET_BODY) -> Event:
     )
 
 
+async def newest(log: Path) -> EventPage:
+    return await read_page(str(log), EventMatcher(EventFilter()))
+
+
 def append(path: Path, *events: Event, tail: bytes = b"") -> None:
     with path.open("ab") as f:
         f.write(b"".join(encode_event(e) + b"\n" for e in events) + tail)
@@ -42,7 +59,8 @@ def append(path: Path, *events: Event, tail: bytes = b"") -> None:
 async def test_the_events_api_answers_summaries_without_headers_or_bodies(
     signed_in: Admin, tmp_path: Path
 ) -> None:
-    append(tmp_path / "events.jsonl", event(1), event(2), event(3))
+    log = tmp_path / "events.jsonl"
+    append(log, event(1), event(2), event(3, event_id="33333333-3333-4333-8333-333333333333"))
     response = await signed_in.client.get("/admin/api/events")
     assert response.status == 200
     assert response.headers["Cache-Control"] == "no-store"
@@ -55,6 +73,8 @@ async def test_the_events_api_answers_summaries_without_headers_or_bodies(
     assert [e["status"] for e in tail["events"]] == [203, 202, 201]  # newest first
     assert all(set(e) == SUMMARY_KEYS for e in tail["events"])
     assert tail["events"][0] == {
+        "at": log.read_bytes().rindex(b"\n", 0, -1) + 1,  # where the last line begins: its detail's link
+        "id": "33333333-3333-4333-8333-333333333333",
         "time": "2025-01-01T00:00:03.000000Z",
         "status": 203,
         "method": "POST",
@@ -63,6 +83,7 @@ async def test_the_events_api_answers_summaries_without_headers_or_bodies(
         "duration_ms": 13.5,
         "tokens": 4,
         "project_id": "11111111-1111-4111-8111-111111111111",
+        "token_id": "22222222-2222-4222-8222-222222222222",
     }
 
 
@@ -100,12 +121,14 @@ async def test_without_an_event_log_the_api_says_it_is_not_configured(make_admin
         "configured": False,
         "events": [],
         "cursor": 0,
+        "older": None,
+        "scanned": 0,
     }
 
 
 async def test_a_missing_log_file_is_an_empty_tail(signed_in: Admin) -> None:
     tail = await (await signed_in.client.get("/admin/api/events")).json()
-    assert tail == {"configured": True, "events": [], "cursor": 0}
+    assert tail == {"configured": True, "events": [], "cursor": 0, "older": None, "scanned": 0}
 
 
 async def test_the_tail_finds_the_newest_50_even_when_each_line_is_bigger_than_the_window(
@@ -113,7 +136,7 @@ async def test_the_tail_finds_the_newest_50_even_when_each_line_is_bigger_than_t
 ) -> None:
     log = tmp_path / "big.jsonl"
     append(log, *(event(n % 60, body="x" * 35_000) for n in range(60)))
-    tail = await tail_events(str(log))
+    tail = await newest(log)
     assert len(tail.events) == 50
     assert [e.status for e in tail.events] == [200 + n % 60 for n in reversed(range(10, 60))]
     assert tail.cursor == log.stat().st_size
@@ -122,5 +145,5 @@ async def test_the_tail_finds_the_newest_50_even_when_each_line_is_bigger_than_t
 async def test_lines_that_are_not_events_are_skipped(tmp_path: Path) -> None:
     log = tmp_path / "mixed.jsonl"
     log.write_bytes(b"not json\n" + encode_event(event(1)) + b'\n{"status": "oops"}\n\n')
-    tail = await tail_events(str(log))
+    tail = await newest(log)
     assert [e.status for e in tail.events] == [201]

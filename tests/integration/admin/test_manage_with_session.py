@@ -83,3 +83,48 @@ async def test_a_session_can_generate_and_revoke_a_token(signed_in: Admin) -> No
     assert [(t["id"], t["is_active"]) for t in listed] == [(token["id"], False)]
     [record] = await signed_in.audit("token.revoke")
     assert record.actor == "admin_ui"
+
+
+async def test_the_tokens_page_limits_form_needs_the_csrf_token_and_is_audited_as_the_admin_ui(
+    signed_in: Admin,
+) -> None:
+    """What the Tokens page's limits form sends: the fields it changed, an emptied one as null."""
+    csrf = {"X-CSRF-Token": signed_in.csrf_token}
+    project = await (await signed_in.client.post("/manage/projects", json=PROJECT, headers=csrf)).json()
+    body = {"project_id": project["id"], "max_requests": 5}
+    token = await (await signed_in.client.post("/manage/tokens", json=body, headers=csrf)).json()
+    limits = {"name": "web app", "max_tokens": 20, "max_cost_usd": 1.5, "allowed_models": ["gpt-4o*"]}
+    changes = {**limits, "max_requests": None}
+    refused = await signed_in.client.patch(f"/manage/tokens/{token['id']}", json=changes)
+    assert refused.status == 403
+    response = await signed_in.client.patch(f"/manage/tokens/{token['id']}", json=changes, headers=csrf)
+    assert response.status == 200, await response.text()
+    shown = await response.json()
+    assert {k: shown[k] for k in limits} == limits and shown["max_requests"] is None
+    records = await signed_in.audit("token.update", count=2)
+    assert sorted(r.result for r in records) == ["denied", "success"]  # the refused try is audited too
+    [record] = [r for r in records if r.result == "success"]
+    assert (record.actor, record.token_id) == ("admin_ui", token["id"])
+    assert record.details is not None
+    assert record.details["fields"] == [
+        "allowed_models",
+        "max_cost_usd",
+        "max_requests",
+        "max_tokens",
+        "name",
+    ]
+    assert (record.details["max_tokens"], record.details["max_cost_usd"]) == (20, 1.5)
+
+
+async def test_a_limit_the_api_refuses_comes_back_as_a_message_naming_the_field(signed_in: Admin) -> None:
+    csrf = {"X-CSRF-Token": signed_in.csrf_token}
+    project = await (await signed_in.client.post("/manage/projects", json=PROJECT, headers=csrf)).json()
+    token = await (
+        await signed_in.client.post("/manage/tokens", json={"project_id": project["id"]}, headers=csrf)
+    ).json()
+    response = await signed_in.client.patch(
+        f"/manage/tokens/{token['id']}", json={"max_tokens": 0}, headers=csrf
+    )
+    assert response.status == 422
+    error = (await response.json())["error"]
+    assert error["param"] == "max_tokens" and ">= 1" in error["message"]
