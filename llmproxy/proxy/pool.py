@@ -117,7 +117,7 @@ class UpstreamPool:
                 lines.append("Content-Length: 0")
         else:
             declared = [value for name, value in headers if name.lower() == "content-length"]
-            if len(declared) > 1 or (declared and not declared[0].isdigit()):
+            if len(declared) > 1 or (declared and not (declared[0].isascii() and declared[0].isdigit())):
                 raise UpstreamError("a streamed body with an unusable Content-Length: not sent")
             if declared:
                 length = int(declared[0])

@@ -227,3 +227,16 @@ async def test_a_gzip_entry_is_not_served_to_a_client_that_does_not_accept_gzip(
     assert "Content-Encoding" not in plain.headers and await stack.json(plain) == MODELS
     assert plain.headers["X-PROXY-CACHE"] == "miss"
     assert len(stack.upstream.requests) == 2
+
+
+async def test_cache_control_seconds_in_non_ascii_digits_are_malformed_not_a_500(
+    make_stack: MakeStack,
+) -> None:
+    """ "²" and "٣" are digits to str.isdigit, not to int(): a client's (or the upstream's) max-age or
+    max-stale spelled so is a malformed directive, ignored as RFC 9111 §1.2.2 asks, never a crash."""
+    stack = await make_stack()
+    stack.upstream.always(json_reply(MODELS, headers={"Cache-Control": "max-age=\u00b2"}))
+    for directive in ("max-age=\u00b2", "max-stale=\u0663", "min-fresh=\u00b9\u00b2"):
+        response = await stack.get(**{"Cache-Control": directive})
+        assert response.status == 200, (directive, await response.text())
+        assert await stack.json(response) == MODELS
