@@ -526,10 +526,12 @@ def proxy_server(
     launcher: list[str] | None = None,
     start_timeout: float = 30.0,
     extra_env: dict[str, str] | None = None,
+    token_limits: dict[str, object] | None = None,
 ) -> Iterator[dict]:
     """A running `llm-proxy server` with a project and token; its Redis keys are deleted afterwards.
     ``launcher`` runs ``-m llmproxy server`` instead of the `llm-proxy` script: a Python interpreter,
-    with what wraps it (cProfile after it, valgrind before it). ``extra_env`` adds to its environment."""
+    with what wraps it (cProfile after it, valgrind before it). ``extra_env`` adds to its environment;
+    ``token_limits`` are the bench token's (e.g. ``{"rate_limit_per_minute": 10**9}``)."""
     workdir = Path(tempfile.mkdtemp(prefix="llmproxy-bench-"))
     proxy_port = free_port()
     mgmt = secrets.token_urlsafe(24)
@@ -570,7 +572,8 @@ def proxy_server(
         project = manage(
             base, mgmt, "/manage/projects", {"name": "bench", "api_key": "sk-bench-upstream-key"}
         )
-        token = manage(base, mgmt, "/manage/tokens", {"project_id": project["id"]})["token"]
+        made = {"project_id": project["id"], **(token_limits or {})}
+        token = manage(base, mgmt, "/manage/tokens", made)["token"]
         yield {"pid": proxy.pid, "base": base, "port": proxy_port, "token": token, "event_log": event_log,
                "workdir": workdir}  # fmt: skip
     finally:

@@ -103,7 +103,10 @@ def measure(name: str, bus: str, events: bool, up_port: int, args: argparse.Name
     valgrind = ["valgrind", "-q", "--tool=callgrind", "--trace-children=yes",
                 f"--callgrind-out-file={out_dir}/cg.%p", sys.executable]  # fmt: skip
     try:
-        with proxy_server(bus, events, 1, up_port, launcher=valgrind, start_timeout=600) as px:
+        limits = {"rate_limit_per_minute": args.rate_limit} if args.rate_limit else None
+        with proxy_server(
+            bus, events, 1, up_port, launcher=valgrind, start_timeout=600, token_limits=limits
+        ) as px:
             send(px["port"], px["token"], args.warmup)
             wait_lines(px["event_log"], args.warmup)  # a worker under valgrind takes a while to start
             callgrind_control("-z")
@@ -127,6 +130,13 @@ def main() -> int:
     ap.add_argument("--config", default="none,streams+worker", help=f"comma list of {', '.join(CONFIGS)}")
     ap.add_argument("--requests", type=int, default=1000, help="requests counted (default 1000)")
     ap.add_argument("--warmup", type=int, default=300, help="requests sent before counting (default 300)")
+    ap.add_argument(
+        "--rate-limit",
+        type=int,
+        default=0,
+        help="the token's rate_limit_per_minute (default none); with RATE_LIMIT_BACKEND=redis and REDIS_ADDR "
+        "in the environment, each request takes the shared limiter's Redis round trip",
+    )
     args = ap.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed: sudo apt-get install -y valgrind", file=sys.stderr)

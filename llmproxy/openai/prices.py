@@ -49,6 +49,8 @@ class Rates(NamedTuple):
 
 def _rate(tiers: Tiered, prompt: int) -> float:
     rate = tiers[0][1]
+    if len(tiers) == 1:  # most models: one rate (no slice made per request)
+        return rate
     for above, tier_rate in tiers[1:]:
         if prompt > above:
             rate = tier_rate

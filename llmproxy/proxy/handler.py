@@ -16,16 +16,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from llmproxy.audit import audit_record
-from llmproxy.auth.tokens import parse_bearer
 from llmproxy.config import EventSettings, UpstreamSettings
 from llmproxy.errors import Outcome, ProxyError, Refusal
 from llmproxy.ids import uuid4_hex
 from llmproxy.proxy.bodies import decoded, read_whole, streamed
 from llmproxy.proxy.capture import TAIL_BYTES, BodyCapture, bounded
 from llmproxy.proxy.flow import Flow, Observer
-from llmproxy.proxy.keys import CALLER, CANCEL_ON_DISCONNECT, REQUEST_ID
-from llmproxy.proxy.models import model_refusal
+from llmproxy.proxy.gate import Gate
+from llmproxy.proxy.keys import CANCEL_ON_DISCONNECT, REQUEST_ID
 from llmproxy.proxy.policy import Policy, allow_origin, split_target
 from llmproxy.proxy.ports import ResponseCache
 from llmproxy.proxy.relay import relay
@@ -40,13 +38,6 @@ __all__ = ("ProxyHandler",)
 
 log = logging.getLogger(__name__)
 
-# Refusals of the token check that SPEC §10 wants in the audit log, with their result.
-_AUDITED = {
-    Refusal.PROJECT_INACTIVE: "denied",
-    Refusal.SERVICE_UNAVAILABLE: "error",
-    Refusal.BUDGET_EXCEEDED: "denied",
-    Refusal.MODEL_NOT_ALLOWED: "denied",
-}
 # A body of known size up to this is read whole and sent in one write; larger ones stream through.
 _READ_WHOLE_BELOW = 1 << 20
 # Outcome.X on its class costs ~60 ns a look-up on Python 3.11 (the enum's metaclass): module constants
@@ -74,8 +65,7 @@ class ProxyHandler:
         meter: Observer | None = None,
     ) -> None:
         self._policy = Policy(upstream.api)
-        self._authority = authority
-        self._auditor = auditor
+        self._gate = Gate(authority, auditor)
         self._cache = cache
         self._observers = observers
         self._meter = meter
@@ -112,21 +102,21 @@ class ProxyHandler:
         length = request.content_length
         policy.body_size(length)
         # Authenticate before reading a body: anonymous callers must not make us buffer anything.
-        grant = await self._authorize(request)
+        grant = await self._gate.admit(request)
         watched = True if self._observers else False
         metered = False
         if grant.limits is None:  # a plain token: nothing more to check or to read
             body, plain = await self._read(request, length)
         else:
             body, plain = await self._read(request, length, grant.limits.allowed_models is not None)
-            self._allow_model(request, grant, body, plain)
+            self._gate.allow_model(request, grant, body, plain)
             if grant.limits.metered and not watched and self._meter is not None:
                 watched = metered = True  # no observer reads its usage: the meter does
         if self._cache is not None:
             hit = await self._cached(request, grant, plain)
             if hit is not None:
                 return hit
-        await self._counted(request, grant)
+        await self._gate.count(request, grant)
         flow = Flow(
             request_id=request.get(REQUEST_ID) or uuid4_hex(),
             method=request.method,
@@ -142,40 +132,6 @@ class ProxyHandler:
         return await self._forward(request, flow, body, plain)
 
     # --- before forwarding -----------------------------------------------------------------
-
-    async def _authorize(self, request: web.Request) -> Grant:
-        raw_token = parse_bearer(request.headers.get("Authorization"))
-        try:
-            request[CALLER] = grant = await self._authority.check(raw_token)  # whose request: access log
-            return grant
-        except ProxyError as exc:
-            self._audit_refusal(request, exc, None)
-            raise
-
-    async def _counted(self, request: web.Request, grant: Grant) -> None:
-        try:
-            await self._authority.count_request(grant)
-        except ProxyError as exc:
-            self._audit_refusal(request, exc, grant)
-            raise
-
-    def _audit_refusal(self, request: web.Request, exc: ProxyError, grant: Grant | None) -> None:
-        result = _AUDITED.get(exc.refusal)
-        if result is None:
-            return
-        record = audit_record("proxy_request", result, reason=exc.refusal.code, request=request)
-        whose = grant or exc  # the grant once the token is known, else whom the refusal names
-        record.project_id, record.token_id = whose.project_id, whose.token_id
-        self._auditor.record(record)
-
-    def _allow_model(self, request: web.Request, grant: Grant, body: bytes | None, plain: bytes) -> None:
-        """Refuse (403 model_not_allowed, audited) a model the token's allowed_models does not match."""
-        assert grant.limits is not None
-        patterns = grant.limits.allowed_models
-        exc = model_refusal(patterns, request.path, body, plain) if patterns is not None else None
-        if exc is not None:
-            self._audit_refusal(request, exc, grant)
-            raise exc
 
     async def _read(
         self, request: web.Request, length: int | None, model: bool = False
@@ -200,7 +156,7 @@ class ProxyHandler:
         assert self._cache is not None
         hit = await self._cache.lookup(request, grant, plain)
         if hit is not None:
-            self._authority.count_cache_hit(grant)
+            self._gate.count_cache_hit(grant)
             origin = request.headers.get("Origin")  # CORS is this request's, never the stored one's
             if origin is not None:
                 allow_origin(hit.headers, origin)
