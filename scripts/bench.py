@@ -632,7 +632,10 @@ def run_config(name: str, bus: str, events: bool, args: argparse.Namespace, up_p
     levels = [int(c) for c in args.connections.split(",")]
     result: dict = {"config": name, "bus": bus, "events": events, "levels": {}}
     profiled = [sys.executable, "-m", "cProfile", "-o", args.profile] if args.profile else None
-    with proxy_server(bus, events, args.workers, up_port, args.cache, args.proxy_cpus, profiled) as px:
+    limits = {"rate_limit_per_minute": args.rate_limit} if args.rate_limit else None
+    with proxy_server(
+        bus, events, args.workers, up_port, args.cache, args.proxy_cpus, profiled, token_limits=limits
+    ) as px:
         run_load(px["base"] + PATH, px["token"], 8, 2.0, px["workdir"])  # warm-up: pools, caches
         settle(px["event_log"])
         for c in levels:
@@ -772,6 +775,9 @@ def main() -> int:
     ap.add_argument("--pin", action="store_true",
                     help="the proxy and its workers on the first allowed CPU, everything else (wrk, the fake upstream, Redis) on "
                          "the other CPUs: the proxy's figures on one core, without the load generator beside it")  # fmt: skip
+    ap.add_argument("--rate-limit", type=int, default=0,
+                    help="the token's rate_limit_per_minute (default none); RATE_LIMIT_BACKEND=redis and REDIS_ADDR in "
+                         "the environment make each request take the shared limiter's Redis round trip")  # fmt: skip
     ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_upstream:
