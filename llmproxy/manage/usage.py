@@ -14,6 +14,7 @@ from llmproxy.manage.edge import json_response, method_not_allowed
 from llmproxy.manage.guard import Guard
 from llmproxy.manage.schemas import Uuid
 from llmproxy.store.base import Store, UsageGroup, UsageGrouping, UsageQuery
+from llmproxy.store.spend_rows import USAGE_SUMS
 
 __all__ = ("UsageAPI", "UsageFilter", "UsageLine", "UsageReport", "read_usage", "usage_report")
 
@@ -82,15 +83,7 @@ def _line(group: UsageGroup) -> UsageLine:
 def usage_report(query: UsageFilter, groups: list[UsageGroup]) -> UsageReport:
     total = UsageGroup(key="total")
     for g in groups:
-        for name in (
-            "requests",
-            "prompt_tokens",
-            "completion_tokens",
-            "cached_tokens",
-            "cost_usd",
-            "unpriced_requests",
-            "estimated_requests",
-        ):
+        for name in USAGE_SUMS:
             setattr(total, name, getattr(total, name) + getattr(g, name))
     return UsageReport(
         group_by=query.group_by,

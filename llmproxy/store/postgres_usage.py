@@ -15,6 +15,8 @@ import asyncpg
 from llmproxy.store.base import SpendTotal, SpendTotals, TokenUsage, UsageGroup, UsageQuery, UsageRow
 from llmproxy.store.rows import Dialect, utc
 from llmproxy.store.spend_rows import (
+    USAGE_SUMS,
+    add_daily_sql,
     merge_rows,
     project_increments,
     token_increments,
@@ -37,21 +39,7 @@ _ADD_TO_PROJECT = (
     "UPDATE projects SET prompt_tokens = prompt_tokens + $2, completion_tokens = completion_tokens + $3,"
     " cached_tokens = cached_tokens + $4, cost_usd = cost_usd + $5 WHERE id = $1"
 )
-_SUMS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cost_usd",
-    "unpriced_requests",
-    "estimated_requests",
-)
-_ADD_DAILY = (
-    "INSERT INTO usage_daily (day, project_id, token_id, model, " + ", ".join(_SUMS) + ")"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-    " ON CONFLICT (day, project_id, token_id, model) DO UPDATE SET "
-    + ", ".join(f"{c} = usage_daily.{c} + EXCLUDED.{c}" for c in _SUMS)
-)
+_ADD_DAILY = add_daily_sql(_DIALECT)
 
 
 class PostgresUsage:
@@ -84,7 +72,7 @@ class PostgresUsage:
                 await con.executemany(
                     _ADD_DAILY,
                     [
-                        (r.day, r.project_id, r.token_id, r.model, *(getattr(r, c) for c in _SUMS))
+                        (r.day, r.project_id, r.token_id, r.model, *(getattr(r, c) for c in USAGE_SUMS))
                         for r in merged
                     ],
                 )

@@ -18,11 +18,13 @@ __all__ = (
     "merge_rows",
     "project_increments",
     "token_increments",
+    "USAGE_SUMS",
+    "add_daily_sql",
     "usage_report_sql",
     "usage_group",
 )
 
-_SUMS = (
+USAGE_SUMS = (  # the summed columns of usage_daily (and fields of UsageRow / UsageGroup), in order
     "requests",
     "prompt_tokens",
     "completion_tokens",
@@ -31,6 +33,18 @@ _SUMS = (
     "unpriced_requests",
     "estimated_requests",
 )
+
+
+def add_daily_sql(dialect: Dialect) -> str:
+    """Upsert one daily row: the sums added to the row of its (day, project, token, model)."""
+    marks = ", ".join(dialect.placeholder(i) for i in range(1, 5 + len(USAGE_SUMS)))
+    return (
+        f"INSERT INTO usage_daily (day, project_id, token_id, model, {', '.join(USAGE_SUMS)}) VALUES ({marks})"
+        " ON CONFLICT (day, project_id, token_id, model) DO UPDATE SET "
+        + ", ".join(f"{c} = usage_daily.{c} + excluded.{c}" for c in USAGE_SUMS)
+    )
+
+
 _KEYS = {"day": "day", "model": "model", "token": "token_id", "project": "project_id"}
 
 
@@ -67,7 +81,7 @@ def merge_rows(rows: Iterable[UsageRow]) -> list[UsageRow]:
                 day=row.day, project_id=row.project_id, token_id=row.token_id, model=row.model
             )
             seen = merged[key]
-        for name in _SUMS:
+        for name in USAGE_SUMS:
             setattr(seen, name, getattr(seen, name) + getattr(row, name))
     return [merged[k] for k in sorted(merged)]
 
@@ -127,7 +141,7 @@ def usage_report_sql(
     group = [key]
     if query.group_by == "token":
         columns.append("min(project_id) AS project_id")
-    sums = [f"sum({name}) AS {name}" for name in _SUMS]
+    sums = [f"sum({name}) AS {name}" for name in USAGE_SUMS]
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     sql = (
         f"SELECT {', '.join(columns + sums)} FROM usage_daily{where}"
