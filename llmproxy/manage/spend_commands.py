@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from llmproxy.manage import tables
+from llmproxy.manage.argtypes import CLEAR, limit
 
 __all__ = ("USAGE_COLUMNS", "add_spend_options", "add_usage_command", "spend_fields")
 
-CLEAR = ("none", "never", "null")
 _UNCHANGED: Any = argparse.SUPPRESS
 _CSV_FIELDS = (
     "key",
@@ -34,18 +34,6 @@ _CSV_FIELDS = (
 
 def _cleared(value: str) -> bool:
     return value.strip().lower() in CLEAR
-
-
-def _count(value: str) -> int | None:
-    if _cleared(value):
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or none, got {value!r}")
-    return number
 
 
 def _usd(value: str) -> float | None:
@@ -90,9 +78,9 @@ def _name(value: str) -> str | None:
 
 
 _OPTIONS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
-    ("--max-tokens", _count, "N|none", "budget of prompt + completion tokens (lifetime)"),
+    ("--max-tokens", limit, "N|none", "budget of prompt + completion tokens (lifetime)"),
     ("--max-cost-usd", _usd, "USD|none", "budget in USD (lifetime), priced by the proxy's price table"),
-    ("--tokens-per-minute", _count, "N|none", "prompt + completion tokens per minute"),
+    ("--tokens-per-minute", limit, "N|none", "prompt + completion tokens per minute"),
 )
 _TOKEN_OPTIONS: tuple[tuple[str, Callable[[str], Any], str, str], ...] = (
     ("--allowed-models", _models, "PATTERNS|none", "comma-separated globs: gpt-4o*,o3 (default: any model)"),
