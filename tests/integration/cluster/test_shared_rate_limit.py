@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -78,3 +80,52 @@ async def test_one_redis_round_trip_per_limited_request_and_none_for_an_unlimite
     finally:
         await redis.aclose()
         private.stop()
+
+
+async def test_concurrent_requests_share_round_trips_and_the_limit_stays_exact(
+    cluster: Cluster, start_instance: MakeInstance, tmp_path: Path
+) -> None:
+    """100 requests at once on two instances for a 30/min token: exactly 30 pass, each counted by its
+    own EVALSHA, the ones waiting together sent in one pipelined round trip."""
+    private = RedisServer(tmp_path)
+    private.start()
+    redis = Redis(host="127.0.0.1", port=private.port)
+    try:
+        first, second = (
+            await start_instance(REDIS_ADDR=private.addr),
+            await start_instance(REDIS_ADDR=private.addr),
+        )
+        _, _, token = await cluster.add_token(rate_limit_per_minute=30)
+        _, _, warm = await cluster.add_token(rate_limit_per_minute=1000)
+        for instance in (first, second):  # the tokens cached on both, the script loaded
+            assert (await instance.proxy(warm)).status == 200
+        await redis.config_resetstat()
+        statuses = await asyncio.gather(*((first, second)[i % 2].proxy(token) for i in range(100)))
+        counted = Counter(r.status for r in statuses)
+        assert counted == {200: 30, 429: 70}, counted
+        assert commands_by_name(await redis.info("commandstats")) == {"evalsha": 100}
+        # Redis reads a pipelined batch off its socket at once: far fewer reads than requests
+        reads = (await redis.info("stats"))["total_reads_processed"] - 2  # the two INFO calls
+        assert reads < 50, reads
+    finally:
+        await redis.aclose()
+        private.stop()
+
+
+async def test_a_flushed_script_cache_is_loaded_again_and_the_limit_stays_shared(
+    cluster: Cluster, start_instance: MakeInstance
+) -> None:
+    """SCRIPT FLUSH (or a Redis restart that kept the data): the next hits get NOSCRIPT, the limiter loads
+    the script and sends them again; nothing falls back to a per-instance count."""
+    first, second = await start_instance(), await start_instance()
+    _, _, token = await cluster.add_token(rate_limit_per_minute=4)
+    assert (await first.proxy(token)).status == 200
+    redis = Redis(host="127.0.0.1", port=6379)
+    try:
+        await redis.script_flush()
+    finally:
+        await redis.aclose()
+    statuses = [(await (second, first)[i % 2].proxy(token)).status for i in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    ready = await first.client.get("/ready")
+    assert "degraded" not in await ready.text()
