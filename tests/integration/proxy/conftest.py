@@ -164,7 +164,11 @@ async def make_proxy(upstream: FakeUpstream) -> AsyncIterator[MakeProxy]:
         app = web.Application(middlewares=[request_middleware])
         app.cleanup_ctx.append(transport_ctx)
         add_proxy_route(app, handler.handle)
-        client = TestClient(TestServer(app, host="127.0.0.1", auto_decompress=False))  # as make_runner
+        server = TestServer(app, host="127.0.0.1")
+        # bodies as received, as `llm-proxy server` runs: TestServer(...) drops its keyword arguments
+        # (aiohttp 3.14), start_server passes them on to the request handler
+        await server.start_server(auto_decompress=False)
+        client = TestClient(server)
         await client.start_server()
         assert client.server.runner is not None
         route_proxy_first(client.server.runner)  # as `llm-proxy server` does

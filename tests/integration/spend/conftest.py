@@ -235,7 +235,11 @@ async def start_server(
         if redis_prefix is not None:  # Redis keys and channel of this test's own
             settings = with_changes(settings, auth={"redis_prefix": redis_prefix})
         app = build_app(settings, store=store)
-        client = TestClient(TestServer(app, host="127.0.0.1", auto_decompress=False))  # as server/run.py
+        server = TestServer(app, host="127.0.0.1")
+        # bodies as received, as `llm-proxy server` runs: TestServer(...) drops its keyword arguments
+        # (aiohttp 3.14), start_server passes them on to the request handler
+        await server.start_server(auto_decompress=False)
+        client = TestClient(server)
         await client.start_server()
         clients.append(client)
         return Server(client, store)
