@@ -26,6 +26,14 @@ _MAX_MODEL = 256  # characters of a model name kept (a client names it: rows, la
 _OTHER = "other"
 
 
+def _stored_model(model: str) -> str:
+    """The client's model name as rows and labels keep it: cut short, and without NUL (PostgreSQL text
+    cannot hold it: one such row would fail every flush, and with it every token's accounting)."""
+    if len(model) > _MAX_MODEL:
+        model = model[:_MAX_MODEL]
+    return model.replace("\x00", "\ufffd") if "\x00" in model else model
+
+
 class Spend:
     """Usage of one token or project (prompt + completion tokens, USD) against its budget."""
 
@@ -125,8 +133,8 @@ class Ledger:
         estimated: bool = False,
     ) -> None:
         """One finished request: ``usage`` is (prompt, completion, cached prompt) tokens, None if unknown."""
-        if model is not None and len(model) > _MAX_MODEL:
-            model = model[:_MAX_MODEL]
+        if model is not None:
+            model = _stored_model(model)
         key = (day, project_id, token_id, model or "")
         delta = self._rows.get(key)
         if delta is None:

@@ -26,10 +26,9 @@ def limit(value: str) -> int | None:
     """A positive integer, or ``none`` to remove the limit."""
     if value.strip().lower() in CLEAR:
         return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
+    text = value.strip()
+    # ASCII digits only: int() would also read "١٠" (Arabic-Indic) as 10
+    number = int(text) if text.isascii() and text.isdigit() else 0
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or none, got {value!r}")
     return number

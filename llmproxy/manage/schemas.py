@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from llmproxy.manage.checks import MAX_METADATA_BYTES
+from llmproxy.manage.checks import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
 from llmproxy.manage.decoding import PATTERN_MEANINGS, decode_body, decode_query, field_of
 
 __all__ = (
@@ -83,7 +83,9 @@ AllowedModels = Annotated[
 Metadata = Annotated[
     dict[str, Any],
     Meta(
-        max_length=64, description=f"a JSON object of at most {MAX_METADATA_BYTES} bytes, copied into events"
+        max_length=64,
+        description=f"a JSON object of at most {MAX_METADATA_BYTES} bytes and {MAX_METADATA_DEPTH} levels "
+        "of nesting, copied into events",
     ),
 ]
 

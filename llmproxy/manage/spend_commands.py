@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -43,7 +44,7 @@ def _usd(value: str) -> float | None:
         amount = float(value.strip().lstrip("$"))
     except ValueError:
         amount = -1.0
-    if not amount >= 0:  # (NaN too)
+    if not 0 <= amount < math.inf:  # NaN and infinity too (msgspec would send infinity as null: no budget)
         raise argparse.ArgumentTypeError(
             f"expected an amount in USD (like 25 or 0.50) or none, got {value!r}"
         )

@@ -1,7 +1,8 @@
 """A token's ``allowed_models``: glob patterns (``gpt-4o*``, ``o3``, ``*-mini``) a request's model must match.
 
 Case-sensitive, as the upstream compares model names; the verdict for a (patterns, model) pair is remembered
-(bounded), so a restricted token's request costs one dict lookup after the first.
+(bounded, and for names of ordinary length only), so a restricted token's request costs one dict lookup
+after the first.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ from llmproxy.openai.usage import request_model
 __all__ = ("model_allowed", "model_refusal")
 
 
-@functools.lru_cache(maxsize=4096)
+_CACHED_MODEL_LENGTH = 256  # longer names are judged each time: the client writes them, the cache keeps them
+
+
 def model_allowed(patterns: tuple[str, ...], model: str) -> bool:
+    if len(model) > _CACHED_MODEL_LENGTH:
+        return _matches(patterns, model)
+    return _remembered(patterns, model)
+
+
+def _matches(patterns: tuple[str, ...], model: str) -> bool:
     return any(fnmatchcase(model, pattern) for pattern in patterns)
+
+
+_remembered = functools.lru_cache(maxsize=4096)(_matches)
 
 
 def model_refusal(

@@ -6,10 +6,12 @@ The time tests run over SQLite and PostgreSQL alike.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from llmproxy.manage.checks import MAX_METADATA_DEPTH
 from tests.integration.manage.support import AUTH, UNDIALLABLE_URLS, UNKNOWN_ID, UPSTREAM_KEY, Manage
 
 # each is a valid RFC 3339 time whose instant, in UTC, falls before year 1 or after year 9999
@@ -152,3 +154,68 @@ async def test_a_refused_token_for_an_unknown_project_is_audited_with_the_projec
     assert response.status == 404
     [row] = await manage.audit(action="token.create")
     assert (row.result, row.reason, row.project_id) == ("error", "not_found", UNKNOWN_ID)
+
+
+# NUL ("\u0000" in JSON, %00 in a query) is text PostgreSQL cannot hold: each of these was a 500 there
+NUL_IN_TOKEN_FIELDS = {
+    "name": {"name": "a\u0000b"},
+    "metadata value": {"metadata": {"team": "a\u0000b"}},
+    "metadata key": {"metadata": {"te\u0000am": "x"}},
+    "metadata, deep": {"metadata": {"a": [{"b": ["\u0000"]}]}},
+    "allowed_models": {"allowed_models": ["gpt-4o", "o3\u0000*"]},
+}
+
+
+@pytest.mark.parametrize("fields", NUL_IN_TOKEN_FIELDS.values(), ids=NUL_IN_TOKEN_FIELDS.keys())
+async def test_text_with_nul_is_422_on_token_create_and_patch(either: Manage, fields: dict[str, Any]) -> None:
+    [name] = fields
+    project = await either.create_project()
+    created = await either.client.post(
+        "/manage/tokens", json={"project_id": project["id"], **fields}, headers=AUTH
+    )
+    assert created.status == 422, await created.text()
+    assert (await created.json())["error"]["param"] == name
+    token = await either.create_token(project["id"])
+    patched = await either.client.patch(f"/manage/tokens/{token['id']}", json=fields, headers=AUTH)
+    assert patched.status == 422, await patched.text()
+    assert (await patched.json())["error"]["param"] == name
+
+
+@pytest.mark.parametrize("field", ["name", "api_key"])
+async def test_text_with_nul_is_422_on_project_create(either: Manage, field: str) -> None:
+    body = {"name": "acme", "api_key": UPSTREAM_KEY, field: "sk-a\u0000b"}
+    response = await either.client.post("/manage/projects", json=body, headers=AUTH)
+    assert response.status == 422, await response.text()
+    assert (await response.json())["error"]["param"] == field
+    assert await either.store.list_projects() == []
+
+
+async def test_a_usage_model_filter_with_nul_is_422(either: Manage) -> None:
+    response = await either.client.get("/manage/usage?model=gpt%00", headers=AUTH)
+    assert response.status == 422, await response.text()
+    assert (await response.json())["error"]["param"] == "model"
+
+
+def nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for n in range(levels - 1):
+        value = [value] if n % 2 else {"k": value}
+    return {"deep": value}
+
+
+async def test_metadata_nested_past_the_limit_is_422_on_create_and_patch(either: Manage) -> None:
+    project = await either.create_project()
+    too_deep = nested(MAX_METADATA_DEPTH + 1)
+    response = await either.client.post(
+        "/manage/tokens", json={"project_id": project["id"], "metadata": too_deep}, headers=AUTH
+    )
+    assert response.status == 422, await response.text()
+    error = (await response.json())["error"]
+    assert error["param"] == "metadata" and str(MAX_METADATA_DEPTH) in error["message"]
+    token = await either.create_token(project["id"], metadata=nested(MAX_METADATA_DEPTH))
+    patched = await either.client.patch(
+        f"/manage/tokens/{token['id']}", json={"metadata": too_deep}, headers=AUTH
+    )
+    assert patched.status == 422, await patched.text()
+    stored = await either.store.get_token(token["id"])
+    assert stored is not None and stored.metadata == nested(MAX_METADATA_DEPTH)

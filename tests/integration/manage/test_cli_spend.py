@@ -81,6 +81,13 @@ async def test_project_create_and_update_take_budgets(cli: Cli) -> None:
     [
         ("token", "update", "x", "--max-tokens", "0"),
         ("token", "update", "x", "--max-cost-usd", "lots"),
+        # msgspec writes an infinite float as null: the budget would be removed, not set
+        ("token", "update", "x", "--max-cost-usd", "inf"),
+        ("token", "update", "x", "--max-cost-usd", "1e999"),
+        ("project", "update", "x", "--max-cost-usd", "nan"),
+        # int() reads digits of any script: "١٠" would be a budget of 10 nobody typed as such
+        ("token", "update", "x", "--max-tokens", "\u0661\u0660"),
+        ("token", "update", "x", "--tokens-per-minute", "\u0665"),
         ("token", "update", "x", "--metadata", "[1, 2]"),
         ("token", "update", "x", "--allowed-models", " , "),
         ("usage", "--group-by", "week"),
