@@ -2,7 +2,8 @@
 second in one store transaction that also reads back the shared totals the budgets compare against.
 
 Writes run one after another, each to its end even if its caller was cancelled (shutdown), so no count is
-lost or written twice; a failed write keeps everything for the next tick.
+lost or written twice; a failed write keeps everything for the next tick. A row the store refuses (a value
+out of its range) is set aside, logged, after ISOLATE_AFTER failed ticks, so it cannot block the others.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import logging
 from datetime import UTC, datetime
 
 from llmproxy.auth.ledger import Ledger
-from llmproxy.store.base import Store, TokenUsage
+from llmproxy.store.base import SpendTotals, Store, TokenUsage, UsageRow
 
 __all__ = ("UsageFlusher",)
 
 log = logging.getLogger(__name__)
+
+ISOLATE_AFTER = 3  # failed flushes in a row, the store answering, before rows are tried one by one
 
 
 class _Pending:
@@ -40,7 +43,9 @@ class UsageFlusher:
         self._max_pending = max_pending
         self._flushing: asyncio.Task[None] | None = None
         self._failing = False
+        self._failed_ticks = 0  # flushes failed in a row
         self.dropped = 0
+        self.set_aside = 0  # usage rows the store refused alone, logged
 
     def request(self, token_id: str, now: float) -> None:
         self._pending_for(token_id, now).requests += 1
@@ -70,6 +75,10 @@ class UsageFlusher:
                 usage, rows, watch_tokens=list(ledger.tokens), watch_projects=list(ledger.projects)
             )
         except Exception as exc:  # keep the counts and retry next tick; never kill the loop
+            self._failed_ticks += 1
+            if rows and self._failed_ticks >= ISOLATE_AFTER and await self._isolated(usage, rows):
+                self._failed_ticks = 0
+                return
             self._restore(pending)
             ledger.restore(rows)
             if not self._failing:
@@ -81,9 +90,38 @@ class UsageFlusher:
                 )
             return
         ledger.settle(totals)
+        self._failed_ticks = 0
         if self._failing:
             self._failing = False
             log.info("token usage written again (%d tokens)", len(usage))
+
+    async def _isolated(self, usage: list[TokenUsage], rows: list[UsageRow]) -> bool:
+        """The batch keeps failing while the store answers: a row it refuses (a value out of its range)
+        would block every other. Write the counters, then each row alone, and set aside (log, count)
+        the rows that fail alone. False, and nothing changed, when the store does not answer."""
+        store, ledger = self._store, self.ledger
+        try:
+            await store.ping()
+            await store.add_usage(usage, [])
+        except Exception:
+            return False
+        for row in rows:
+            try:
+                await store.add_usage([], [row])
+            except Exception as exc:
+                self.set_aside += 1
+                log.error(
+                    "usage row set aside, the store refuses it (%s): day %s project %s token %s, %d requests",
+                    type(exc).__name__, row.day, row.project_id, row.token_id, row.requests,
+                )  # fmt: skip
+        try:
+            totals = await store.add_usage(
+                [], [], watch_tokens=list(ledger.tokens), watch_projects=list(ledger.projects)
+            )
+        except Exception:
+            totals = SpendTotals()  # read at the next flush; meanwhile budgets count the rows twice
+        ledger.settle(totals)
+        return True
 
     def _restore(self, pending: dict[str, _Pending]) -> None:
         for token_id, old in pending.items():
