@@ -17,6 +17,7 @@ __all__ = (
     "database_url",
     "encryption_key",
     "integer",
+    "is_decimal",
     "listen_addr",
     "parse_duration",
     "positive_duration",
@@ -24,6 +25,13 @@ __all__ = (
     "text",
     "upstream_url",
 )
+
+
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: what ``int()`` takes from any text we did not write ourselves. ``str.isdigit``
+    also passes "²", which ``int()`` refuses (a 500 where a header or query was trusted)."""
+    return text.isascii() and text.isdigit()
+
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -78,7 +86,7 @@ def listen_addr(value: Any) -> str:
     if s.startswith(":"):
         s = "0.0.0.0" + s
     host, sep, port = s.rpartition(":")
-    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+    if not sep or not is_decimal(port) or not (0 <= int(port) <= 65535):
         raise ValueError(f"not HOST:PORT: {value!r}")
     return s
 

@@ -30,6 +30,7 @@ from llmproxy.admin.sessions import AdminSession, SessionStore
 from llmproxy.admin.usage_page import UsagePage
 from llmproxy.audit import audit_record
 from llmproxy.auth.throttle import SharedAuthThrottle
+from llmproxy.config_values import is_decimal
 from llmproxy.errors import ProxyError, Refusal, StoreUnavailable
 from llmproxy.manage.decoding import decode_query
 
@@ -303,7 +304,7 @@ class AdminUI:
                 Refusal.UNAUTHORIZED, "Sign in to the admin UI first", headers={"Cache-Control": "no-store"}
             )
         raw = request.query.get("limit", "50")
-        if not (raw.isascii() and raw.isdigit()) or int(raw) > 500:  # "²" is a digit to isdigit only
+        if not is_decimal(raw) or int(raw) > 500:
             raise ProxyError(Refusal.INVALID_FIELD, "limit must be an integer from 0 to 500", param="limit")
         try:
             page = await read_dead_letters(self._bus, int(raw))

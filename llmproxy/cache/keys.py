@@ -16,6 +16,8 @@ from typing import NamedTuple
 import msgspec
 from multidict import MultiMapping
 
+from llmproxy.config_values import is_decimal
+
 __all__ = (
     "RequestRule",
     "accepts_encoding",
@@ -89,15 +91,10 @@ def parse_cache_control(value: str | None) -> dict[str, str | None]:
     return directives
 
 
-def _decimal(text: str) -> bool:
-    """ASCII digits only: "²" and "٣" pass str.isdigit but not int() (a 500, were they trusted)."""
-    return text.isascii() and text.isdigit()
-
-
 def _seconds(directives: Mapping[str, str | None], name: str) -> int | None:
     """A delta-seconds argument (RFC 9111 §1.2.2), None when absent or malformed."""
     arg = directives.get(name)
-    if arg is None or not _decimal(arg):
+    if arg is None or not is_decimal(arg):
         return None
     return int(arg)
 
@@ -248,7 +245,7 @@ def response_ttl(
         if not (stream_responses and rule.opted_in):
             return 0.0
     length = headers.get("Content-Length")
-    if length is not None and _decimal(length) and int(length) > max_object_bytes:
+    if length is not None and is_decimal(length) and int(length) > max_object_bytes:
         return 0.0
     lifetime = _freshness(headers, cc)
     if lifetime is not None:
@@ -261,7 +258,7 @@ def response_ttl(
 def upstream_age(headers: MultiMapping[str]) -> int:
     """The Age the upstream (or a cache before it) already gave the response."""
     age = headers.get("Age")
-    return int(age) if age is not None and _decimal(age) else 0
+    return int(age) if age is not None and is_decimal(age) else 0
 
 
 def stored_headers(headers: MultiMapping[str]) -> list[tuple[str, str]]:

@@ -7,6 +7,7 @@ import argparse
 from datetime import UTC, datetime, timedelta
 
 from llmproxy.config import parse_duration
+from llmproxy.config_values import is_decimal
 
 __all__ = ("CLEAR", "active", "expiry", "limit", "moment")
 
@@ -28,7 +29,7 @@ def limit(value: str) -> int | None:
         return None
     text = value.strip()
     # ASCII digits only: int() would also read "١٠" (Arabic-Indic) as 10
-    number = int(text) if text.isascii() and text.isdigit() else 0
+    number = int(text) if is_decimal(text) else 0
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or none, got {value!r}")
     return number

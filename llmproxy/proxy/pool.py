@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from yarl import URL
 
 from llmproxy.config import ApiConfig
+from llmproxy.config_values import is_decimal
 from llmproxy.proxy.connection import Origin, UpstreamConnection, UpstreamError, UpstreamResponse
 
 __all__ = ("UpstreamError", "UpstreamPool", "UpstreamResponse")
@@ -117,7 +118,7 @@ class UpstreamPool:
                 lines.append("Content-Length: 0")
         else:
             declared = [value for name, value in headers if name.lower() == "content-length"]
-            if len(declared) > 1 or (declared and not (declared[0].isascii() and declared[0].isdigit())):
+            if len(declared) > 1 or (declared and not is_decimal(declared[0])):
                 raise UpstreamError("a streamed body with an unusable Content-Length: not sent")
             if declared:
                 length = int(declared[0])

@@ -17,6 +17,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from llmproxy.config import ApiConfig
+from llmproxy.config_values import is_decimal
 
 __all__ = ("SessionTransport", "UpstreamAnswer", "UpstreamError", "UpstreamTransport")
 
@@ -113,7 +114,7 @@ class SessionTransport:
         data: bytes | AsyncIterator[bytes] | None = body
         if body is not None and not isinstance(body, bytes):
             declared = [value for name, value in headers if name.lower() == "content-length"]
-            if len(declared) > 1 or (declared and not (declared[0].isascii() and declared[0].isdigit())):
+            if len(declared) > 1 or (declared and not is_decimal(declared[0])):
                 raise UpstreamError("a streamed body with an unusable Content-Length: not sent")
             if declared:  # aiohttp would cut a longer body short and send a shorter one as it is
                 data = _exactly(body, int(declared[0]))
