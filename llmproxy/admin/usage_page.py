@@ -22,6 +22,7 @@ from llmproxy.manage.decoding import decode_query
 from llmproxy.manage.schemas import Uuid
 from llmproxy.manage.usage import UsageFilter, UsageReport, read_usage
 from llmproxy.store.base import Store, UsageGrouping
+from llmproxy.store.spend_rows import REPORT_FIELDS
 
 __all__ = ("UsageExport", "UsagePage", "UsageView", "decode_view")
 
@@ -30,19 +31,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
 _GROUPS: tuple[UsageGrouping, ...] = ("day", "project", "token", "model")
-_CSV_FIELDS = (
-    "key",
-    "name",
-    "project_id",
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cost_usd",
-    "unpriced_requests",
-    "estimated_requests",
-)
+_CSV_FIELDS = ("key", "name", *REPORT_FIELDS[1:])  # the API's columns, the name beside the key
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would run as a formula
 
 

@@ -15,22 +15,12 @@ from typing import Any, TextIO
 
 from llmproxy.manage import tables
 from llmproxy.manage.argtypes import CLEAR, limit
+from llmproxy.store.spend_rows import REPORT_FIELDS
 
 __all__ = ("USAGE_COLUMNS", "add_spend_options", "add_usage_command", "spend_fields")
 
 _UNCHANGED: Any = argparse.SUPPRESS
-_CSV_FIELDS = (
-    "key",
-    "project_id",
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "cost_usd",
-    "unpriced_requests",
-    "estimated_requests",
-)
+_CSV_FIELDS = REPORT_FIELDS
 
 
 def _cleared(value: str) -> bool:

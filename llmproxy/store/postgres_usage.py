@@ -15,8 +15,8 @@ import asyncpg
 from llmproxy.store.base import SpendTotal, SpendTotals, TokenUsage, UsageGroup, UsageQuery, UsageRow
 from llmproxy.store.rows import Dialect, utc
 from llmproxy.store.spend_rows import (
-    USAGE_SUMS,
     add_daily_sql,
+    daily_params,
     merge_rows,
     project_increments,
     token_increments,
@@ -69,13 +69,7 @@ class PostgresUsage:
                     [(t.token_id, t.requests, t.cache_hits, t.last_used_at, *t.usage) for t in tokens],
                 )
                 await con.executemany(_ADD_TO_PROJECT, [(p, *t) for p, t in project_increments(merged)])
-                await con.executemany(
-                    _ADD_DAILY,
-                    [
-                        (r.day, r.project_id, r.token_id, r.model, *(getattr(r, c) for c in USAGE_SUMS))
-                        for r in merged
-                    ],
-                )
+                await con.executemany(_ADD_DAILY, daily_params(merged, day=lambda d: d))
             return SpendTotals(
                 tokens=await _totals(con, "tokens", watch_tokens),
                 projects=await _totals(con, "projects", watch_projects),

@@ -5,7 +5,7 @@ the GET /manage/usage query.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 from typing import Any, NamedTuple
 
@@ -18,8 +18,10 @@ __all__ = (
     "merge_rows",
     "project_increments",
     "token_increments",
+    "REPORT_FIELDS",
     "USAGE_SUMS",
     "add_daily_sql",
+    "daily_params",
     "usage_report_sql",
     "usage_group",
 )
@@ -33,6 +35,27 @@ USAGE_SUMS = (  # the summed columns of usage_daily (and fields of UsageRow / Us
     "unpriced_requests",
     "estimated_requests",
 )
+
+# A usage report group as GET /manage/usage answers it (and its CSV exports write it), in column order.
+REPORT_FIELDS = (
+    "key",
+    "project_id",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cost_usd",
+    "unpriced_requests",
+    "estimated_requests",
+)
+
+
+def daily_params(rows: Iterable[UsageRow], day: Callable[[date], Any]) -> list[tuple[Any, ...]]:
+    """The parameters of ``add_daily_sql`` for each row, its day as the driver binds it."""
+    return [
+        (day(r.day), r.project_id, r.token_id, r.model, *(getattr(r, c) for c in USAGE_SUMS)) for r in rows
+    ]
 
 
 def add_daily_sql(dialect: Dialect) -> str:

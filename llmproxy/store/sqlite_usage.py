@@ -13,8 +13,8 @@ import aiosqlite
 from llmproxy.store.base import SpendTotal, SpendTotals, TokenUsage, UsageGroup, UsageQuery, UsageRow
 from llmproxy.store.rows import Dialect, fixed_width_utc
 from llmproxy.store.spend_rows import (
-    USAGE_SUMS,
     add_daily_sql,
+    daily_params,
     merge_rows,
     project_increments,
     token_increments,
@@ -81,19 +81,7 @@ class SqliteUsage:
                     ],
                 )
                 await db.executemany(_ADD_TO_PROJECT, [(p, *t) for p, t in project_increments(merged)])
-                await db.executemany(
-                    _ADD_DAILY,
-                    [
-                        (
-                            r.day.isoformat(),
-                            r.project_id,
-                            r.token_id,
-                            r.model,
-                            *(getattr(r, c) for c in USAGE_SUMS),
-                        )
-                        for r in merged
-                    ],
-                )
+                await db.executemany(_ADD_DAILY, daily_params(merged, day=date.isoformat))
             return SpendTotals(
                 tokens=await _totals(db, "tokens", watch_tokens),
                 projects=await _totals(db, "projects", watch_projects),
