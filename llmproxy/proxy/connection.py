@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -32,11 +32,6 @@ class Origin(NamedTuple):
     tls: bool
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
-
-
 class UpstreamResponse:
     """Status and headers as received; the body read with ``readany`` as it arrives.
 
@@ -56,8 +51,13 @@ class UpstreamResponse:
         "_until_close",
         "_error",
         "_waiter",
+        "_body_waiter",
         "_read_timeout",
         "_deadline",
+        "_expires",
+        "_timer",
+        "_timer_at",
+        "_loop",
         "_finished",
     )
 
@@ -79,26 +79,46 @@ class UpstreamResponse:
         self._complete = False
         self._until_close = False  # no Content-Length, not chunked: the body ends when the connection does
         self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[Any] | None = None  # the reader's, while it waits
+        self._body_waiter = False  # the waiter is readany's (answered with the bytes), not the headers'
         self._read_timeout = read_timeout
         self._deadline = deadline
+        self._expires = 0.0  # when the current wait times out
+        self._timer: asyncio.TimerHandle | None = None  # one per response, re-armed only when it fires
+        self._timer_at = 0.0
+        self._loop = asyncio.get_running_loop()
         self._finished = False
 
-    async def readany(self) -> bytes:
+    def readany(self) -> asyncio.Future[bytes]:
         """The body bytes received since the last call; b"" at the end. TimeoutError past the read
-        timeout (or the exchange's deadline), UpstreamError if the upstream broke off."""
-        while True:
-            if self._chunks:
-                chunks, self._chunks = self._chunks, []
-                if self._buffered >= _HIGH_WATER:
-                    self._conn.resume_reading()
-                self._buffered = 0
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            if self._complete:
-                return b""
-            if self._error is not None:
-                raise self._error
-            await self._wait()
+        timeout (or the exchange's deadline), UpstreamError if the upstream broke off.
+
+        A future rather than a coroutine, and one timer per response rather than one per wait: an open
+        stream waiting for its next event holds three small objects (future, its iterator, the task's
+        wake-up), which the collector's young generation walks at every pass (docs/performance.md).
+        """
+        waiter: asyncio.Future[bytes] = self._loop.create_future()
+        if self._chunks or self._complete or self._error is not None:
+            self._answer(waiter)
+        elif self._arm(reading=True):
+            self._waiter, self._body_waiter = waiter, True
+        else:
+            waiter.set_exception(TimeoutError())
+        return waiter
+
+    def _answer(self, waiter: asyncio.Future[bytes]) -> None:
+        chunks = self._chunks
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            if self._buffered >= _HIGH_WATER:
+                self._conn.resume_reading()
+            self._buffered = 0
+            waiter.set_result(data)
+        elif self._complete:
+            waiter.set_result(b"")
+        else:
+            waiter.set_exception(cast(BaseException, self._error))
 
     def is_eof(self) -> bool:
         return self._complete and not self._chunks
@@ -120,36 +140,71 @@ class UpstreamResponse:
 
     def _finish(self, *, reusable: bool) -> None:
         self._finished = True
+        self._disarm()
         self._conn.response = None
         self._done(self._conn, reusable)
 
     async def wait_headers(self) -> None:
         """Until the status and headers are in. The read timeout counts from the end of the request
         body (a slow upload is bounded by the exchange's deadline alone, as with aiohttp)."""
-        while not self._headers_done:
-            if self._error is not None:
-                raise self._error
-            await self._wait(reading=self._conn.body_task is None)
-
-    async def _wait(self, *, reading: bool = True) -> None:
-        loop = asyncio.get_running_loop()
-        timeout = self._deadline - loop.time()
-        if reading:
-            timeout = min(self._read_timeout, timeout)
-        if timeout <= 0:
-            raise TimeoutError()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
+            while not self._headers_done:
+                if self._error is not None:
+                    raise self._error
+                if not self._arm(reading=self._conn.body_task is None):
+                    raise TimeoutError()
+                waiter = self._waiter = self._loop.create_future()
+                self._body_waiter = False
+                await waiter
+        except BaseException:
+            self._disarm()  # nobody reads this response: the timer must not keep it
+            raise
+
+    def _arm(self, *, reading: bool) -> bool:
+        """The current wait ends at the read timeout (when ``reading``) or the deadline; False if that
+        is already past. The timer is armed only if none is, or the one armed would fire too late."""
+        now = self._loop.time()
+        expires = min(now + self._read_timeout, self._deadline) if reading else self._deadline
+        if expires <= now:
+            return False
+        self._expires = expires
+        timer = self._timer
+        if timer is None or self._timer_at > expires:
+            if timer is not None:
+                timer.cancel()
+            # call_later: uvloop's call_at costs twice as much (its keyword-argument call to call_later)
+            self._timer, self._timer_at = self._loop.call_later(expires - now, self._check_expiry), expires
+        return True
+
+    def _check_expiry(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._finished:
+            return  # not waiting now: the next wait arms the timer again
+        delay = self._expires - self._loop.time()
+        if delay > 0:  # the wait began after the timer was armed
+            self._timer, self._timer_at = self._loop.call_later(delay, self._check_expiry), self._expires
+            return
+        self._waiter = None
+        waiter.set_exception(TimeoutError())
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is None:
+            return
+        if waiter.done():  # its reader was cancelled
+            self._waiter = None
+        elif not self._body_waiter:
+            self._waiter = None
             waiter.set_result(None)
+        elif self._chunks or self._complete or self._error is not None:
+            self._waiter = None
+            self._answer(waiter)
 
     # --- fed by the connection ---
     def _on_headers(

@@ -9,7 +9,7 @@ reached or breaks the exchange, ``TimeoutError`` for a timeout, nothing else.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol
 
 import aiohttp
@@ -38,7 +38,7 @@ class UpstreamAnswer(Protocol):
     reason: str
     headers: CIMultiDictProxy[str]
 
-    async def readany(self) -> bytes:
+    def readany(self) -> Awaitable[bytes]:
         """The body bytes received since the last call; b"" at the end. TimeoutError past the read
         timeout (or the exchange's deadline), UpstreamError if the upstream broke off."""
         ...

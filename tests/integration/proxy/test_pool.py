@@ -547,6 +547,38 @@ async def test_a_body_that_keeps_trickling_is_cut_at_the_request_timeout(
             response.close()
 
 
+async def test_the_read_timeout_bounds_each_gap_between_chunks_not_the_whole_body(
+    make_transport: MakeTransport,
+) -> None:
+    """Chunks 0.1 s apart for 0.8 s pass a 0.3 s read timeout (each gap counts from the last chunk,
+    however the timer behind it is kept); then a 1 s silence is a TimeoutError after the bytes sent."""
+
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for _ in range(8):
+                writer.write(b"1\r\n.\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+            writer.write(b"0\r\n\r\n")
+
+        return script
+
+    async with await serving(script_for) as server:
+        async with aclosing(make_transport(api(response_header=0.3, request=10))) as transport:
+            response = await transport.request("GET", server.base, "/v1/models", [])
+            loop = asyncio.get_running_loop()
+            started, body = loop.time(), b""
+            with pytest.raises(TimeoutError):
+                while chunk := await response.readany():
+                    body += chunk
+            assert body == b"." * 8
+            assert 0.8 <= loop.time() - started < 1.6  # the last chunk at ~0.7 s, then 0.3 s of silence
+            response.close()
+
+
 async def test_an_idle_connection_the_upstream_closed_is_not_used_again(
     make_transport: MakeTransport,
 ) -> None:
