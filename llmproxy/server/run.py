@@ -63,7 +63,7 @@ def tune_garbage_collector() -> int:
     instead of 700. Measured with 500 streams opening a second (docs/performance.md, "Open streams"):
     CPython's default thresholds ran a full collection each time the heap grew by a quarter, each walking
     every open stream, and stalled the loop 0.35 s at 5,000 streams and 0.8 s at 9,900; with these, the
-    ramp's lag p99 is 1.5 ms and 82 ms. Returns the number of objects frozen."""
+    ramp's lag p99 is 1.5 ms and 36-49 ms. Returns the number of objects frozen."""
     gc.collect()  # start-up's garbage goes now rather than staying frozen for the process's life
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
