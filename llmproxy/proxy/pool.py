@@ -17,7 +17,8 @@ from yarl import URL
 
 from llmproxy.config import ApiConfig
 from llmproxy.config_values import is_decimal
-from llmproxy.proxy.connection import Origin, UpstreamConnection, UpstreamError, UpstreamResponse
+from llmproxy.proxy.answer import UpstreamResponse
+from llmproxy.proxy.connection import Origin, UpstreamConnection, UpstreamError
 
 __all__ = ("UpstreamError", "UpstreamPool", "UpstreamResponse")
 
@@ -70,7 +71,7 @@ class UpstreamPool:
         target: str,
         headers: list[tuple[str, str]],
         body: bytes | AsyncIterator[bytes] | None = None,
-    ) -> UpstreamResponse:
+    ) -> UpstreamResponse[UpstreamConnection]:
         """Send ``method base_url+target`` (target: the raw path and query, already encoded) and wait
         for the response headers. A Content-Length in ``headers`` frames a streamed body, which must then
         be exactly that long (else the exchange fails and its connection is closed); without one it is
@@ -141,7 +142,7 @@ class UpstreamPool:
         deadline: float,
         *,
         retry: bool,
-    ) -> UpstreamResponse:
+    ) -> UpstreamResponse[UpstreamConnection]:
         conn = self._reuse(origin)
         reused = conn is not None
         if conn is None:
