@@ -63,6 +63,7 @@ def test_a_secret_never_reaches_a_log_line(tmp_path: Path, text: str, secret: st
     log_file = tmp_path / "server.log"
     logs.configure("info", "json", str(log_file))
     logging.getLogger("llmproxy.test").warning("upstream said %s", text)
+    assert logs.flush()
     [line] = log_file.read_text().splitlines()
     assert secret not in line and json.loads(line)["msg"].startswith("upstream said ")
 
