@@ -42,7 +42,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.body_task: asyncio.Task[None] | None = None  # a streamed request body still being written
         self.keep_alive = True
-        self._parser = httptools.HttpResponseParser(self)
+        # dropped when the connection is lost: it holds this connection's bound methods, a reference
+        # cycle only the collector's old generations would free (15 objects for each connection closed)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._headers: list[tuple[str, str]] = []
         self._reason = b""
         self._stray = False  # a message after the answer (or with no request): ignored, connection closed
@@ -61,11 +63,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received = True
-        if self.response is None:  # bytes nobody asked for: the connection cannot be trusted any more
+        parser = self._parser
+        if (
+            self.response is None or parser is None
+        ):  # bytes nobody asked for: the connection cannot be trusted
             self.close()
             return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if self.response is not None:
                 self.response._fail(UpstreamError(f"invalid HTTP response from upstream: {exc}"))
@@ -73,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._parser = None
         if self.response is not None:
             self.response._on_lost(exc)
         if self._can_write is not None:
@@ -111,7 +117,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((text, value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
+        parser = self._parser
+        assert parser is not None  # (called by the parser itself)
+        status = parser.get_status_code()
         self._informational = 100 <= status < 200 and status != 101
         response = self.response
         if self._stray or self._informational or response is None:
@@ -124,7 +132,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.keep_alive = False
             response._fail(UpstreamError("upstream switched protocols (101): not proxied"))
             return
-        self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
+        self.keep_alive = self.keep_alive and parser.should_keep_alive()
         until_close = not self._framed and status not in _NO_BODY_STATUS and not self._head
         reason = self._reason.decode("utf-8", "surrogateescape")
         response._on_headers(status, reason, self._headers, until_close)

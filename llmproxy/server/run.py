@@ -30,9 +30,12 @@ log = logging.getLogger(__name__)
 # aiohttp's default of 128 overflows when the loop is busy for a moment while clients connect at hundreds a
 # second (an instance filling up with streams, a load balancer failing over): each dropped SYN costs its
 # client a 1 s retransmit. The kernel caps it at net.core.somaxconn (4096 on Linux >= 5.4).
-# Generation 0 every 50,000 net allocations (CPython: 700), 1 every 20 of those, 2 every 10 of those (and only
-# once the long-lived objects grew by a quarter): young garbage still goes within ~50k allocations.
-GC_THRESHOLDS = (50_000, 20, 10)
+# Generation 0 every 25,000 net allocations (CPython: 700), 1 every 100 of those, 2 every 10 of those (and only
+# once the long-lived objects grew by a quarter): young garbage still goes within ~25k allocations, and a
+# generation-1 pass (~1 s at 10,000 open streams: it walks all of them) waits for 2.5M allocations kept
+# alive, past what 10,000 streams opening hold. Nothing a finished or failed stream leaves is a cycle
+# (test_pool.py: a closed connection is freed at once), so little waits for it meanwhile.
+GC_THRESHOLDS = (25_000, 100, 10)
 LISTEN_BACKLOG = 1024
 SPARE_FDS = 64  # what the server holds besides its streams: listener, store, logs, Redis, workers' pipes
 
@@ -63,7 +66,8 @@ def tune_garbage_collector() -> int:
     instead of 700. Measured with 500 streams opening a second (docs/performance.md, "Open streams"):
     CPython's default thresholds ran a full collection each time the heap grew by a quarter, each walking
     every open stream, and stalled the loop 0.35 s at 5,000 streams and 0.8 s at 9,900; with these, the
-    ramp's lag p99 is 1.5 ms and 36-49 ms. Returns the number of objects frozen."""
+    ramp's lag p99 at 9,900 is ~22 ms (generation-0 passes of ~20 ms). Returns the number of objects
+    frozen."""
     gc.collect()  # start-up's garbage goes now rather than staying frozen for the process's life
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
