@@ -21,6 +21,7 @@ __all__ = (
     "create_file",
     "make_dirs",
     "warn_if_exposed",
+    "write_all",
 )
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,14 @@ def make_dirs(path: str, mode: int) -> None:
 def create_file(path: str, mode: int, flags: int = os.O_WRONLY | os.O_APPEND) -> int:
     """Open ``path`` with ``flags``, creating it with ``mode`` if absent; the descriptor."""
     return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, mode)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (a pipe or socket may take part of it per call; os.write retries EINTR
+    itself, PEP 475). OSError as os.write raises it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def warn_if_exposed(path: str, mode: int) -> bool:

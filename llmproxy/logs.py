@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from llmproxy.filemodes import GROUP_READABLE, create_file
+from llmproxy.filemodes import GROUP_READABLE, create_file, write_all
 from llmproxy.redact import redact_text
 
 __all__ = ("CLOSE_TIMEOUT", "QUEUE_MAX", "close", "configure", "flush", "reopen_files")
@@ -72,16 +72,12 @@ class _Output(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            view = memoryview((self.format(record) + "\n").encode("utf-8", "backslashreplace"))
+            line = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
         except Exception:  # a record that cannot be formatted is not worth a traceback on stderr
             return
         self.writing = True
         try:
-            while view:
-                try:
-                    view = view[os.write(self.fd, view) :]
-                except InterruptedError:
-                    continue
+            write_all(self.fd, line)
         except OSError:  # EPIPE, disk full: the line is lost, the writer goes on
             pass
         finally:

@@ -31,7 +31,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from llmproxy.context import CALLER, ERROR_CODE, REQUEST_ID
 from llmproxy.errors import StartupError
-from llmproxy.filemodes import GROUP_READABLE, create_file
+from llmproxy.filemodes import GROUP_READABLE, create_file, write_all
 from llmproxy.redact import redact_query
 
 __all__ = ("ACCESS_LOG", "AccessEntry", "AccessLine", "AccessLog")
@@ -200,17 +200,13 @@ class AccessLog:
                 self._reopen_file()
             if not batch:
                 return
-            view = memoryview(self._encode_lines(self._entries(batch)))
-            while view:
-                try:
-                    view = view[os.write(self._fd, view) :]
-                except InterruptedError:
-                    continue
-                except OSError as exc:
-                    if not self._failing:
-                        log.warning("access log: cannot write %s (%s): lines lost", self.target, exc)
-                    self._failing = True
-                    return
+            try:
+                write_all(self._fd, self._encode_lines(self._entries(batch)))
+            except OSError as exc:
+                if not self._failing:
+                    log.warning("access log: cannot write %s (%s): lines lost", self.target, exc)
+                self._failing = True
+                return
             self._failing = False
 
     def _entries(self, batch: list[_Row]) -> list[AccessEntry]:

@@ -97,6 +97,12 @@ class ServerProcess:
             await asyncio.wait_for(self.process.wait(), 10)
             raise AssertionError("server did not stop on SIGTERM:\n" + self.log()) from None
 
+    async def kill_if_running(self) -> None:
+        """A test's last resort (its ``finally``): a server still running is killed and reaped."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await asyncio.wait_for(self.process.wait(), 10)
+
     async def manage(self, *args: str) -> Any:
         """Run `llm-proxy manage ... --json` and return the decoded output."""
         proc = await asyncio.create_subprocess_exec(

@@ -8,7 +8,6 @@ nobody reads never keeps the server from answering or from stopping.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
@@ -219,7 +218,5 @@ async def test_sigterm_stops_a_server_whose_stderr_nobody_reads(tmp_path) -> Non
             assert await server.stop() == 0
         finally:
             os.close(read_end)  # a writer still blocked gets EPIPE
-            if server.process is not None and server.process.returncode is None:
-                server.process.kill()
-                await asyncio.wait_for(server.process.wait(), 10)
+            await server.kill_if_running()
     assert "access log: - still not writable after 5s at shutdown" in server.log()

@@ -7,7 +7,6 @@ request to an unreachable upstream logs a warning, so ~30 requests fill it.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import os
 
@@ -55,6 +54,4 @@ async def test_log_lines_to_a_stderr_nobody_reads_never_stop_the_loop(tmp_path) 
         assert await server.stop() == 0
     finally:
         os.close(read_end)  # a writer still blocked gets EPIPE
-        if server.process is not None and server.process.returncode is None:
-            server.process.kill()
-            await asyncio.wait_for(server.process.wait(), 10)
+        await server.kill_if_running()
