@@ -1,7 +1,8 @@
 """An upstream answer as its reader sees it: status and headers, then the body as it arrives.
 
 The connection (``connection.UpstreamConnection``) feeds it from llhttp's callbacks; the reader takes
-the bytes with ``readany``, the socket paused while more than ``_HIGH_WATER`` bytes wait unread.
+the bytes with ``readany``, the socket paused while more than ``_HIGH_WATER`` bytes wait unread, or has
+them handed to a sink as they arrive with ``pipe`` (the relay's way: no await per chunk).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class UpstreamResponse(Generic[C]):
         "_timer_at",
         "_loop",
         "_finished",
+        "_sink",
     )
 
     def __init__(
@@ -93,6 +95,7 @@ class UpstreamResponse(Generic[C]):
         self._timer_at = 0.0
         self._loop = asyncio.get_running_loop()
         self._finished = False
+        self._sink: Callable[[bytes], bool] | None = None  # pipe's, while its waiter waits
 
     def readany(self) -> asyncio.Future[bytes]:
         """The body bytes received since the last call; b"" at the end. TimeoutError past the read
@@ -125,6 +128,36 @@ class UpstreamResponse(Generic[C]):
         else:
             waiter.set_exception(cast(BaseException, self._error))
 
+    def pipe(self, sink: Callable[[bytes], bool]) -> asyncio.Future[bool]:
+        """Hand each body chunk to ``sink`` as it arrives, from the connection's callback, until the end
+        (False) or until ``sink`` returns False: it can take no more now (True: pipe again once it can;
+        meanwhile the answer buffers, and stops reading past ``_HIGH_WATER``). Raises as ``readany`` does;
+        the read timeout bounds each gap between chunks.
+
+        An open stream costs no object per chunk this way: its one future waits for the end, so the
+        collector's young generation has nothing of a waiting stream's to walk (docs/performance.md).
+        """
+        waiter: asyncio.Future[bool] = self._loop.create_future()
+        chunks = self._chunks
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            if self._buffered >= _HIGH_WATER:
+                self._conn.resume_reading()
+            self._buffered = 0
+            if not sink(data):
+                waiter.set_result(True)
+                return waiter
+        if self._complete:
+            waiter.set_result(False)
+        elif self._error is not None:
+            waiter.set_exception(self._error)
+        elif self._arm(reading=True):
+            self._waiter, self._body_waiter, self._sink = waiter, True, sink
+        else:
+            waiter.set_exception(TimeoutError())
+        return waiter
+
     def is_eof(self) -> bool:
         return self._complete and not self._chunks
 
@@ -145,6 +178,7 @@ class UpstreamResponse(Generic[C]):
 
     def _finish(self, *, reusable: bool) -> None:
         self._finished = True
+        self._sink = None
         self._disarm()
         self._conn.response = None
         self._done(self._conn, reusable)
@@ -190,7 +224,7 @@ class UpstreamResponse(Generic[C]):
         if delay > 0:  # the wait began after the timer was armed
             self._timer, self._timer_at = self._loop.call_later(delay, self._check_expiry), self._expires
             return
-        self._waiter = None
+        self._waiter = self._sink = None
         waiter.set_exception(TimeoutError())
 
     def _disarm(self) -> None:
@@ -203,10 +237,17 @@ class UpstreamResponse(Generic[C]):
         if waiter is None:
             return
         if waiter.done():  # its reader was cancelled
-            self._waiter = None
+            self._waiter = self._sink = None
         elif not self._body_waiter:
             self._waiter = None
             waiter.set_result(None)
+        elif self._sink is not None:  # pipe's: its chunks went to the sink, so only the end wakes it
+            if self._complete or self._error is not None:
+                self._waiter = self._sink = None
+                if self._complete:
+                    waiter.set_result(False)
+                else:
+                    waiter.set_exception(cast(BaseException, self._error))
         elif self._chunks or self._complete or self._error is not None:
             self._waiter = None
             self._answer(waiter)
@@ -222,6 +263,18 @@ class UpstreamResponse(Generic[C]):
         self._wake()
 
     def _on_body(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                now = self._loop.time()
+                expires = now + self._read_timeout
+                self._expires = expires if expires < self._deadline else self._deadline
+                if not sink(data):
+                    self._waiter = self._sink = None
+                    waiter.set_result(True)
+                return
+            self._waiter = self._sink = None  # its reader was cancelled: buffer, as for readany
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered >= _HIGH_WATER:

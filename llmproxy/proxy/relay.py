@@ -6,7 +6,11 @@ JSON 502/504; a failure later can only cut the response short, which the client 
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import StreamWriter
 
 from llmproxy.errors import Outcome, ProxyError
 from llmproxy.proxy.flow import Flow
@@ -18,6 +22,8 @@ __all__ = ("relay",)
 
 # Outcome.X looked up on its class costs ~60 ns on Python 3.11 (the enum's metaclass): a module constant
 _OK = Outcome.OK
+# The client's send buffer past which the relay waits for it to drain: StreamWriter.write's own limit.
+_SEND_HIGH_WATER = 0x10000
 
 
 async def relay(
@@ -52,34 +58,35 @@ async def relay(
     if origin is not None:
         allow_origin(headers, origin)
     try:
-        await resp.prepare(request)
+        writer = await resp.prepare(request)
         if whole:
             if flow.response_capture is not None or flow.kept is not None:  # (flow.capturing, inlined)
                 flow.feed(chunk)
             await resp.write_eof()
         else:
-            await _stream(request, resp, up, chunk, flow)
+            await _stream(request, resp, writer, up, chunk, flow)
     except ConnectionError:  # the client went away while we were writing to it
         flow.outcome = Outcome.CLIENT_GONE
     return resp
 
 
 async def _stream(
-    request: web.Request, resp: web.StreamResponse, up: UpstreamAnswer, chunk: bytes, flow: Flow
+    request: web.Request,
+    resp: web.StreamResponse,
+    writer: AbstractStreamWriter | None,
+    up: UpstreamAnswer,
+    chunk: bytes,
+    flow: Flow,
 ) -> None:
     capturing = flow.capturing
-    while chunk:
-        if capturing:
-            flow.feed(chunk)
-        await resp.write(chunk)
-        try:
-            chunk = await up.readany()
-        except TimeoutError:
-            flow.outcome = Outcome.UPSTREAM_TIMEOUT
-            break
-        except OSError:
-            flow.outcome = Outcome.UPSTREAM_UNAVAILABLE
-            break
+    if capturing:
+        flow.feed(chunk)
+    await resp.write(chunk)  # aiohttp holds the headers back for the first write: they leave with it
+    transport = request.transport
+    if transport is not None and isinstance(writer, StreamWriter) and writer.chunked:
+        await _pipe(transport, writer, up, flow, capturing)
+    else:  # an HTTP/1.0 client, or an answer with its Content-Length: aiohttp frames it
+        await _copy(resp, up, flow, capturing)
     if flow.outcome is _OK:
         await resp.write_eof()
         return
@@ -88,3 +95,55 @@ async def _stream(
     transport = request.transport
     if transport is not None:
         transport.close()
+
+
+async def _pipe(
+    transport: asyncio.Transport, writer: StreamWriter, up: UpstreamAnswer, flow: Flow, capturing: bool
+) -> None:
+    """The rest of a chunked answer written to the client from the upstream connection's callback, as
+    each chunk arrives (``UpstreamAnswer.pipe``): this coroutine wakes only at the end, or when the
+    client's send buffer is full (then it waits for it to drain, the upstream paused meanwhile)."""
+
+    def send(data: bytes) -> bool:
+        if capturing:
+            flow.feed(data)
+        if transport.is_closing():
+            return False
+        framed = b"%x\r\n%b\r\n" % (len(data), data)  # the framing aiohttp's StreamWriter.write adds
+        transport.write(framed)
+        writer.output_size += len(framed)  # the access log's bytes out (StreamResponse.body_length)
+        return transport.get_write_buffer_size() <= _SEND_HIGH_WATER
+
+    while True:
+        try:
+            more = await up.pipe(send)
+        except TimeoutError:
+            flow.outcome = Outcome.UPSTREAM_TIMEOUT
+            return
+        except OSError:
+            flow.outcome = Outcome.UPSTREAM_UNAVAILABLE
+            return
+        if transport.is_closing():  # the client went away
+            flow.outcome = Outcome.CLIENT_GONE
+            return
+        if not more:
+            return
+        await writer.drain()
+
+
+async def _copy(resp: web.StreamResponse, up: UpstreamAnswer, flow: Flow, capturing: bool) -> None:
+    """The rest of the answer, read and written a chunk at a time."""
+    while True:
+        try:
+            chunk = await up.readany()
+        except TimeoutError:
+            flow.outcome = Outcome.UPSTREAM_TIMEOUT
+            return
+        except OSError:
+            flow.outcome = Outcome.UPSTREAM_UNAVAILABLE
+            return
+        if not chunk:
+            return
+        if capturing:
+            flow.feed(chunk)
+        await resp.write(chunk)

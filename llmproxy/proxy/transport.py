@@ -9,7 +9,7 @@ reached or breaks the exchange, ``TimeoutError`` for a timeout, nothing else.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 import aiohttp
@@ -41,6 +41,12 @@ class UpstreamAnswer(Protocol):
     def readany(self) -> Awaitable[bytes]:
         """The body bytes received since the last call; b"" at the end. TimeoutError past the read
         timeout (or the exchange's deadline), UpstreamError if the upstream broke off."""
+        ...
+
+    def pipe(self, sink: Callable[[bytes], bool]) -> Awaitable[bool]:
+        """Each body chunk handed to ``sink`` as it arrives, until the end (False) or until ``sink``
+        returns False, it can take no more now (True: pipe again once it can). Raises as ``readany``;
+        the read timeout bounds each gap between chunks."""
         ...
 
     def is_eof(self) -> bool:
@@ -176,6 +182,12 @@ class SessionAnswer:
             raise TimeoutError(str(exc)) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(_said(exc)) from exc
+
+    async def pipe(self, sink: Callable[[bytes], bool]) -> bool:
+        while chunk := await self.readany():
+            if not sink(chunk):
+                return True
+        return False
 
     def is_eof(self) -> bool:
         return self._response.content.at_eof()

@@ -8,6 +8,7 @@ nobody reads never keeps the server from answering or from stopping.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -19,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from tests.e2e.conftest import MANAGEMENT_TOKEN, ServerProcess, poll
-from tests.fakes.upstream import FakeUpstream
+from tests.fakes.upstream import FakeUpstream, sse_chunks, sse_reply
 
 UPSTREAM_KEY = "sk-upstream-project-key-0123456789abcdef"
 UNKNOWN = "sk-unknown-token-aaaabbbbccccddddeeee"
@@ -220,3 +221,36 @@ async def test_sigterm_stops_a_server_whose_stderr_nobody_reads(tmp_path) -> Non
             os.close(read_end)  # a writer still blocked gets EPIPE
             await server.kill_if_running()
     assert "access log: - still not writable after 5s at shutdown" in server.log()
+
+
+async def test_bytes_out_of_a_streamed_answer_is_every_byte_the_client_received(
+    make_server, tmp_path
+) -> None:
+    """An SSE answer is written from the upstream connection's callback, chunk by chunk (proxy/relay.py):
+    the access line still counts every byte on the wire, status line, headers and chunk framing included."""
+    access = tmp_path / "access.jsonl"
+    async with FakeUpstream() as upstream:
+        rest = asyncio.Event()  # the upstream sends the first event, then the others once this is set
+        upstream.always(sse_reply(sse_chunks("Hel", "lo", " there"), gates=[None, rest]))
+        server = await make_server(UPSTREAM_BASE_URL=upstream.url, ACCESS_LOG=str(access))
+        project = await server.manage("project", "create", "--name", "p", "--api-key", UPSTREAM_KEY)
+        token = (await server.manage("token", "generate", "--project-id", project["id"]))["token"]
+        body = b'{"model": "gpt-4o-mini", "stream": true, "messages": []}'
+        head = (
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n"
+            f"Authorization: Bearer {token}\r\nX-Request-ID: req-stream\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        host, port = server.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head.encode() + body)
+        received = await asyncio.wait_for(reader.readuntil(b"\n\n"), timeout=10)  # the first event
+        rest.set()  # so the others come while the relay waits for them
+        received += await asyncio.wait_for(reader.read(), timeout=10)  # to the close
+        writer.close()
+        assert received.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in received
+        assert received.endswith(b"\r\n0\r\n\r\n") and b"data: [DONE]" in received
+        assert await poll(lambda: len(by_id(lines(access), "req-stream")) == 1), server.log()
+        assert await server.stop() == 0
+    [entry] = by_id(lines(access), "req-stream")
+    assert entry["status"] == 200 and entry["bytes_out"] == len(received)

@@ -121,6 +121,19 @@ async def read_all(response: UpstreamAnswer) -> bytes:
     return body
 
 
+async def pipe_all(response: UpstreamAnswer, full_every: int = 0) -> bytes:
+    """The body through ``pipe``; a sink that says it is full every ``full_every`` chunks (0: never)."""
+    got: list[bytes] = []
+
+    def sink(chunk: bytes) -> bool:
+        got.append(chunk)
+        return not full_every or len(got) % full_every != 0
+
+    while await response.pipe(sink):
+        pass
+    return b"".join(got)
+
+
 async def poll_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
     """Until ``condition()`` holds (the loop turning meanwhile), at most ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
@@ -304,6 +317,69 @@ async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives(make_transp
             assert await response.readany() == b""
             assert response.headers["Transfer-Encoding"] == "chunked"
             response.release()
+
+
+async def test_pipe_hands_each_chunk_to_the_sink_as_it_arrives_and_says_false_at_the_end(
+    make_transport: MakeTransport,
+) -> None:
+    release_second = asyncio.Event()
+
+    def script_for(server: RawServer) -> Script:
+        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            writer.write(b"6\r\ndata: \r\n")
+            await writer.drain()
+            await release_second.wait()
+            writer.write(b"3\r\n1\n\n\r\n0\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+
+        return script
+
+    async with await serving(script_for) as server:
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+            got: list[bytes] = []
+            piping = asyncio.ensure_future(response.pipe(lambda chunk: got.append(chunk) is None))
+            await poll_until(lambda: bool(got))
+            assert got == [b"data: "] and not piping.done()  # handed over while the upstream still sends
+            release_second.set()
+            assert await piping is False
+            assert got == [b"data: ", b"1\n\n"] and response.is_eof()
+            response.release()
+
+
+async def test_pipe_stops_when_the_sink_is_full_and_goes_on_where_it_stopped(
+    make_transport: MakeTransport,
+) -> None:
+    """A sink that is full every third chunk: pipe returns True each time, and piping again hands over what
+    arrived meanwhile; 4 MiB arrive intact (the pool pauses the socket while it buffers past its mark)."""
+    payload = bytes(range(256)) * (16 * 1024)
+    body = b"".join(b"%x\r\n%b\r\n" % (16384, payload[i : i + 16384]) for i in range(0, len(payload), 16384))
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + body + b"0\r\n\r\n"
+    async with await serving(keep_answering(lambda request: answer)) as server:
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("GET", server.base, "/v1/files/f/content", [])
+            assert await pipe_all(response, full_every=3) == payload
+            response.release()
+
+
+async def test_pipe_raises_when_the_body_is_cut_short_after_handing_over_what_came(
+    make_transport: MakeTransport,
+) -> None:
+    async with await serving(
+        answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+    ) as server:
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("GET", server.base, "/v1/models", [])
+            got: list[bytes] = []
+            with upstream_error(transport, "closed the connection"):
+                await response.pipe(lambda chunk: got.append(chunk) is None)
+            assert b"".join(got) == b"only part"
+            response.close()
 
 
 @pytest.mark.parametrize(
@@ -557,8 +633,9 @@ async def test_a_body_that_keeps_trickling_is_cut_at_the_request_timeout(
             response.close()
 
 
+@pytest.mark.parametrize("reading", ["readany", "pipe"])
 async def test_the_read_timeout_bounds_each_gap_between_chunks_not_the_whole_body(
-    make_transport: MakeTransport,
+    make_transport: MakeTransport, reading: str
 ) -> None:
     """Chunks 0.1 s apart for 0.8 s pass a 0.3 s read timeout (each gap counts from the last chunk,
     however the timer behind it is kept); then a 1 s silence is a TimeoutError after the bytes sent."""
@@ -580,11 +657,13 @@ async def test_the_read_timeout_bounds_each_gap_between_chunks_not_the_whole_bod
         async with aclosing(make_transport(api(response_header=0.3, request=10))) as transport:
             response = await transport.request("GET", server.base, "/v1/models", [])
             loop = asyncio.get_running_loop()
-            started, body = loop.time(), b""
+            started, got = loop.time(), []
             with pytest.raises(TimeoutError):
+                if reading == "pipe":
+                    await response.pipe(lambda chunk: got.append(chunk) is None)
                 while chunk := await response.readany():
-                    body += chunk
-            assert body == b"." * 8
+                    got.append(chunk)
+            assert b"".join(got) == b"." * 8
             assert 0.8 <= loop.time() - started < 1.6  # the last chunk at ~0.7 s, then 0.3 s of silence
             response.close()
 

@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.fakes.upstream import endless_sse, sse_chunks, sse_reply
 
@@ -83,3 +84,38 @@ async def test_a_streamed_exchange_records_the_sse_text_as_sent(make_proxy):
     assert flow.error is None
     assert flow.response_body == b"".join(frames)
     assert flow.request_body == STREAM_BODY
+
+
+async def test_a_client_that_stops_reading_holds_the_upstream_back_then_gets_every_byte(make_proxy):
+    """The relay writes each chunk from the upstream connection's callback; once the client's send buffer
+    is full it stops reading the upstream until the client drains. So a client that stops reading stalls
+    the upstream (the proxy holds a bounded amount, not the answer) and still gets the body intact."""
+    proxy = await make_proxy()
+    piece = bytes(range(256)) * 256  # 64 KiB
+    pieces = 2048  # 128 MiB: far more than the sockets and buffers between upstream and client hold
+    sent = 0
+
+    async def large(request):
+        nonlocal sent
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for _ in range(pieces):
+            await resp.write(piece)
+            sent += len(piece)
+        await resp.write_eof()
+        return resp
+
+    proxy.upstream.script(large)
+    resp = await proxy.request("POST", "/v1/chat/completions", data=STREAM_BODY, headers=proxy.auth(**JSON))
+    assert resp.status == 200
+    last, stable_since = -1, asyncio.get_running_loop().time()
+    for _ in range(200):  # until the upstream has sent nothing more for 0.5 s (at most 10 s)
+        await asyncio.sleep(0.05)
+        now = asyncio.get_running_loop().time()
+        if sent != last:
+            last, stable_since = sent, now
+        elif now - stable_since >= 0.5:
+            break
+    assert 0 < sent < len(piece) * pieces // 2, sent  # held back, far short of the end
+    body = await resp.read()
+    assert len(body) == len(piece) * pieces and body == piece * pieces
