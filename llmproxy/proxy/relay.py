@@ -7,6 +7,7 @@ JSON 502/504; a failure later can only cut the response short, which the client 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -19,6 +20,8 @@ from llmproxy.proxy.transport import UpstreamAnswer
 from llmproxy.proxy.upstream import response_headers
 
 __all__ = ("relay",)
+
+log = logging.getLogger(__name__)
 
 # Outcome.X looked up on its class costs ~60 ns on Python 3.11 (the enum's metaclass): a module constant
 _OK = Outcome.OK
@@ -104,13 +107,19 @@ async def _pipe(
     each chunk arrives (``UpstreamAnswer.pipe``): this coroutine wakes only at the end, or when the
     client's send buffer is full (then it waits for it to drain, the upstream paused meanwhile)."""
 
+    failed: list[Exception] = []  # raised in send: inside llhttp's callback it would pass for the upstream's
+
     def send(data: bytes) -> bool:
-        if capturing:
-            flow.feed(data)
-        if transport.is_closing():
+        if transport.is_closing():  # the client went away: nothing more is sent, or captured as sent
             return False
-        framed = b"%x\r\n%b\r\n" % (len(data), data)  # the framing aiohttp's StreamWriter.write adds
-        transport.write(framed)
+        try:
+            if capturing:
+                flow.feed(data)
+            framed = b"%x\r\n%b\r\n" % (len(data), data)  # the framing aiohttp's StreamWriter.write adds
+            transport.write(framed)
+        except Exception as exc:
+            failed.append(exc)
+            return False
         writer.output_size += len(framed)  # the access log's bytes out (StreamResponse.body_length)
         return transport.get_write_buffer_size() <= _SEND_HIGH_WATER
 
@@ -122,6 +131,10 @@ async def _pipe(
             return
         except OSError:
             flow.outcome = Outcome.UPSTREAM_UNAVAILABLE
+            return
+        if failed:  # our own fault, after the headers: logged, the event says so, the client cut short
+            log.error("relaying the answer to %s failed", flow.request_id, exc_info=failed[0])
+            flow.outcome = Outcome.INTERNAL
             return
         if transport.is_closing():  # the client went away
             flow.outcome = Outcome.CLIENT_GONE

@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from llmproxy.proxy.flow import Flow
 from tests.fakes.upstream import endless_sse, sse_chunks, sse_reply
 
 STREAM_BODY = b'{"model": "gpt-4o-mini", "stream": true, "messages": []}'
@@ -119,3 +120,34 @@ async def test_a_client_that_stops_reading_holds_the_upstream_back_then_gets_eve
     assert 0 < sent < len(piece) * pieces // 2, sent  # held back, far short of the end
     body = await resp.read()
     assert len(body) == len(piece) * pieces and body == piece * pieces
+
+
+async def test_a_fault_of_ours_while_piping_is_an_internal_error_not_blamed_on_the_upstream(
+    make_proxy, monkeypatch
+):
+    """A chunk the relay fails to handle (here: the capture raising) is written from the upstream
+    connection's callback, where llhttp would wrap the error as an invalid upstream answer: the event must
+    say internal_error, the client see a cut-short stream, the upstream connection be closed."""
+    proxy = await make_proxy(observe=True)
+    frames = sse_chunks("a", "b")
+    rest = asyncio.Event()
+    proxy.upstream.script(sse_reply(frames, gates=[None, rest]))
+    feed = Flow.feed
+    fed: list[bytes] = []
+
+    def failing_feed(self: Flow, chunk: bytes) -> None:
+        if fed:
+            raise RuntimeError("capture failed")
+        fed.append(chunk)
+        feed(self, chunk)
+
+    monkeypatch.setattr(Flow, "feed", failing_feed)
+    resp = await proxy.request("POST", "/v1/chat/completions", data=STREAM_BODY, headers=proxy.auth(**JSON))
+    assert resp.status == 200
+    assert await resp.content.readuntil(b"\n\n") == frames[0]
+    rest.set()  # the next frames reach the pipe, whose first feed raises
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    await wait_for(lambda: proxy.flows)
+    [flow] = proxy.flows
+    assert flow.error == "internal_error"
