@@ -115,14 +115,8 @@ class UpstreamResponse(Generic[C]):
         return waiter
 
     def _answer(self, waiter: asyncio.Future[bytes]) -> None:
-        chunks = self._chunks
-        if chunks:
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-            if self._buffered >= _HIGH_WATER:
-                self._conn.resume_reading()
-            self._buffered = 0
-            waiter.set_result(data)
+        if self._chunks:
+            waiter.set_result(self._take())
         elif self._complete:
             waiter.set_result(b"")
         else:
@@ -138,16 +132,9 @@ class UpstreamResponse(Generic[C]):
         collector's young generation has nothing of a waiting stream's to walk (docs/performance.md).
         """
         waiter: asyncio.Future[bool] = self._loop.create_future()
-        chunks = self._chunks
-        if chunks:
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            chunks.clear()
-            if self._buffered >= _HIGH_WATER:
-                self._conn.resume_reading()
-            self._buffered = 0
-            if not sink(data):
-                waiter.set_result(True)
-                return waiter
+        if self._chunks and not sink(self._take()):
+            waiter.set_result(True)
+            return waiter
         if self._complete:
             waiter.set_result(False)
         elif self._error is not None:
@@ -157,6 +144,16 @@ class UpstreamResponse(Generic[C]):
         else:
             waiter.set_exception(TimeoutError())
         return waiter
+
+    def _take(self) -> bytes:
+        """What is buffered (there is some), the socket read again if it was paused for it."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        if self._buffered >= _HIGH_WATER:
+            self._conn.resume_reading()
+        self._buffered = 0
+        return data
 
     def is_eof(self) -> bool:
         return self._complete and not self._chunks

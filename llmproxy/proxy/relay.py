@@ -42,11 +42,8 @@ async def relay(
     outcome."""
     try:
         chunk = await up.readany()
-    except TimeoutError:
-        flow.outcome = Outcome.UPSTREAM_TIMEOUT
-        raise ProxyError(flow.outcome.refusal) from None
-    except OSError:
-        flow.outcome = Outcome.UPSTREAM_UNAVAILABLE
+    except (TimeoutError, OSError) as exc:
+        flow.outcome = _broken(exc)
         raise ProxyError(flow.outcome.refusal) from None
     flow.status = up.status
 
@@ -126,11 +123,8 @@ async def _pipe(
     while True:
         try:
             more = await up.pipe(send)
-        except TimeoutError:
-            flow.outcome = Outcome.UPSTREAM_TIMEOUT
-            return
-        except OSError:
-            flow.outcome = Outcome.UPSTREAM_UNAVAILABLE
+        except (TimeoutError, OSError) as exc:
+            flow.outcome = _broken(exc)
             return
         if failed:  # our own fault, after the headers: logged, the event says so, the client cut short
             log.error("relaying the answer to %s failed", flow.request_id, exc_info=failed[0])
@@ -149,14 +143,16 @@ async def _copy(resp: web.StreamResponse, up: UpstreamAnswer, flow: Flow, captur
     while True:
         try:
             chunk = await up.readany()
-        except TimeoutError:
-            flow.outcome = Outcome.UPSTREAM_TIMEOUT
-            return
-        except OSError:
-            flow.outcome = Outcome.UPSTREAM_UNAVAILABLE
+        except (TimeoutError, OSError) as exc:
+            flow.outcome = _broken(exc)
             return
         if not chunk:
             return
         if capturing:
             flow.feed(chunk)
         await resp.write(chunk)
+
+
+def _broken(exc: TimeoutError | OSError) -> Outcome:
+    """The outcome of an upstream answer that stopped with ``exc`` (UpstreamAnswer's errors)."""
+    return Outcome.UPSTREAM_TIMEOUT if isinstance(exc, TimeoutError) else Outcome.UPSTREAM_UNAVAILABLE

@@ -121,6 +121,16 @@ async def read_all(response: UpstreamAnswer) -> bytes:
     return body
 
 
+def into(got: list[bytes]) -> Callable[[bytes], bool]:
+    """A sink for ``pipe`` that keeps every chunk in ``got`` and is never full."""
+
+    def sink(chunk: bytes) -> bool:
+        got.append(chunk)
+        return True
+
+    return sink
+
+
 async def pipe_all(response: UpstreamAnswer, full_every: int = 0) -> bytes:
     """The body through ``pipe``; a sink that says it is full every ``full_every`` chunks (0: never)."""
     got: list[bytes] = []
@@ -289,40 +299,9 @@ async def test_a_post_without_a_body_says_content_length_0(make_transport: MakeT
     assert server.received[0].endswith(b"\r\nContent-Length: 0\r\n\r\n")
 
 
-async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives(make_transport: MakeTransport) -> None:
-    release_second = asyncio.Event()
-
-    def script_for(server: RawServer) -> Script:
-        async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-            )
-            writer.write(b"6\r\ndata: \r\n")
-            await writer.drain()
-            await release_second.wait()
-            writer.write(b"3\r\n1\n\n\r\n0\r\n\r\n")
-            await writer.drain()
-            await reader.read()  # keep the connection open: the end is the final chunk, not a close
-
-        return script
-
-    async with await serving(script_for) as server:
-        async with aclosing(make_transport(api())) as transport:
-            response = await transport.request("POST", server.base, "/v1/chat/completions", [], b"{}")
-            assert await response.readany() == b"data: "
-            assert not response.is_eof()
-            release_second.set()
-            assert await response.readany() == b"1\n\n"
-            assert await response.readany() == b""
-            assert response.headers["Transfer-Encoding"] == "chunked"
-            response.release()
-
-
-async def test_pipe_hands_each_chunk_to_the_sink_as_it_arrives_and_says_false_at_the_end(
-    make_transport: MakeTransport,
-) -> None:
-    release_second = asyncio.Event()
+def two_chunks(release_second: asyncio.Event) -> Callable[[RawServer], Script]:
+    """A chunked event stream: "data: " at once, "1\\n\\n" and the final chunk once ``release_second`` is
+    set; the connection kept open (the end is the final chunk, not a close)."""
 
     def script_for(server: RawServer) -> Script:
         async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -339,11 +318,32 @@ async def test_pipe_hands_each_chunk_to_the_sink_as_it_arrives_and_says_false_at
 
         return script
 
-    async with await serving(script_for) as server:
+    return script_for
+
+
+async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives(make_transport: MakeTransport) -> None:
+    release_second = asyncio.Event()
+    async with await serving(two_chunks(release_second)) as server:
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+            assert await response.readany() == b"data: "
+            assert not response.is_eof()
+            release_second.set()
+            assert await response.readany() == b"1\n\n"
+            assert await response.readany() == b""
+            assert response.headers["Transfer-Encoding"] == "chunked"
+            response.release()
+
+
+async def test_pipe_hands_each_chunk_to_the_sink_as_it_arrives_and_says_false_at_the_end(
+    make_transport: MakeTransport,
+) -> None:
+    release_second = asyncio.Event()
+    async with await serving(two_chunks(release_second)) as server:
         async with aclosing(make_transport(api())) as transport:
             response = await transport.request("POST", server.base, "/v1/chat/completions", [], b"{}")
             got: list[bytes] = []
-            piping = asyncio.ensure_future(response.pipe(lambda chunk: got.append(chunk) is None))
+            piping = asyncio.ensure_future(response.pipe(into(got)))
             await poll_until(lambda: bool(got))
             assert got == [b"data: "] and not piping.done()  # handed over while the upstream still sends
             release_second.set()
@@ -377,7 +377,7 @@ async def test_pipe_raises_when_the_body_is_cut_short_after_handing_over_what_ca
             response = await transport.request("GET", server.base, "/v1/models", [])
             got: list[bytes] = []
             with upstream_error(transport, "closed the connection"):
-                await response.pipe(lambda chunk: got.append(chunk) is None)
+                await response.pipe(into(got))
             assert b"".join(got) == b"only part"
             response.close()
 
@@ -657,10 +657,10 @@ async def test_the_read_timeout_bounds_each_gap_between_chunks_not_the_whole_bod
         async with aclosing(make_transport(api(response_header=0.3, request=10))) as transport:
             response = await transport.request("GET", server.base, "/v1/models", [])
             loop = asyncio.get_running_loop()
-            started, got = loop.time(), []
+            started, got = loop.time(), list[bytes]()
             with pytest.raises(TimeoutError):
                 if reading == "pipe":
-                    await response.pipe(lambda chunk: got.append(chunk) is None)
+                    await response.pipe(into(got))
                 while chunk := await response.readany():
                     got.append(chunk)
             assert b"".join(got) == b"." * 8
