@@ -65,9 +65,9 @@ def tune_garbage_collector() -> int:
     ~80 MB) out of the collector's reach, and collect young objects every GC_THRESHOLDS[0] allocations
     instead of 700. Measured with 500 streams opening a second (docs/performance.md, "Open streams"):
     CPython's default thresholds ran a full collection each time the heap grew by a quarter, each walking
-    every open stream, and stalled the loop 0.35 s at 5,000 streams and 0.8 s at 9,900; with these, the
-    ramp's lag p99 at 9,900 is ~22 ms (generation-0 passes of ~20 ms). Returns the number of objects
-    frozen."""
+    every open stream, and stalled the loop 0.35 s at 5,000 streams and 0.8 s at 9,900; with these (and the
+    relay piping, so a waiting stream holds no young object), the ramp's lag p99 at 9,900 is 7–23 ms
+    (generation-0 passes of 6–16 ms that free nothing). Returns the number of objects frozen."""
     gc.collect()  # start-up's garbage goes now rather than staying frozen for the process's life
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
