@@ -80,6 +80,7 @@ class ServerSettings(msgspec.Struct, frozen=True):
     client_header_timeout: float = 10.0  # a request head (line + headers) must be complete within this
     client_body_timeout: float = 30.0  # longest a request body may make no progress (then 408)
     client_keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
+    client_send_timeout: float = 60.0  # longest a client may take none of the bytes waiting for it
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True):
@@ -197,6 +198,7 @@ _VARS: dict[str, tuple[str, str, Any]] = {
     "CLIENT_HEADER_TIMEOUT": ("server", "client_header_timeout", positive_duration),
     "CLIENT_BODY_TIMEOUT": ("server", "client_body_timeout", positive_duration),
     "CLIENT_KEEPALIVE_TIMEOUT": ("server", "client_keepalive_timeout", positive_duration),
+    "CLIENT_SEND_TIMEOUT": ("server", "client_send_timeout", positive_duration),
     "LLM_PROXY_URL": ("server", "manage_url", upstream_url),  # the same rule: a URL we can dial
     "UPSTREAM_BASE_URL": ("upstream", "base_url", upstream_url),
     "API_CONFIG_PATH": ("upstream", "api_config_path", text),

@@ -58,7 +58,10 @@ OTHER_PATH = "other"
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 # Why the HTTP edge refused a request: a fixed set, so no label value is ever text a client chose.
-BAD_REQUEST_REASONS = ("bad_request_line", "bad_header", "bad_framing", "too_large", "timeout", "malformed")
+# send_timeout: a client that took none of its answer for CLIENT_SEND_TIMEOUT (disconnected)
+BAD_REQUEST_REASONS = (
+    "bad_request_line", "bad_header", "bad_framing", "too_large", "timeout", "malformed", "send_timeout",
+)  # fmt: skip
 
 
 def status_class(status: int) -> str:

@@ -1,14 +1,16 @@
 """The server's client edge: aiohttp's connection protocol plus client timeouts, quiet refusals of
 malformed HTTP, and proxy exchanges cancelled when their client disconnects.
 
-aiohttp 3.14 has no header or body read timeout, logs every malformed request at ERROR with a
+aiohttp 3.14 has no header, body or send timeout, logs every malformed request at ERROR with a
 traceback, and either lets a handler whose client left run on or cancels every such handler
 (``handler_cancellation``, which would cut /manage database writes short). ``EdgeProtocol`` is its
 ``RequestHandler`` with those three changed; it reads some of that class's state, so aiohttp is pinned
 below 3.15 and tests/integration/edge checks the state is still there.
 
-Timeouts cost at most one timer per connection, armed lazily: a request whose head (and body) arrive
-in one read, the common case on a keep-alive connection, arms none and reads the clock not once.
+Read timeouts cost at most one timer per connection, armed lazily: a request whose head (and body)
+arrive in one read, the common case on a keep-alive connection, arms none and reads the clock not once.
+The send timeout is a second timer, armed only while bytes wait for a client whose socket buffer is
+full (never, for a client that reads what it asked for).
 """
 
 from __future__ import annotations
@@ -73,12 +75,16 @@ class EdgeProtocol(RequestHandler):
     __slots__ = (
         "_header_timeout",
         "_body_timeout",
+        "_send_timeout",
         "_bad_requests",
         "_phase",
         "_since",
         "_body",
         "_watchdog",
         "_started",
+        "_out",
+        "_stalled",
+        "_send_watch",
     )
 
     def __init__(
@@ -87,23 +93,35 @@ class EdgeProtocol(RequestHandler):
         *,
         header_timeout: float,
         body_timeout: float,
+        send_timeout: float,
         bad_requests: BadRequests,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._body_timeout = body_timeout
+        self._send_timeout = send_timeout
         self._bad_requests = bad_requests
         self._phase = _FIRST
         self._since = 0.0  # when the head began, or when the body last made progress
         self._body: StreamReader | None = None  # the body being received (phase _BODY)
         self._watchdog: asyncio.TimerHandle | None = None
         self._started: float | None = None  # aiohttp's start time of the request in progress (access log)
+        # sending: the transport (aiohttp's force_close forgets it while bytes may still wait), when bytes
+        # last began to wait for the client (its kernel buffer full), the send watch's timer
+        self._out: asyncio.Transport | None = None
+        self._stalled = 0.0
+        self._send_watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._since = self._loop.time()  # the first head is timed from the connection's start
         self._watch(self._since + self._header_timeout)
+        out = self._out = self.transport  # aiohttp's, typed asyncio.Transport (uvloop's is no subclass)
+        assert out is not None
+        # pause_writing as soon as a byte waits (the kernel's buffer for this client is full), so the send
+        # watch sees every wait, the one after the answer too; resume_writing once the client took all
+        out.set_write_buffer_limits(high=0)
 
     def data_received(self, data: bytes) -> None:
         phase = self._phase
@@ -140,6 +158,10 @@ class EdgeProtocol(RequestHandler):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._send_watch is not None:
+            self._send_watch.cancel()
+            self._send_watch = None
+        self._out = None
         self._phase, self._body = _IDLE, None
         # Only where the handler asked for it (the proxy, while it waits on the upstream): other handlers
         # write to the database and must finish (aiohttp's handler_cancellation would cancel them all).
@@ -217,6 +239,31 @@ class EdgeProtocol(RequestHandler):
             else:
                 self.force_close()
 
+    # --- the send watch ---
+    # Bytes wait (pause_writing) while the client's kernel buffer is full. The kernel takes more once the
+    # client has read a good part of it, and then mostly all that waits (resume_writing). So "bytes kept
+    # waiting for CLIENT_SEND_TIMEOUT" is close to nginx's send_timeout, no write taken for that long.
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._stalled = self._loop.time()
+        if self._send_watch is None:
+            self._send_watch = self._loop.call_at(self._stalled + self._send_timeout, self._look_send)
+
+    def _look_send(self) -> None:
+        """Lazy: a wait that ended (resume_writing) leaves the timer running; it stops here, or re-arms
+        for the wait begun since."""
+        self._send_watch = None
+        out = self._out
+        if out is None or not self._paused:
+            return
+        due = self._stalled + self._send_timeout
+        if due > self._loop.time():
+            self._send_watch = self._loop.call_at(due, self._look_send)
+            return
+        self._bad_requests.count("send_timeout")
+        log.debug("client %s took none of its answer in time: connection closed", self.peername)
+        out.abort()  # connection_lost: a proxy exchange is cancelled, its upstream connection closed
+
 
 class EdgeServer(web.Server):
     """aiohttp's low-level server, making ``EdgeProtocol`` connections."""
@@ -240,6 +287,7 @@ class EdgeRunner(web.AppRunner):
         self._edge = {
             "header_timeout": settings.client_header_timeout,
             "body_timeout": settings.client_body_timeout,
+            "send_timeout": settings.client_send_timeout,
             "bad_requests": bad_requests,
         }
 

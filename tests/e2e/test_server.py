@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
+from aiohttp import web
 
 from tests.e2e.conftest import MANAGEMENT_TOKEN, poll
 from tests.fakes.upstream import CHAT_COMPLETION, FakeUpstream, sse_chunks, sse_reply
@@ -83,3 +85,39 @@ async def test_a_revoked_token_is_refused_at_once(make_server):
                 assert (await r.json())["error"]["code"] == "token_revoked"
         assert len(upstream.requests) == 1
         assert await server.stop() == 0
+
+
+async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeout(make_server):
+    """On the server as run (uvloop): a client that takes none of a streamed answer for CLIENT_SEND_TIMEOUT
+    is disconnected, the upstream connection closed, and the event says so."""
+    piece = b"data: " + b"x" * 65528 + b"\n\n"
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for _ in range(4096):  # 256 MiB: it ends only if no one takes it
+            await resp.write(piece)
+        await resp.write_eof()
+        return resp
+
+    async with FakeUpstream() as upstream:
+        server = await make_server(UPSTREAM_BASE_URL=upstream.url, CLIENT_SEND_TIMEOUT="500ms")
+        project = await server.manage("project", "create", "--name", "e2e", "--api-key", UPSTREAM_KEY)
+        token = (await server.manage("token", "generate", "--project-id", project["id"]))["token"]
+        upstream.script(endless)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        body = json.dumps({**CHAT, "stream": True}).encode()
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Type: application/json\r\nX-Request-ID: stopped-reading\r\nContent-Length: %d\r\n\r\n%s"
+            % (token.encode(), len(body), body)
+        )
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(b"HTTP/1.1 200")
+        # ...and takes nothing more (asyncio's reader stops reading at 128 KiB)
+        assert await poll(lambda: upstream.dropped == 1, timeout=15), server.log()
+        writer.close()
+        assert await poll(lambda: any(e["request_id"] == "stopped-reading" for e in server.events()))
+        async with aiohttp.ClientSession() as client, client.get(f"{server.url}/metrics") as r:
+            assert (await r.json())["bad_requests"]["send_timeout"] == 1
+    [event] = [e for e in server.events() if e["request_id"] == "stopped-reading"]
+    assert (event["status"], event["error"]) == (200, "client_disconnected")

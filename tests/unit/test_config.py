@@ -29,6 +29,7 @@ def test_defaults_are_the_embedded_ones_of_the_spec() -> None:
     assert s.server.shutdown_timeout == 30.0
     assert (s.server.client_header_timeout, s.server.client_body_timeout) == (10.0, 30.0)
     assert s.server.client_keepalive_timeout == 75.0
+    assert s.server.client_send_timeout == 60.0
 
 
 @pytest.mark.parametrize(
@@ -55,6 +56,7 @@ def test_defaults_are_the_embedded_ones_of_the_spec() -> None:
         ("CLIENT_HEADER_TIMEOUT", "500ms", "server", "client_header_timeout", 0.5),
         ("CLIENT_BODY_TIMEOUT", "1m", "server", "client_body_timeout", 60.0),
         ("CLIENT_KEEPALIVE_TIMEOUT", "5", "server", "client_keepalive_timeout", 5.0),
+        ("CLIENT_SEND_TIMEOUT", "2m", "server", "client_send_timeout", 120.0),
     ],
 )
 def test_each_spec_variable_reaches_its_setting(var, value, section, field, expected) -> None:

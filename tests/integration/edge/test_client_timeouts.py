@@ -1,14 +1,17 @@
-"""Slow clients hold nothing for long: CLIENT_HEADER_TIMEOUT, CLIENT_BODY_TIMEOUT, CLIENT_KEEPALIVE_TIMEOUT."""
+"""Slow clients hold nothing for long: CLIENT_HEADER_TIMEOUT, CLIENT_BODY_TIMEOUT, CLIENT_KEEPALIVE_TIMEOUT,
+CLIENT_SEND_TIMEOUT."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 from aiohttp import web
 
 from llmproxy.metrics import BadRequests
 from llmproxy.server.edge import EdgeRunner
+from tests.fakes.upstream import Reply
 from tests.integration.edge.conftest import (
     CHAT,
     StartEdge,
@@ -19,6 +22,7 @@ from tests.integration.edge.conftest import (
 )
 from tests.integration.manage.support import AUTH, make_settings
 
+JSON_HEAD = ("Content-Type: application/json",)
 SHORT = {"CLIENT_HEADER_TIMEOUT": "300ms", "CLIENT_BODY_TIMEOUT": "300ms", "CLIENT_KEEPALIVE_TIMEOUT": "60s"}
 
 
@@ -149,5 +153,115 @@ async def test_a_body_held_back_by_a_slow_reader_is_not_a_stalled_client(tmp_pat
         response = await read_response(reader, timeout=10.0)
         writer.close()
         assert (response.status, response.body) == (200, str(size).encode())
+    finally:
+        await runner.cleanup()
+
+
+def _large(content_type: str, pieces: int, sent: list[int]) -> Reply:
+    """``pieces`` × 64 KiB, as an event stream (chunked) or with its Content-Length; ``sent[0]`` counts
+    the bytes the upstream got out."""
+
+    async def reply(request: web.Request) -> web.StreamResponse:
+        piece = b"data: " + b"x" * (65536 - 8) + b"\n\n"
+        headers = {"Content-Type": content_type}
+        if content_type == "application/json":
+            headers["Content-Length"] = str(len(piece) * pieces)
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        for _ in range(pieces):
+            await resp.write(piece)
+            sent[0] += len(piece)
+        await resp.write_eof()
+        return resp
+
+    return reply
+
+
+@pytest.mark.parametrize("content_type", ["text/event-stream", "application/json"])
+async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout_and_its_upstream_released(
+    start_edge: StartEdge, content_type: str
+) -> None:
+    """A client that takes none of its answer for CLIENT_SEND_TIMEOUT is disconnected: its upstream
+    connection is closed (no stream, upstream socket or pool slot held for ever), its event says so."""
+    edge = await start_edge(CLIENT_SEND_TIMEOUT="300ms")
+    sent = [0]
+    edge.upstream.script(_large(content_type, 1024, sent))  # 64 MiB: far more than the buffers between
+    reader, writer = await edge.connect()
+    head = edge.head(
+        "POST", "/v1/chat/completions", *JSON_HEAD, f"Content-Length: {len(CHAT)}", "X-Request-ID: stopped"
+    )
+    writer.write(head + CHAT)
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    # ...and reads nothing more (asyncio's reader buffers 128 KiB at most, then stops taking bytes)
+    assert await poll(lambda: edge.upstream.dropped == 1, timeout=10.0)  # the proxy closed its connection
+    assert 0 < sent[0] < 1024 * 65536 // 2
+    assert await closed_within(reader, 3.0)  # and the client's
+    writer.close()
+    event = await edge.event("stopped")
+    assert (event["status"], event["error"]) == (200, "client_disconnected")
+    assert (await edge.metrics())["bad_requests"]["send_timeout"] == 1
+
+
+async def test_a_client_that_reads_in_bursts_gets_its_whole_answer(start_edge: StartEdge) -> None:
+    """Taking bytes is progress: only a client that takes none for CLIENT_SEND_TIMEOUT is cut off. This
+    one reads nothing for 200 ms, then all it has, again and again: while it waits, bytes wait for it
+    (the server's send buffers are full), for longer than the timeout in all."""
+    edge = await start_edge(CLIENT_SEND_TIMEOUT="500ms")
+    pieces = 1024  # 64 MiB
+    edge.upstream.script(_large("text/event-stream", pieces, [0]))
+    sock = socket.socket()
+    received = bytearray()
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", edge.port))
+        head = edge.head(
+            "POST", "/v1/chat/completions", *JSON_HEAD, f"Content-Length: {len(CHAT)}", "X-Request-ID: bursts"
+        )
+        await asyncio.get_running_loop().sock_sendall(sock, head + CHAT)
+        for _ in range(300):  # 60 s at most
+            await asyncio.sleep(0.2)
+            while True:
+                try:
+                    chunk = sock.recv(1 << 20)
+                except BlockingIOError:
+                    break
+                assert chunk, "connection closed"
+                received += chunk
+            if received.endswith(b"\r\n0\r\n\r\n"):
+                break
+    finally:
+        sock.close()
+    assert received.count(b"data: ") == pieces and received.count(b"x") >= pieces * (65536 - 8)
+    event = await edge.event("bursts")
+    assert (event["status"], event["error"]) == (200, None)
+    assert (await edge.metrics())["bad_requests"]["send_timeout"] == 0
+
+
+async def test_any_answer_the_client_does_not_take_is_cut_off_by_the_send_timeout(tmp_path) -> None:
+    """The send timeout is the connection's, not the proxy's: a large answer of any handler too."""
+    finished: list[BaseException | None] = []
+
+    async def large(request: web.Request) -> web.Response:
+        resp = web.Response(body=b"x" * (64 * 1024 * 1024))
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()
+        except BaseException as exc:
+            finished.append(exc)
+            raise
+        finished.append(None)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/large", large)
+    settings = make_settings(tmp_path, CLIENT_SEND_TIMEOUT="300ms").server
+    runner = EdgeRunner(app, settings, BadRequests(), access_log=None)
+    port = await serve(runner)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await poll(lambda: bool(finished), timeout=10.0)  # its handler no longer waits
+        assert await closed_within(reader, 3.0)
+        writer.close()
     finally:
         await runner.cleanup()
