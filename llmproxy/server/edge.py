@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from typing import Any
 
 from aiohttp import web
@@ -41,10 +43,12 @@ __all__ = ("EdgeProtocol", "EdgeRunner", "bad_request_reason")
 
 log = logging.getLogger(__name__)
 
-_CLIENT_CLOSED = 499  # nginx's "client closed request"
 # What a connection is waiting for: nothing, its first request, the rest of a head, body bytes.
 _IDLE, _FIRST, _HEAD, _BODY = range(4)
 _CLIENT_CLOSED = 499  # nginx's "client closed request": an answer nobody is left to receive
+_LOOKS = 4  # the send watch's looks per CLIENT_SEND_TIMEOUT while bytes wait: a cut comes up to 1/4 late
+_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
+_SEND_TIMEOUT = "send_timeout"  # the access log's error of an answer the send watch cut off
 _MESSAGES = {
     "bad_request_line": "Malformed request line",
     "bad_header": "Malformed header",
@@ -84,7 +88,9 @@ class EdgeProtocol(RequestHandler):
         "_started",
         "_out",
         "_stalled",
+        "_waiting",
         "_send_watch",
+        "_cut",
     )
 
     def __init__(
@@ -107,11 +113,14 @@ class EdgeProtocol(RequestHandler):
         self._body: StreamReader | None = None  # the body being received (phase _BODY)
         self._watchdog: asyncio.TimerHandle | None = None
         self._started: float | None = None  # aiohttp's start time of the request in progress (access log)
-        # sending: the transport (aiohttp's force_close forgets it while bytes may still wait), when bytes
-        # last began to wait for the client (its kernel buffer full), the send watch's timer
+        # sending: the transport (aiohttp's force_close forgets it while bytes may still wait), since when
+        # the client took none of the bytes waiting for it, how many waited at the send watch's last look,
+        # its timer, and whether it cut the client off
         self._out: asyncio.Transport | None = None
         self._stalled = 0.0
+        self._waiting = 0
         self._send_watch: asyncio.TimerHandle | None = None
+        self._cut = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -240,29 +249,51 @@ class EdgeProtocol(RequestHandler):
                 self.force_close()
 
     # --- the send watch ---
-    # Bytes wait (pause_writing) while the client's kernel buffer is full. The kernel takes more once the
-    # client has read a good part of it, and then mostly all that waits (resume_writing). So "bytes kept
-    # waiting for CLIENT_SEND_TIMEOUT" is close to nginx's send_timeout, no write taken for that long.
+    # Bytes wait (pause_writing) while the client's kernel buffer is full; all of them have gone when
+    # resume_writing runs. While they wait, the watch looks a few times per CLIENT_SEND_TIMEOUT whether
+    # fewer wait than at its last look: the client took some. Bytes added meanwhile (at most the relay's
+    # 64 KiB, or a write until aiohttp drains) can hide that for a look, never for long: the writers then
+    # wait for the drain.
     def pause_writing(self) -> None:
         super().pause_writing()
-        self._stalled = self._loop.time()
+        self._stalled = now = self._loop.time()
+        out = self._out
+        self._waiting = out.get_write_buffer_size() if out is not None else 0
         if self._send_watch is None:
-            self._send_watch = self._loop.call_at(self._stalled + self._send_timeout, self._look_send)
+            self._send_watch = self._loop.call_at(now + self._send_timeout / _LOOKS, self._look_send)
 
     def _look_send(self) -> None:
-        """Lazy: a wait that ended (resume_writing) leaves the timer running; it stops here, or re-arms
-        for the wait begun since."""
+        """Lazy: a wait that ended leaves the timer running; it stops here, or looks again later."""
         self._send_watch = None
         out = self._out
         if out is None or not self._paused:
             return
+        now, waiting = self._loop.time(), out.get_write_buffer_size()
+        if waiting < self._waiting:
+            self._stalled = now
+        self._waiting = waiting
         due = self._stalled + self._send_timeout
-        if due > self._loop.time():
-            self._send_watch = self._loop.call_at(due, self._look_send)
+        if due > now:
+            self._send_watch = self._loop.call_at(
+                min(due, now + self._send_timeout / _LOOKS), self._look_send
+            )
             return
+        self._cut = True
         self._bad_requests.count("send_timeout")
-        log.debug("client %s took none of its answer in time: connection closed", self.peername)
+        log.debug("client %s took none of its answer in time: connection reset", self.peername)
+        sock = out.get_extra_info("socket")
+        if sock is not None:  # a reset: the kernel frees the bytes it holds for the client at once
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+            except OSError:
+                pass
         out.abort()  # connection_lost: a proxy exchange is cancelled, its upstream connection closed
+
+    def log_access(self, request: web.BaseRequest, response: web.StreamResponse, time: float | None) -> None:
+        """aiohttp's, the access line of an answer cut off by the send watch saying so."""
+        if self._cut:
+            request[ERROR_CODE] = _SEND_TIMEOUT
+        super().log_access(request, response, time)
 
 
 class EdgeServer(web.Server):

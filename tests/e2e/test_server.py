@@ -89,7 +89,7 @@ async def test_a_revoked_token_is_refused_at_once(make_server):
 
 async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeout(make_server):
     """On the server as run (uvloop): a client that takes none of a streamed answer for CLIENT_SEND_TIMEOUT
-    is disconnected, the upstream connection closed, and the event says so."""
+    is disconnected, the upstream connection closed, and the event and the access log say so."""
     piece = b"data: " + b"x" * 65528 + b"\n\n"
 
     async def endless(request: web.Request) -> web.StreamResponse:
@@ -121,3 +121,5 @@ async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeou
             assert (await r.json())["bad_requests"]["send_timeout"] == 1
     [event] = [e for e in server.events() if e["request_id"] == "stopped-reading"]
     assert (event["status"], event["error"]) == (200, "client_disconnected")
+    lines = [json.loads(line) for line in server.stderr().splitlines() if '"stopped-reading"' in line]
+    assert [(line["status"], line["error"]) for line in lines] == [(499, "send_timeout")]

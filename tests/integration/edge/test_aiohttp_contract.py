@@ -22,6 +22,7 @@ async def test_the_aiohttp_internals_the_edge_builds_on_are_still_there() -> Non
         "_current_request",
         "_task_handler",
         "_logging_enabled",
+        "_paused",  # the send watch: bytes wait for the client (BaseProtocol's flow control)
     }
     assert used <= state, used - state
     for method in (
@@ -31,12 +32,24 @@ async def test_the_aiohttp_internals_the_edge_builds_on_are_still_there() -> Non
         "handle_error",
         "close",
         "force_close",
+        "pause_writing",
     ):
         assert callable(getattr(RequestHandler, method))
     # the access log's start time of a request (EdgeProtocol._handle_request) and its hook
     handle = inspect.signature(RequestHandler._handle_request)
     assert list(handle.parameters) == ["self", "request", "start_time", "request_handler"]
     assert callable(RequestHandler.log_access) and "access_logger" in state
+    # the send watch cuts a client off with abort(): connection_lost(None) must wake a writer waiting for
+    # the drain (the relay then sees the transport closing; a proxy handler is cancelled besides)
+    from aiohttp.base_protocol import BaseProtocol
+
+    protocol = BaseProtocol(asyncio.get_running_loop())
+    protocol.transport = object()  # type: ignore[assignment]
+    protocol.pause_writing()
+    drained = asyncio.ensure_future(protocol._drain_helper())
+    await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    await asyncio.wait_for(drained, 1.0)
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return web.Response()

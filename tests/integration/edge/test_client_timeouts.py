@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -183,7 +185,7 @@ async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout_and_it
 ) -> None:
     """A client that takes none of its answer for CLIENT_SEND_TIMEOUT is disconnected: its upstream
     connection is closed (no stream, upstream socket or pool slot held for ever), its event says so."""
-    edge = await start_edge(CLIENT_SEND_TIMEOUT="300ms")
+    edge = await start_edge(CLIENT_SEND_TIMEOUT="1s")
     sent = [0]
     edge.upstream.script(_large(content_type, 1024, sent))  # 64 MiB: far more than the buffers between
     reader, writer = await edge.connect()
@@ -192,9 +194,11 @@ async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout_and_it
     )
     writer.write(head + CHAT)
     assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    stopped = time.monotonic()
     # ...and reads nothing more (asyncio's reader buffers 128 KiB at most, then stops taking bytes)
-    assert await poll(lambda: edge.upstream.dropped == 1, timeout=10.0)  # the proxy closed its connection
-    assert 0 < sent[0] < 1024 * 65536 // 2
+    assert await poll(lambda: edge.upstream.dropped == 1, timeout=15.0)  # the proxy closed its connection
+    assert time.monotonic() - stopped >= 1.0  # not before the timeout
+    assert 0 < sent[0] < 1024 * 65536  # the upstream was held back, then let go
     assert await closed_within(reader, 3.0)  # and the client's
     writer.close()
     event = await edge.event("stopped")
@@ -206,7 +210,7 @@ async def test_a_client_that_reads_in_bursts_gets_its_whole_answer(start_edge: S
     """Taking bytes is progress: only a client that takes none for CLIENT_SEND_TIMEOUT is cut off. This
     one reads nothing for 200 ms, then all it has, again and again: while it waits, bytes wait for it
     (the server's send buffers are full), for longer than the timeout in all."""
-    edge = await start_edge(CLIENT_SEND_TIMEOUT="500ms")
+    edge = await start_edge(CLIENT_SEND_TIMEOUT="1500ms")
     pieces = 1024  # 64 MiB
     edge.upstream.script(_large("text/event-stream", pieces, [0]))
     sock = socket.socket()
@@ -218,6 +222,7 @@ async def test_a_client_that_reads_in_bursts_gets_its_whole_answer(start_edge: S
             "POST", "/v1/chat/completions", *JSON_HEAD, f"Content-Length: {len(CHAT)}", "X-Request-ID: bursts"
         )
         await asyncio.get_running_loop().sock_sendall(sock, head + CHAT)
+        started = time.monotonic()
         for _ in range(300):  # 60 s at most
             await asyncio.sleep(0.2)
             while True:
@@ -231,37 +236,69 @@ async def test_a_client_that_reads_in_bursts_gets_its_whole_answer(start_edge: S
                 break
     finally:
         sock.close()
+    assert time.monotonic() - started > 1.5  # the waits added up to more than the timeout
     assert received.count(b"data: ") == pieces and received.count(b"x") >= pieces * (65536 - 8)
     event = await edge.event("bursts")
     assert (event["status"], event["error"]) == (200, None)
     assert (await edge.metrics())["bad_requests"]["send_timeout"] == 0
 
 
-async def test_any_answer_the_client_does_not_take_is_cut_off_by_the_send_timeout(tmp_path) -> None:
-    """The send timeout is the connection's, not the proxy's: a large answer of any handler too."""
-    finished: list[BaseException | None] = []
+async def _large_answer_app(
+    tmp_path: Path, send_timeout: str, size: int
+) -> tuple[web.AppRunner, int, BadRequests]:
+    """A plain aiohttp app behind EdgeRunner answering GET /large with ``size`` bytes written at once."""
+    app = web.Application()
 
     async def large(request: web.Request) -> web.Response:
-        resp = web.Response(body=b"x" * (64 * 1024 * 1024))
-        try:
-            await resp.prepare(request)
-            await resp.write_eof()
-        except BaseException as exc:
-            finished.append(exc)
-            raise
-        finished.append(None)
-        return resp
+        return web.Response(body=b"x" * size)
 
-    app = web.Application()
     app.router.add_get("/large", large)
-    settings = make_settings(tmp_path, CLIENT_SEND_TIMEOUT="300ms").server
-    runner = EdgeRunner(app, settings, BadRequests(), access_log=None)
-    port = await serve(runner)
+    bad_requests = BadRequests()
+    settings = make_settings(tmp_path, CLIENT_SEND_TIMEOUT=send_timeout).server
+    runner = EdgeRunner(app, settings, bad_requests, access_log=None)
+    return runner, await serve(runner), bad_requests
+
+
+async def test_any_answer_the_client_does_not_take_is_cut_off_by_the_send_timeout(tmp_path) -> None:
+    """The send timeout is the connection's, not the proxy's: a large answer of any handler too. The
+    connection is reset (the kernel frees what it holds for the client at once)."""
+    runner, port, bad_requests = await _large_answer_app(tmp_path, "500ms", 64 * 1024 * 1024)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert await poll(lambda: bool(finished), timeout=10.0)  # its handler no longer waits
-        assert await closed_within(reader, 3.0)
+        assert await poll(lambda: bad_requests.counts["send_timeout"] == 1, timeout=10.0)
+        with pytest.raises(ConnectionResetError):
+            async with asyncio.timeout(5.0):
+                while await reader.read(1 << 20):
+                    pass
         writer.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_slow_steady_reader_of_an_answer_written_at_once_is_not_cut_off(tmp_path) -> None:
+    """An answer written at once (a cache hit, a large /manage list) waits whole for the client: one that
+    takes part of it at every look is not cut off, although the rest waits far longer than the timeout."""
+    size = 32 * 1024 * 1024
+    runner, port, bad_requests = await _large_answer_app(tmp_path, "1s", size)
+    try:
+        sock = socket.socket()
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        received = 0
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            await loop.sock_sendall(sock, b"GET /large HTTP/1.1\r\nHost: x\r\n\r\n")
+            started = time.monotonic()
+            async with asyncio.timeout(60.0):
+                while received < size:  # 256 KiB every 50 ms: ~5 MB/s, ~6 s in all
+                    chunk = await loop.sock_recv(sock, 256 * 1024)
+                    assert chunk, "connection closed"
+                    received += len(chunk)
+                    await asyncio.sleep(0.05)
+        finally:
+            sock.close()
+        assert time.monotonic() - started > 3.0  # the answer waited for it far longer than the timeout
+        assert received >= size and bad_requests.counts["send_timeout"] == 0
     finally:
         await runner.cleanup()
