@@ -177,6 +177,11 @@ class UpstreamResponse(Generic[C]):
         self._finished = True
         self._sink = None
         self._disarm()
+        waiter = self._waiter
+        if waiter is not None:  # closed under a reader still waiting (not the relay's way): end its wait
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_exception(UpstreamError("upstream answer closed while being read"))
         self._conn.response = None
         self._done(self._conn, reusable)
 

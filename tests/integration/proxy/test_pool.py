@@ -335,6 +335,29 @@ async def test_a_chunked_answer_is_read_chunk_by_chunk_as_it_arrives(make_transp
             response.release()
 
 
+@pytest.mark.parametrize("reading", ["readany", "pipe"])
+async def test_an_answer_closed_while_its_reader_waits_fails_the_wait_rather_than_hang_it(
+    make_transport: MakeTransport, reading: str
+) -> None:
+    """Whoever closes an answer (today only its reader's own task does), a wait on it ends: with an
+    UpstreamError, never a future left pending for ever."""
+    release_second = asyncio.Event()
+    async with await serving(two_chunks(release_second)) as server:
+        async with aclosing(make_transport(api())) as transport:
+            response = await transport.request("POST", server.base, "/v1/chat/completions", [], b"{}")
+            assert await response.readany() == b"data: "
+            got: list[bytes] = []
+            waiting = asyncio.ensure_future(
+                response.pipe(into(got)) if reading == "pipe" else response.readany()
+            )
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            response.close()
+            with pytest.raises(UpstreamError):
+                await asyncio.wait_for(waiting, 2.0)
+            release_second.set()
+
+
 async def test_pipe_hands_each_chunk_to_the_sink_as_it_arrives_and_says_false_at_the_end(
     make_transport: MakeTransport,
 ) -> None:
