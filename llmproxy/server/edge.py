@@ -48,7 +48,7 @@ _IDLE, _FIRST, _HEAD, _BODY = range(4)
 _CLIENT_CLOSED = 499  # nginx's "client closed request": an answer nobody is left to receive
 _LOOKS = 4  # the send watch's looks per CLIENT_SEND_TIMEOUT while bytes wait: a cut comes up to 1/4 late
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection
-_SEND_TIMEOUT = "send_timeout"  # the access log's error of an answer the send watch cut off
+_SEND_TIMEOUT = "send_timeout"  # the bad_requests reason and the access log error of a client cut off
 _MESSAGES = {
     "bad_request_line": "Malformed request line",
     "bad_header": "Malformed header",
@@ -279,7 +279,7 @@ class EdgeProtocol(RequestHandler):
             )
             return
         self._cut = True
-        self._bad_requests.count("send_timeout")
+        self._bad_requests.count(_SEND_TIMEOUT)
         log.debug("client %s took none of its answer in time: connection reset", self.peername)
         sock = out.get_extra_info("socket")
         if sock is not None:  # a reset: the kernel frees the bytes it holds for the client at once
