@@ -6,10 +6,9 @@ import asyncio
 import json
 
 import aiohttp
-from aiohttp import web
 
 from tests.e2e.conftest import MANAGEMENT_TOKEN, poll
-from tests.fakes.upstream import CHAT_COMPLETION, FakeUpstream, sse_chunks, sse_reply
+from tests.fakes.upstream import CHAT_COMPLETION, SSE_PIECE, Bulk, FakeUpstream, sse_chunks, sse_reply
 
 UPSTREAM_KEY = "sk-upstream-project-key-0123456789abcdef"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
@@ -90,21 +89,11 @@ async def test_a_revoked_token_is_refused_at_once(make_server):
 async def test_a_client_that_stops_reading_is_disconnected_after_the_send_timeout(make_server):
     """On the server as run (uvloop): a client that takes none of a streamed answer for CLIENT_SEND_TIMEOUT
     is disconnected, the upstream connection closed, and the event and the access log say so."""
-    piece = b"data: " + b"x" * 65528 + b"\n\n"
-
-    async def endless(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for _ in range(4096):  # 256 MiB: it ends only if no one takes it
-            await resp.write(piece)
-        await resp.write_eof()
-        return resp
-
     async with FakeUpstream() as upstream:
         server = await make_server(UPSTREAM_BASE_URL=upstream.url, CLIENT_SEND_TIMEOUT="500ms")
         project = await server.manage("project", "create", "--name", "e2e", "--api-key", UPSTREAM_KEY)
         token = (await server.manage("token", "generate", "--project-id", project["id"]))["token"]
-        upstream.script(endless)
+        upstream.script(Bulk(SSE_PIECE, 4096))  # 256 MiB: it ends only if the client takes it
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         body = json.dumps({**CHAT, "stream": True}).encode()
         writer.write(

@@ -4,7 +4,8 @@
 in `fake.requests` (method, raw path, query, headers, body bytes exactly as received). The answer is
 the next scripted reply (`fake.script(...)`), else a fixed chat completion. Replies cover what the proxy
 must pass through untouched: JSON (optionally gzip-encoded), OpenAI errors, SSE streams released chunk
-by chunk by the test, an endless stream that notices when it is aborted, and an answer that never comes.
+by chunk by the test, an endless stream that notices when it is aborted, a bulk answer as large as a test
+wants, and an answer that never comes.
 ``fake.dropped`` counts the requests whose connection the proxy closed before their answer was sent.
 """
 
@@ -22,6 +23,8 @@ from multidict import CIMultiDict
 
 __all__ = (
     "CHAT_COMPLETION",
+    "SSE_PIECE",
+    "Bulk",
     "FakeUpstream",
     "Recorded",
     "Reply",
@@ -172,6 +175,34 @@ class _Endless:
 
 def endless_sse(interval: float = 0.01) -> _Endless:
     return _Endless(interval)
+
+
+class Bulk:
+    """``pieces`` copies of ``piece``, written as fast as the proxy takes them: chunked for an event
+    stream, with its Content-Length otherwise; ``sent`` counts the bytes the upstream got out."""
+
+    def __init__(self, piece: bytes, pieces: int, content_type: str = "text/event-stream") -> None:
+        self.piece, self.pieces, self.content_type = piece, pieces, content_type
+        self.sent = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.piece) * self.pieces
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        headers = {"Content-Type": self.content_type}
+        if self.content_type != "text/event-stream":
+            headers["Content-Length"] = str(self.size)
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        for _ in range(self.pieces):
+            await resp.write(self.piece)
+            self.sent += len(self.piece)
+        await resp.write_eof()
+        return resp
+
+
+SSE_PIECE = b"data: " + b"x" * (65536 - 8) + b"\n\n"  # one 64 KiB event, for Bulk
 
 
 def hang(release: asyncio.Event) -> Reply:

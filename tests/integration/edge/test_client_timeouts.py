@@ -13,7 +13,7 @@ from aiohttp import web
 
 from llmproxy.metrics import BadRequests
 from llmproxy.server.edge import EdgeRunner
-from tests.fakes.upstream import Reply
+from tests.fakes.upstream import SSE_PIECE, Bulk
 from tests.integration.edge.conftest import (
     CHAT,
     StartEdge,
@@ -159,26 +159,6 @@ async def test_a_body_held_back_by_a_slow_reader_is_not_a_stalled_client(tmp_pat
         await runner.cleanup()
 
 
-def _large(content_type: str, pieces: int, sent: list[int]) -> Reply:
-    """``pieces`` × 64 KiB, as an event stream (chunked) or with its Content-Length; ``sent[0]`` counts
-    the bytes the upstream got out."""
-
-    async def reply(request: web.Request) -> web.StreamResponse:
-        piece = b"data: " + b"x" * (65536 - 8) + b"\n\n"
-        headers = {"Content-Type": content_type}
-        if content_type == "application/json":
-            headers["Content-Length"] = str(len(piece) * pieces)
-        resp = web.StreamResponse(headers=headers)
-        await resp.prepare(request)
-        for _ in range(pieces):
-            await resp.write(piece)
-            sent[0] += len(piece)
-        await resp.write_eof()
-        return resp
-
-    return reply
-
-
 @pytest.mark.parametrize("content_type", ["text/event-stream", "application/json"])
 async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout_and_its_upstream_released(
     start_edge: StartEdge, content_type: str
@@ -186,8 +166,8 @@ async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout_and_it
     """A client that takes none of its answer for CLIENT_SEND_TIMEOUT is disconnected: its upstream
     connection is closed (no stream, upstream socket or pool slot held for ever), its event says so."""
     edge = await start_edge(CLIENT_SEND_TIMEOUT="1s")
-    sent = [0]
-    edge.upstream.script(_large(content_type, 1024, sent))  # 64 MiB: far more than the buffers between
+    bulk = Bulk(SSE_PIECE, 1024, content_type)  # 64 MiB: far more than the buffers between
+    edge.upstream.script(bulk)
     reader, writer = await edge.connect()
     head = edge.head(
         "POST", "/v1/chat/completions", *JSON_HEAD, f"Content-Length: {len(CHAT)}", "X-Request-ID: stopped"
@@ -198,7 +178,7 @@ async def test_a_client_that_stops_reading_is_cut_off_by_the_send_timeout_and_it
     # ...and reads nothing more (asyncio's reader buffers 128 KiB at most, then stops taking bytes)
     assert await poll(lambda: edge.upstream.dropped == 1, timeout=15.0)  # the proxy closed its connection
     assert time.monotonic() - stopped >= 1.0  # not before the timeout
-    assert 0 < sent[0] < 1024 * 65536  # the upstream was held back, then let go
+    assert 0 < bulk.sent < bulk.size  # the upstream was held back, then let go
     assert await closed_within(reader, 3.0)  # and the client's
     writer.close()
     event = await edge.event("stopped")
@@ -212,7 +192,7 @@ async def test_a_client_that_reads_in_bursts_gets_its_whole_answer(start_edge: S
     (the server's send buffers are full), for longer than the timeout in all."""
     edge = await start_edge(CLIENT_SEND_TIMEOUT="1500ms")
     pieces = 1024  # 64 MiB
-    edge.upstream.script(_large("text/event-stream", pieces, [0]))
+    edge.upstream.script(Bulk(SSE_PIECE, pieces))
     sock = socket.socket()
     received = bytearray()
     try:

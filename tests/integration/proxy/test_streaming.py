@@ -6,10 +6,9 @@ import asyncio
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from llmproxy.proxy.flow import Flow
-from tests.fakes.upstream import endless_sse, sse_chunks, sse_reply
+from tests.fakes.upstream import Bulk, endless_sse, sse_chunks, sse_reply
 
 STREAM_BODY = b'{"model": "gpt-4o-mini", "stream": true, "messages": []}'
 JSON = {"Content-Type": "application/json"}
@@ -94,18 +93,7 @@ async def test_a_client_that_stops_reading_holds_the_upstream_back_then_gets_eve
     proxy = await make_proxy()
     piece = bytes(range(256)) * 256  # 64 KiB
     pieces = 2048  # 128 MiB: far more than the sockets and buffers between upstream and client hold
-    sent = 0
-
-    async def large(request):
-        nonlocal sent
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for _ in range(pieces):
-            await resp.write(piece)
-            sent += len(piece)
-        await resp.write_eof()
-        return resp
-
+    large = Bulk(piece, pieces)
     proxy.upstream.script(large)
     resp = await proxy.request("POST", "/v1/chat/completions", data=STREAM_BODY, headers=proxy.auth(**JSON))
     assert resp.status == 200
@@ -113,11 +101,11 @@ async def test_a_client_that_stops_reading_holds_the_upstream_back_then_gets_eve
     for _ in range(200):  # until the upstream has sent nothing more for 0.5 s (at most 10 s)
         await asyncio.sleep(0.05)
         now = asyncio.get_running_loop().time()
-        if sent != last:
-            last, stable_since = sent, now
+        if large.sent != last:
+            last, stable_since = large.sent, now
         elif now - stable_since >= 0.5:
             break
-    assert 0 < sent < len(piece) * pieces // 2, sent  # held back, far short of the end
+    assert 0 < large.sent < large.size // 2, large.sent  # held back, far short of the end
     body = await resp.read()
     assert len(body) == len(piece) * pieces and body == piece * pieces
 
